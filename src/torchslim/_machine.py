@@ -1,0 +1,71 @@
+"""Facts about the machine a figure was measured on: CPU model, ISA features, threads, versions."""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from typing import Any
+
+import torch
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+             "amx_int8", "amx_bf16", "amx_fp16")  # fmt: skip
+
+
+@functools.cache
+def _cpuinfo() -> tuple[str, frozenset[str]]:
+    model, flags = platform.processor() or platform.machine(), frozenset[str]()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags = frozenset(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_model() -> str:
+    return _cpuinfo()[0]
+
+
+def cpu_features() -> dict[str, bool]:
+    """The ISA features that decide which low-precision kernels are fast here."""
+    flags = _cpuinfo()[1]
+    return {name: name in flags for name in ISA_FLAGS}
+
+
+def bf16_in_hardware(device: torch.device | str = "cpu") -> bool:
+    """True where bf16 matmuls run natively: AVX512-BF16 or AMX on CPU, bf16 support on GPU.
+
+    On AVX2-only CPUs bf16 falls back to slow emulation (several times slower than fp32).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    features = cpu_features()
+    return features["avx512_bf16"] or features["amx_bf16"]
+
+
+def machine_facts() -> dict[str, Any]:
+    """What every benchmark JSON records next to its figures."""
+    facts: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_features": cpu_features(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts

@@ -1,0 +1,39 @@
+"""The errors torchslim raises: each one says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TorchslimError(Exception):
+    """Base class of every error torchslim raises on purpose."""
+
+
+class MissingAssetError(TorchslimError):
+    """A model package or data file is not installed; the message names the install command."""
+
+
+class UnknownModelError(TorchslimError, KeyError):
+    """A model name that is neither a zoo entry nor a loadable path/spec."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(TorchslimError):
+    """A checkpoint or factory that cannot be loaded (corrupt, mismatched, not importable)."""
+
+
+class InputShapeError(TorchslimError, ValueError):
+    """The model rejected the inputs it was given."""
+
+
+class ConfigError(TorchslimError, ValueError):
+    """A configuration value out of its allowed range, or an unknown key."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean "x"?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return f' Did you mean "{close[0]}"?' if close else ""

@@ -1,0 +1,88 @@
+"""Latency measurement: warm-up, fixed thread count, median and p90 of repeated calls."""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock statistics of repeated calls, in milliseconds."""
+
+    median: float
+    p90: float
+    mean: float
+    min: float
+    max: float
+    repeats: int
+
+    def to_dict(self) -> dict[str, float]:
+        return {"median": self.median, "p90": self.p90}
+
+
+def summarize(samples_ms: list[float]) -> LatencyStats:
+    """Median, p90 (nearest-rank), mean, min and max of ``samples_ms``."""
+    if not samples_ms:
+        raise ValueError("no latency samples to summarize")
+    ordered = sorted(samples_ms)
+    p90 = ordered[min(len(ordered) - 1, max(0, round(0.9 * len(ordered)) - 1))]
+    return LatencyStats(
+        median=statistics.median(ordered),
+        p90=p90,
+        mean=statistics.fmean(ordered),
+        min=ordered[0],
+        max=ordered[-1],
+        repeats=len(ordered),
+    )
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, restoring the old count after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _sync(device: torch.device | None) -> None:
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device | None = None) -> float:
+    """One call of ``fn``, in milliseconds (synchronising a GPU before and after)."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - start) * 1e3
+
+
+def measure_latency(
+    fn: Callable[[], Any],
+    warmup: int = 3,
+    repeats: int = 20,
+    threads: int | None = None,
+    device: torch.device | None = None,
+    max_seconds: float = 30.0,
+) -> LatencyStats:
+    """Time ``fn`` after ``warmup`` calls; stops early (with at least 3 samples) past ``max_seconds``."""
+    with fixed_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples: list[float] = []
+        deadline = time.perf_counter() + max_seconds
+        while len(samples) < repeats and (len(samples) < 3 or time.perf_counter() < deadline):
+            samples.append(time_call(fn, device))
+    return summarize(samples)

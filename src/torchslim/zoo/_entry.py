@@ -1,0 +1,53 @@
+"""What a zoo entry is: a model, its inputs, its calibration data, its eval data and its metric."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = tuple[Any, ...]  # positional arguments of one forward call
+
+
+class ZooEntry(ABC):
+    """A named real model with its real evaluation.
+
+    Subclasses implement ``build`` (the architecture), ``load`` (with real weights),
+    ``example_inputs``, ``calibration_batches`` and ``evaluate``.
+    """
+
+    name: str = ""
+    task: str = ""
+    card: str = ""  # one paragraph: what the model is, what its metric means, where data comes from
+    default_batch_size: int = 1
+
+    @abstractmethod
+    def load(self) -> nn.Module:
+        """The model with its real weights, in eval mode, on CPU."""
+
+    @abstractmethod
+    def example_inputs(self, batch_size: int = 1) -> Batch:
+        """One batch of representative inputs (real data where there is any)."""
+
+    @abstractmethod
+    def calibration_batches(self, n: int) -> list[Batch]:
+        """``n`` batches for calibration, drawn from data disjoint from the eval data."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The entry's metrics on its eval data."""
+
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the metrics ``evaluate`` returns (for listings)."""
+        return ()
+
+    def to_row(self) -> dict[str, str]:
+        return {"name": self.name, "task": self.task, "metrics": ", ".join(self.metric_names())}
+
+
+def forward(model: nn.Module, batch: Batch) -> Any:
+    """Call ``model`` on one batch, with no autograd."""
+    with torch.inference_mode():
+        return model(*batch)
