@@ -143,7 +143,7 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        return float(loss)
+        return float(loss.detach())
 
     def _save_checkpoint(self) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,88 @@
+"""Evaluation: a model's metric on its real data, parameters, size as saved, latency, memory."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from torchslim.errors import InputShapeError
+from torchslim.evaluate.latency import LatencyStats, measure_latency
+from torchslim.evaluate.memory import peak_activation_bytes, tensor_bytes
+from torchslim.evaluate.report import EvaluationReport, comparison_table, format_bytes
+from torchslim.evaluate.size import parameter_count, saved_size_bytes
+from torchslim.zoo import Batch, ZooEntry, get
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def run_forward(model: nn.Module, batch: Batch, name: str) -> object:
+    """One forward pass; a model that rejects the inputs raises InputShapeError."""
+    try:
+        with torch.inference_mode():
+            return model(*batch)
+    except (RuntimeError, ValueError, IndexError, TypeError) as error:
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch]
+        raise InputShapeError(
+            f"{name} rejected inputs of shape {shapes}: {str(error).splitlines()[0]}. "
+            "Pass inputs the model accepts (for user models: --input-shape)."
+        ) from error
+
+
+def evaluate(
+    model: nn.Module,
+    task: ZooEntry | str,
+    batch_size: int = 1,
+    threads: int | None = None,
+    device: str | torch.device = "cpu",
+    repeats: int = 20,
+) -> EvaluationReport:
+    """Measure ``model`` on ``task`` (a zoo entry or its name): metrics, size, latency, memory.
+
+    Latency is the median/p90 of ``repeats`` forward passes at ``batch_size`` on the entry's
+    example inputs after warm-up, with ``threads`` torch threads (default: torch's current count).
+    The model is moved to ``device``; the caller's model is otherwise left unchanged.
+    """
+    entry = get(task) if isinstance(task, str) else task
+    device = torch.device(device)
+    model = model.to(device).eval()
+    batch = _to_device(entry.example_inputs(batch_size), device)
+    run_forward(model, batch, entry.name)
+    metrics = entry.evaluate(model)
+    latency = measure_latency(lambda: model(*batch), repeats=repeats, threads=threads, device=device)
+    weights = tensor_bytes(model)
+    inputs = [t for t in batch if isinstance(t, torch.Tensor)]
+    activations = peak_activation_bytes(
+        lambda: model(*batch), [*inputs, *model.parameters(), *model.buffers()]
+    )
+    return EvaluationReport(
+        model=entry.name,
+        metrics=metrics,
+        params=parameter_count(model),
+        size_bytes=saved_size_bytes(model),
+        latency=latency,
+        peak_memory_bytes=weights + activations,
+        details={
+            "batch_size": batch_size,
+            "threads": threads or torch.get_num_threads(),
+            "device": str(device),
+            "weights_bytes": weights,
+            "peak_activation_bytes": activations,
+            "latency_ms": {"mean": latency.mean, "min": latency.min, "repeats": latency.repeats},
+        },
+    )
+
+
+__all__ = [
+    "EvaluationReport",
+    "LatencyStats",
+    "comparison_table",
+    "evaluate",
+    "format_bytes",
+    "measure_latency",
+    "parameter_count",
+    "peak_activation_bytes",
+    "run_forward",
+    "saved_size_bytes",
+]
