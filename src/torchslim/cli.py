@@ -165,6 +165,101 @@ def demo(
     console.print(table)
 
 
+@app.command()
+def hw(
+    refresh: Annotated[bool, typer.Option(help="Measure again instead of using the cache.")] = False,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """This machine: CPU, ISA features, measured matmul peaks per dtype, memory bandwidth."""
+    from torchslim.profile.hardware import this_machine
+
+    spec = this_machine(refresh=refresh, threads=threads)
+    if as_json:
+        _print_json(spec.to_dict())
+        return
+    table = Table("measure", "value", title=f"torchslim hw: {spec.name}")
+    features = spec.details.get("cpu_features", {})
+    table.add_row("ISA features", ", ".join(k for k, v in features.items() if v) or "-")
+    for dtype, peak in spec.peak_flops_per_s.items():
+        table.add_row(f"matmul peak {dtype}", f"{peak / 1e9:,.1f} GFLOP/s")
+    table.add_row("memory bandwidth", f"{spec.mem_bw_bytes_per_s / 1e9:,.1f} GB/s")
+    table.add_row("ridge point fp32", f"{spec.ridge_point():.1f} FLOP/B")
+    table.add_row("source", spec.source)
+    console.print(table)
+
+
+def _profile_inputs(entry: Any, batch_size: int, seq_len: int | None) -> tuple[Any, ...]:
+    if seq_len is None:
+        return tuple(entry.example_inputs(batch_size))
+    try:
+        return tuple(entry.example_inputs(batch_size, seq_len=seq_len))
+    except TypeError:
+        raise typer.BadParameter(f"{entry.name} takes no --seq-len (it is not a text model)") from None
+
+
+def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, tuple[Any, ...]]:
+    import torch
+
+    if dtype is None:
+        return model, inputs
+    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if target is None:
+        raise typer.BadParameter(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
+    cast = tuple(t.to(target) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                 for t in inputs)  # fmt: skip
+    return model.to(target), cast
+
+
+@app.command("profile")
+def profile_command(
+    model: Annotated[str, typer.Argument(help="Zoo name, package.module:factory, HF dir or .pt2.")],
+    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    seq_len: Annotated[int | None, typer.Option(min=1, help="Text models: tokens.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    hardware: Annotated[str | None, typer.Option(help="Spec name or YAML (default: here).")] = None,
+    meta: Annotated[bool, typer.Option(help="Count on meta tensors: no memory, no timing.")] = False,
+    compare: Annotated[str | None, typer.Option(help="A second model, side by side.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a roofline plot (PNG).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    weights: Annotated[Path | None, typer.Option(help=".safetensors or .pt state dict.")] = None,
+    input_shape: Annotated[str | None, typer.Option(help="For factories: 1,3,32,32.")] = None,
+) -> None:
+    """MACs, FLOPs, bytes, intensity, peak memory, roofline and latency (predicted vs measured)."""
+    import torch
+
+    from torchslim.evaluate.latency import fixed_threads
+    from torchslim.profile.analysis import analyze, module_table, op_table, summary_table
+    from torchslim.profile.hardware import load_spec
+    from torchslim.profile.roofline import plot_roofline
+
+    spec = load_spec(hardware) if hardware else None
+    analyses = []
+    for index, spec_name in enumerate([model, compare] if compare else [model]):
+        entry = resolve_model(spec_name, weights if index == 0 else None, input_shape)
+        inputs = _profile_inputs(entry, batch_size, seq_len)
+        loaded = entry.meta_model() if meta else entry.load()
+        if meta:
+            inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
+        loaded, inputs = _cast(loaded, inputs, dtype)
+        with fixed_threads(threads):
+            analyses.append(analyze(loaded, inputs, entry.name, spec, not meta, threads))
+    if plot:
+        plot_roofline(analyses[0].rows, analyses[0].hardware, plot)
+    if as_json:
+        payload = [a.to_dict() for a in analyses]
+        _print_json(payload[0] if len(payload) == 1 else payload)
+        return
+    console.print(summary_table(analyses))
+    for analysis in analyses:
+        console.print(op_table(analysis))
+    if not compare:
+        console.print(module_table(analyses[0].report))
+    if plot:
+        console.print(f"roofline plot: {plot}")
+
+
 def main() -> None:
     """Entry point: a TorchslimError becomes one red line and exit code 2, not a traceback."""
     try:

@@ -39,6 +39,13 @@ class ZooEntry(ABC):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The entry's metrics on its eval data."""
 
+    def meta_model(self) -> nn.Module:
+        """The architecture on the ``meta`` device (shapes only, no memory), for profiling.
+
+        Entries whose weights are slow to load override this to build from their config.
+        """
+        return self.load().to("meta")
+
     def metric_names(self) -> tuple[str, ...]:
         """Names of the metrics ``evaluate`` returns (for listings)."""
         return ()

@@ -124,7 +124,7 @@ def entries() -> list[ZooEntry]:
             eval_data=lambda: _digits_split()[0],
             calibration_data=lambda: _digits_split()[1],
         ),
-        fashion_entry("fashion-cnn", architectures.FashionCNN, "A 4-conv CNN (0.9 M parameters)."),
+        fashion_entry("fashion-cnn", architectures.FashionCNN, "A 4-conv CNN (0.47 M parameters)."),
         fashion_entry("fashion-resnet20", architectures.resnet20, "ResNet-20 (0.27 M parameters)."),
         fashion_entry("fashion-resnet56", architectures.resnet56, "ResNet-56 (0.85 M parameters)."),
     ]

@@ -1,0 +1,119 @@
+"""Counting costs at the ATen level with a TorchDispatchMode (works on real and meta tensors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from torchslim.profile.costs import OpCost, cost_of, op_class, op_name, tensor_bytes
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One ATen call: where it ran, what it was, what it cost (``cost`` None = no rule)."""
+
+    index: int
+    op: str
+    module: str
+    op_class: str
+    dtype: str
+    input_shapes: tuple[tuple[int, ...], ...]
+    cost: OpCost | None
+
+
+class _Lifetimes:
+    """Tensor lifetimes in op order, keyed by storage, for the predicted peak memory."""
+
+    def __init__(self) -> None:
+        self.current: dict[int, int] = {}  # storage cdata -> lifetime id
+        self.spans: list[list[int]] = []  # [size, created_at, last_used_at]
+
+    def use(self, t: torch.Tensor, index: int) -> None:
+        lifetime = self.current.get(t.untyped_storage()._cdata)
+        if lifetime is not None:
+            self.spans[lifetime][2] = index
+
+    def create(self, t: torch.Tensor, index: int) -> None:
+        key = t.untyped_storage()._cdata
+        if key in self.current and self.spans[self.current[key]][2] >= index:
+            return  # a view or in-place result of a live storage
+        self.current[key] = len(self.spans)
+        self.spans.append([tensor_bytes(t), index, index])
+
+    def peak_bytes(self, n_ops: int, outputs: list[torch.Tensor]) -> int:
+        for t in outputs:  # the model's outputs stay alive to the end
+            self.use(t, n_ops)
+        delta = [0] * (n_ops + 2)
+        for size, start, end in self.spans:
+            delta[start] += size
+            delta[end + 1] -= size
+        live = peak = 0
+        for change in delta:
+            live += change
+            peak = max(peak, live)
+        return peak
+
+
+class CostCounter(TorchDispatchMode):
+    """Records every ATen call with its module path and cost.
+
+    Module paths are state-dict names ("layer1.0.conv1"); "" is the model itself.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.records: list[OpRecord] = []
+        self.lifetimes = _Lifetimes()
+        self._stack: list[str] = [""]
+        self._hooks: list[Any] = []
+        for name, module in model.named_modules():
+            if name:
+                self._hooks.append(module.register_forward_pre_hook(self._enter(name)))
+                self._hooks.append(module.register_forward_hook(self._leave))
+
+    def _enter(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self._stack.append(name)
+
+        return hook
+
+    def _leave(self, module: nn.Module, args: Any, out: Any) -> None:
+        self._stack.pop()
+
+    def remove_hooks(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        index = len(self.records)
+        inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        for t in inputs:
+            self.lifetimes.use(t, index)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.lifetimes.create(t, index)
+        name = op_name(func)
+        shapes = tuple(tuple(t.shape) for t in inputs)
+        first = inputs[0] if inputs else next(
+            (t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None
+        )
+        self.records.append(
+            OpRecord(
+                index=index,
+                op=name,
+                module=self._stack[-1],
+                op_class=op_class(name, shapes),
+                dtype=str(first.dtype).removeprefix("torch.") if first is not None else "-",
+                input_shapes=shapes,
+                cost=cost_of(func, args, kwargs, out),
+            )
+        )
+        return out

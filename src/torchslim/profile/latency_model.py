@@ -1,0 +1,234 @@
+"""Latency prediction from per-op costs, calibrated on micro-benchmarks of this machine.
+
+Each op class (conv, conv_depthwise, matmul, attention, elementwise, normalization, ...) keeps
+the measured time of isolated layers over a grid of generic shapes timed here; an op is predicted
+from the efficiency of its nearest micro-benchmarks (see ``ClassFit``). The model being predicted
+is never timed for the calibration. A whole model is predicted as the sum over its ops, plus a per-call
+overhead for each module call (hooks and Python of ``nn.Module.__call__``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim._io import write_json
+from torchslim._machine import cpu_model
+from torchslim.evaluate.latency import measure_latency
+from torchslim.profile.counter import CostCounter, OpRecord
+from torchslim.zoo._assets import home
+
+CALIBRATION_VERSION = 1
+
+
+Sample = tuple[float, float, float]  # (flops, bytes, seconds) of one micro-benchmark
+
+
+def _features(flops: float, moved: float) -> np.ndarray:
+    """Where an op sits: its size (log FLOPs, log bytes) — efficiency depends on both."""
+    return np.array([np.log10(flops + 1.0), np.log10(moved + 1.0)])
+
+
+@dataclass(frozen=True)
+class ClassFit:
+    """Measured micro-benchmarks of one op class; predicts by interpolating their efficiency.
+
+    An op's time is its work (FLOPs, or bytes for ops without FLOPs) times the seconds per unit
+    of work of the nearest micro-benchmarks in (log FLOPs, log bytes), inverse-distance weighted:
+    small convs run far below peak, large ones near it, and the samples say by how much.
+    """
+
+    samples: list[Sample]
+    neighbours: int = 3
+
+    def predict(self, flops: float, moved: float) -> float:
+        points = np.array([_features(f, b) for f, b, _ in self.samples])
+        distance = np.linalg.norm(points - _features(flops, moved), axis=1)
+        nearest = np.argsort(distance)[: self.neighbours]
+        weights = 1.0 / (distance[nearest] + 1e-3)
+        estimates = []
+        for i in nearest:
+            f, b, seconds = self.samples[i]
+            if flops > 0 and f > 0:
+                estimates.append(seconds * flops / f)
+            elif b > 0:
+                estimates.append(seconds * max(moved, 1.0) / b)
+            else:
+                estimates.append(seconds)
+        return float(np.dot(weights, estimates) / weights.sum())
+
+    def leave_one_out_error(self) -> float:
+        """Median relative error predicting each sample from the others."""
+        if len(self.samples) < 2:
+            return 0.0
+        errors = []
+        for i, (f, b, seconds) in enumerate(self.samples):
+            others = ClassFit(self.samples[:i] + self.samples[i + 1 :], self.neighbours)
+            errors.append(abs(others.predict(f, b) - seconds) / seconds)
+        return float(np.median(errors))
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Per-class fits plus the overhead of one module call."""
+
+    classes: dict[str, ClassFit]
+    module_call_s: float
+    threads: int
+    device: str
+
+    def predict_op(self, record: OpRecord) -> float:
+        fit = self.classes.get(record.op_class) or self.classes["elementwise"]
+        if record.cost is None:
+            return self.classes["view"].predict(0, 0)  # unknown work: dispatch cost only
+        return fit.predict(record.cost.flops, record.cost.bytes)
+
+    def predict(self, records: list[OpRecord], module_calls: int) -> float:
+        """Predicted seconds of one forward pass; ``module_calls`` counts container modules only
+        (leaf layers' call overhead is in their class's fitted intercept)."""
+        return sum(self.predict_op(r) for r in records) + module_calls * self.module_call_s
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": CALIBRATION_VERSION,
+            "classes": {name: asdict(fit) for name, fit in self.classes.items()},
+            "leave_one_out_error": {n: f.leave_one_out_error() for n, f in self.classes.items()},
+            "module_call_s": self.module_call_s,
+            "threads": self.threads,
+            "device": self.device,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LatencyModel:
+        return cls(
+            classes={
+                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"])  # type: ignore[misc]
+                for n, f in values["classes"].items()
+            },
+            module_call_s=values["module_call_s"],
+            threads=values["threads"],
+            device=values["device"],
+        )
+
+
+Case = tuple[Callable[..., Any], tuple[Any, ...]]
+
+
+def _cases(device: torch.device) -> Iterator[Case]:
+    """Isolated layers spanning small to large shapes of every class.
+
+    Layers are called as nn.Modules where models use modules (conv, linear, norms, activations),
+    so the intercepts include the module call itself; residual adds and attention are functional.
+    """
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=device)
+
+    def layer(module: nn.Module) -> nn.Module:
+        return module.to(device).eval()
+
+    for m in (1, 16, 128, 512):
+        for k, n in ((64, 64), (256, 256), (256, 1024), (1024, 256), (1024, 1024), (768, 3072)):
+            yield layer(nn.Linear(k, n)), (randn(m, k),)
+    for batch in (1, 16):
+        for c_in, c_out, hw in ((1, 16, 28), (16, 16, 28), (32, 32, 14), (64, 64, 7), (32, 64, 56),
+                                (64, 128, 28), (128, 256, 14), (256, 512, 7)):  # fmt: skip
+            x = randn(batch, c_in, hw, hw)
+            for k, bias in ((1, False), (3, True), (3, False)):
+                yield layer(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=bias)), (x,)
+            yield layer(nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False)), (x,)
+            yield layer(nn.BatchNorm2d(c_in)), (x,)
+            yield layer(nn.ReLU()), (x,)
+            yield layer(nn.MaxPool2d(2)), (x,)
+            yield torch.add, (x, x)
+        for channels, hw in ((32, 112), (96, 56), (144, 28), (240, 14), (480, 14), (672, 7)):
+            for k in (3, 5):
+                conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
+                yield layer(conv), (randn(batch, channels, hw, hw),)
+    for b, h, seq, e in ((1, 4, 64, 32), (1, 12, 128, 32), (4, 12, 128, 64), (1, 9, 512, 64)):
+        yield F.scaled_dot_product_attention, (randn(b, h, seq, e), randn(b, h, seq, e),
+                                               randn(b, h, seq, e))  # fmt: skip
+    for numel in (1_000, 30_000, 300_000, 3_000_000):
+        x = randn(numel // 100, 100)
+        yield torch.add, (x, x)
+        yield lambda t: t * 0.5 + 1.0, (x,)
+        yield layer(nn.GELU()), (x,)
+        yield layer(nn.SiLU()), (x,)
+        yield layer(nn.Softmax(-1)), (x,)
+        yield layer(nn.LayerNorm(100)), (x,)
+        yield lambda t: t.mean(-1), (x,)
+        yield lambda t: t.t().contiguous(), (x,)
+        yield lambda t: torch.cat([t, t]), (x,)
+    for numel in (100, 10_000, 1_000_000):
+        x = randn(numel)
+        yield lambda t: t.view(-1, 10).transpose(0, 1), (x,)
+
+
+def _record_case(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[OpRecord]:
+    counter = CostCounter(nn.Module())
+    with torch.no_grad(), counter:
+        fn(*args)
+    return counter.records
+
+
+def _module_call_seconds(device: torch.device) -> float:
+    """Cost of one container call (Sequential, a block) beyond its children: timed on 50 nested
+    Sequentials around an Identity, divided."""
+    chain: nn.Module = nn.Identity()
+    for _ in range(50):
+        chain = nn.Sequential(chain)
+    chain = chain.to(device)
+    x = torch.zeros(1, device=device)
+    return measure_latency(lambda: chain(x), repeats=30).median / 1e3 / 51
+
+
+def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
+    """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU)."""
+    device = torch.device(device)
+    rows: dict[str, list[Sample]] = {}
+    for fn, args in _cases(device):
+        records = [r for r in _record_case(fn, args) if r.cost is not None]
+        main = max(records, key=lambda r: (r.cost.flops, r.cost.bytes))  # type: ignore[union-attr]
+        stats = measure_latency(lambda: fn(*args), warmup=2, repeats=7, threads=threads,
+                                device=device, max_seconds=1.0)  # fmt: skip
+        seconds = stats.median / 1e3
+        flops = sum(r.cost.flops for r in records)  # type: ignore[union-attr]
+        moved = sum(r.cost.bytes for r in records)  # type: ignore[union-attr]
+        cls = "view" if all(r.op_class == "view" for r in records) else main.op_class
+        rows.setdefault(cls, []).append((float(flops), float(moved), seconds))
+    return LatencyModel(
+        classes={name: ClassFit(class_rows) for name, class_rows in rows.items()},
+        module_call_s=_module_call_seconds(device),
+        threads=threads or torch.get_num_threads(),
+        device=str(device),
+    )
+
+
+def _cache_path(threads: int, device: str) -> Any:
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
+    if device.startswith("cuda"):
+        slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
+    return home() / "hardware" / f"{slug}-{threads}t-torch{torch.__version__}-latency.json"
+
+
+def calibrated_model(
+    threads: int | None = None, device: str = "cpu", refresh: bool = False
+) -> LatencyModel:
+    """The cached latency model for this machine and thread count (calibrating if needed)."""
+    count = threads or torch.get_num_threads()
+    path = _cache_path(count, device)
+    if path.is_file() and not refresh:
+        values = json.loads(path.read_text())
+        if values.get("version") == CALIBRATION_VERSION:
+            return LatencyModel.from_dict(values)
+    model = calibrate(count, device)
+    write_json(path, model.to_dict())
+    return model
