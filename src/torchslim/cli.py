@@ -144,25 +144,18 @@ def demo(
     model: Annotated[str, typer.Argument(help="Zoo model to run the main job on.")] = DEFAULT_MODEL,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The main job on the default model: evaluate it and show what it costs."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """The main job on the default model: evaluate it and profile what it costs."""
     from torchslim.evaluate import evaluate as run_evaluation
+    from torchslim.profile.analysis import analyze, op_table, summary_table
 
     entry = resolve_model(model)
     console.print(f"[bold]{entry.name}[/]: {entry.card}")
     loaded = entry.load()
-    report = run_evaluation(loaded, entry, batch_size)
-    console.print(report.to_table())
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loaded(*entry.example_inputs(batch_size))
-    table = Table("op", "MACs", "FLOPs (2 x MAC)", title=f"cost per forward (batch {batch_size})")
-    for op, flops in sorted(counter.get_flop_counts()["Global"].items(), key=lambda kv: -kv[1]):
-        table.add_row(str(op), f"{flops // 2:,}", f"{flops:,}")
-    total = counter.get_total_flops()
-    table.add_row("total", f"{total // 2:,}", f"{total:,}")
-    console.print(table)
+    console.print(run_evaluation(loaded, entry, batch_size).to_table())
+    with console.status("calibrating the latency model on this machine (cached after once)"):
+        analysis = analyze(loaded, tuple(entry.example_inputs(batch_size)), entry.name)
+    console.print(summary_table([analysis]))
+    console.print(op_table(analysis))
 
 
 @app.command()

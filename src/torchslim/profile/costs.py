@@ -221,6 +221,7 @@ def build_rules() -> dict[str, Rule]:
         "index_select": _gather_rule,
         "gather": _gather_rule,
         "_softmax": per_element_rule(5),
+        "_safe_softmax": per_element_rule(5),
         "softmax": per_element_rule(5),
         "_log_softmax": per_element_rule(5),
         "native_layer_norm": per_element_rule(7),
@@ -271,7 +272,7 @@ MEMORY_CLASS = {
     **dict.fromkeys(ELEMENTWISE_1 + ELEMENTWISE_4, "elementwise"),
     **dict.fromkeys(REDUCTIONS + ("_adaptive_avg_pool2d", "adaptive_avg_pool2d"), "reduction"),
     **dict.fromkeys(
-        ("_softmax", "softmax", "_log_softmax", "native_layer_norm", "layer_norm", "rms_norm",
+        ("_softmax", "_safe_softmax", "softmax", "_log_softmax", "native_layer_norm", "layer_norm", "rms_norm",
          "_fused_rms_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
          "_native_batch_norm_legit", "group_norm", "native_group_norm"),  # fmt: skip
         "normalization",

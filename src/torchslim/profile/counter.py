@@ -38,10 +38,10 @@ class _Lifetimes:
         if lifetime is not None:
             self.spans[lifetime][2] = index
 
-    def create(self, t: torch.Tensor, index: int) -> None:
+    def create(self, t: torch.Tensor, index: int, input_storages: set[int]) -> None:
         key = t.untyped_storage()._cdata
-        if key in self.current and self.spans[self.current[key]][2] >= index:
-            return  # a view or in-place result of a live storage
+        if key in input_storages:
+            return  # a view or in-place result of an input (a weight, or a live activation)
         self.current[key] = len(self.spans)
         self.spans.append([tensor_bytes(t), index, index])
 
@@ -97,9 +97,10 @@ class CostCounter(TorchDispatchMode):
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         for t in inputs:
             self.lifetimes.use(t, index)
+        input_storages = {t.untyped_storage()._cdata for t in inputs}
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
-                self.lifetimes.create(t, index)
+                self.lifetimes.create(t, index, input_storages)
         name = op_name(func)
         shapes = tuple(tuple(t.shape) for t in inputs)
         first = inputs[0] if inputs else next(

@@ -1,0 +1,82 @@
+"""Predicted vs measured latency for every zoo model at batch 1 and 16 (issue: profiler).
+
+The latency model is calibrated on micro-benchmarks only (never on these models); each model's
+measured latency is the median of timed forward passes in the same run. Writes
+benchmarks/results/profile_latency.json with the machine's facts.
+
+    python benchmarks/profile_latency.py [--models a,b] [--batch-sizes 1,16] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from torchslim import zoo
+from torchslim._io import write_json
+from torchslim._machine import machine_facts
+from torchslim.errors import MissingAssetError
+from torchslim.evaluate.latency import fixed_threads
+from torchslim.profile.analysis import analyze
+from torchslim.profile.latency_model import calibrated_model
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--models", default=",".join(zoo.names()))
+    parser.add_argument("--batch-sizes", default="1,16")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--recalibrate", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS / "profile_latency.json"))
+    args = parser.parse_args()
+    start = time.perf_counter()
+    calibrated_model(args.threads, refresh=args.recalibrate)
+    calibration_seconds = time.perf_counter() - start
+    rows, skipped = [], {}
+    with fixed_threads(args.threads):
+        for name in args.models.split(","):
+            entry = zoo.get(name)
+            try:
+                model = entry.load()
+            except MissingAssetError as error:
+                skipped[name] = str(error)
+                continue
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                inputs = tuple(entry.example_inputs(batch_size))
+                result = analyze(model, inputs, name, measure=True, threads=args.threads)
+                rows.append({
+                    "model": name,
+                    "batch_size": batch_size,
+                    "macs": result.report.total.macs,
+                    "predicted_ms": result.predicted_latency_ms,
+                    "measured_ms": result.measured_latency_ms,
+                    "relative_error": result.latency_error,
+                })  # fmt: skip
+                print(json.dumps(rows[-1]))
+    errors = [abs(r["relative_error"]) for r in rows if r["relative_error"] is not None]
+    payload = {
+        "benchmark": "profile_latency",
+        "threads": args.threads,
+        "calibration_seconds": calibration_seconds,
+        "rows": rows,
+        "skipped": skipped,
+        "median_abs_error": statistics.median(errors) if errors else None,
+        "max_abs_error": max(errors) if errors else None,
+        "within_15_percent": sum(e <= 0.15 for e in errors),
+        "count": len(errors),
+        "machine": machine_facts(),
+    }
+    write_json(args.out, payload)
+    print(f"median |error| {payload['median_abs_error']:.1%}, within 15%: "
+          f"{payload['within_15_percent']}/{payload['count']} -> {args.out}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

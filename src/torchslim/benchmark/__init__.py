@@ -1,0 +1,28 @@
+"""The benchmark harness: variants timed interleaved in one process, medians and speed-ups as JSON.
+
+>>> result = compare({"eager": lambda: model(x), "compiled": lambda: compiled(x)}, baseline="eager")
+>>> result.speedup("compiled")
+1.8
+>>> result.write("my-benchmark")  # benchmarks/results/my-benchmark.json
+"""
+
+from __future__ import annotations
+
+from torchslim.benchmark.config import BenchmarkConfig
+from torchslim.benchmark.harness import compare, max_abs_diff
+from torchslim.benchmark.result import (
+    BenchmarkResult,
+    Spread,
+    VariantResult,
+    write_result_json,
+)
+
+__all__ = [
+    "BenchmarkConfig",
+    "BenchmarkResult",
+    "Spread",
+    "VariantResult",
+    "compare",
+    "max_abs_diff",
+    "write_result_json",
+]
