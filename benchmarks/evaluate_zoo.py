@@ -54,7 +54,9 @@ def load_model(name: str, fallback: str) -> tuple[str, nn.Module, str | None]:
         return fallback, torchslim.zoo.get(fallback).load(), reason
 
 
-def export_onnx(model: nn.Module, inputs: tuple[Any, ...], path: Path) -> tuple[str | None, dict]:
+def export_onnx(
+    model: nn.Module, inputs: tuple[Any, ...], path: Path
+) -> tuple[str | None, dict[str, str]]:
     """Export with the torch.export-based exporter, else the TorchScript one; errors by exporter."""
     errors: dict[str, str] = {}
     for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
@@ -82,7 +84,7 @@ def onnxruntime_variant(
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs)}
+    feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs, strict=True)}
     return (lambda: session.run(None, feeds)[0]), info
 
 
@@ -90,6 +92,7 @@ def variants_for(
     model: nn.Module, inputs: tuple[Any, ...], workdir: Path, threads: int
 ) -> tuple[dict[str, Variant], dict[str, str], dict[str, Any]]:
     """Every variant on the same input values; skipped ones with reasons; ONNX details."""
+    # Module.to(memory_format=...) works but torch's overloads omit it
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     inputs_cl = tuple(x.contiguous(memory_format=torch.channels_last) for x in inputs)
     variants: dict[str, Variant] = {

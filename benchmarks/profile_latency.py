@@ -51,14 +51,16 @@ def main() -> None:
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
                 inputs = tuple(entry.example_inputs(batch_size))
                 result = analyze(model, inputs, name, measure=True, threads=args.threads)
-                rows.append({
-                    "model": name,
-                    "batch_size": batch_size,
-                    "macs": result.report.total.macs,
-                    "predicted_ms": result.predicted_latency_ms,
-                    "measured_ms": result.measured_latency_ms,
-                    "relative_error": result.latency_error,
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "model": name,
+                        "batch_size": batch_size,
+                        "macs": result.report.total.macs,
+                        "predicted_ms": result.predicted_latency_ms,
+                        "measured_ms": result.measured_latency_ms,
+                        "relative_error": result.latency_error,
+                    }
+                )
                 print(json.dumps(rows[-1]))
     errors = [abs(r["relative_error"]) for r in rows if r["relative_error"] is not None]
     payload = {
@@ -74,8 +76,10 @@ def main() -> None:
         "machine": machine_facts(),
     }
     write_json(args.out, payload)
-    print(f"median |error| {payload['median_abs_error']:.1%}, within 15%: "
-          f"{payload['within_15_percent']}/{payload['count']} -> {args.out}")  # fmt: skip
+    print(
+        f"median |error| {payload['median_abs_error']:.1%}, within 15%: "
+        f"{payload['within_15_percent']}/{payload['count']} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

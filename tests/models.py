@@ -10,9 +10,13 @@ def tiny_convnet(seed: int = 0) -> nn.Module:
     """Conv-BN-ReLU-pool-linear on (B, 1, 8, 8) inputs, 3 classes."""
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 3),
-    )  # fmt: skip
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 3),
+    )
 
 
 def tiny_images(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

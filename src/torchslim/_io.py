@@ -20,7 +20,7 @@ from torchslim.errors import ModelLoadError
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -99,8 +99,10 @@ def load_tensors(path: str | Path, *, allow_pickle: bool = False) -> dict[str, t
     return state
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy ``state`` into ``model``; missing/unexpected keys or shape mismatches raise one error."""
+def load_state_dict_strict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], source: str
+) -> None:
+    """Copy ``state`` into ``model``; missing/unexpected keys or bad shapes raise one error."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -83,10 +83,16 @@ def train(
     from torchslim.train.run import train_zoo_model
 
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        label_smoothing=label_smoothing, augment=augment, amp=amp,
-        checkpoint_every_steps=checkpoint_every, seed=seed,
-    )  # fmt: skip
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        augment=augment,
+        amp=amp,
+        checkpoint_every_steps=checkpoint_every,
+        seed=seed,
+    )
     manifest = train_zoo_model(model, config, out, resume=resume, device=device)
     console.print(f"{model}: {manifest['metrics']} -> {out / 'model.safetensors'}")
 
@@ -160,7 +166,9 @@ def demo(
 
 @app.command()
 def hw(
-    refresh: Annotated[bool, typer.Option(help="Measure again instead of using the cache.")] = False,
+    refresh: Annotated[
+        bool, typer.Option(help="Measure again instead of using the cache.")
+    ] = False,
     threads: Annotated[int | None, typer.Option(min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -188,7 +196,9 @@ def _profile_inputs(entry: Any, batch_size: int, seq_len: int | None) -> tuple[A
     try:
         return tuple(entry.example_inputs(batch_size, seq_len=seq_len))
     except TypeError:
-        raise typer.BadParameter(f"{entry.name} takes no --seq-len (it is not a text model)") from None
+        raise typer.BadParameter(
+            f"{entry.name} takes no --seq-len (it is not a text model)"
+        ) from None
 
 
 def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, tuple[Any, ...]]:
@@ -196,11 +206,14 @@ def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, 
 
     if dtype is None:
         return model, inputs
-    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    target = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+        dtype
+    )
     if target is None:
         raise typer.BadParameter(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
-    cast = tuple(t.to(target) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
-                 for t in inputs)  # fmt: skip
+    cast = tuple(
+        t.to(target) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs
+    )
     return model.to(target), cast
 
 
@@ -211,7 +224,9 @@ def profile_command(
     seq_len: Annotated[int | None, typer.Option(min=1, help="Text models: tokens.")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
     hardware: Annotated[str | None, typer.Option(help="Spec name or YAML (default: here).")] = None,
-    meta: Annotated[bool, typer.Option(help="Count on meta tensors: no memory, no timing.")] = False,
+    meta: Annotated[
+        bool, typer.Option(help="Count on meta tensors: no memory, no timing.")
+    ] = False,
     compare: Annotated[str | None, typer.Option(help="A second model, side by side.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a roofline plot (PNG).")] = None,
     threads: Annotated[int | None, typer.Option(min=1)] = None,

@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import time
@@ -35,7 +36,9 @@ def test_variants_are_interleaved_in_a_shuffled_order():
     assert timed == result.call_order
     assert len(timed) == QUICK.rounds * len(names)
     assert all(timed.count(name) == QUICK.rounds for name in names)
-    assert all(first != second for first, second in zip(timed, timed[1:]))  # never twice in a row
+    assert all(
+        first != second for first, second in itertools.pairwise(timed)
+    )  # never twice in a row
     rounds = [timed[i : i + len(names)] for i in range(0, len(timed), len(names))]
     assert all(sorted(one_round) == names for one_round in rounds)
     assert len({one_round[0] for one_round in rounds}) > 1  # no variant always runs first
@@ -157,6 +160,7 @@ def test_result_json_has_machine_facts_config_and_figures(tmp_path):
     assert datetime.fromisoformat(data["timestamp_utc"]).utcoffset().total_seconds() == 0
     assert BenchmarkConfig.from_dict(data["config"]) == result.config
     assert data["baseline"] == "base"
+    assert data["call_order"] == result.call_order and len(data["call_order"]) == 8
     slow = data["variants"]["slow"]
     assert slow["samples"] == len(slow["samples_ms"]) == 4
     assert slow["speedup_vs_baseline"] == pytest.approx(

@@ -36,7 +36,9 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize(("c_in", "c_out", "k", "stride", "pad", "dil", "groups", "h"), CONV_CASES)
-def test_conv2d_macs_are_output_elements_times_kernel_volume(c_in, c_out, k, stride, pad, dil, groups, h):
+def test_conv2d_macs_are_output_elements_times_kernel_volume(
+    c_in, c_out, k, stride, pad, dil, groups, h
+):
     conv = nn.Conv2d(c_in, c_out, k, stride, pad, dil, groups, bias=False)
     x = torch.randn(2, c_in, h, h)
     out = conv(x)
@@ -159,8 +161,9 @@ def test_module_attribution_uses_state_dict_names():
 
 
 def test_meta_tensors_give_the_same_counts():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(8 * 6 * 6, 10)).eval()  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)
+    ).eval()
     x = torch.randn(2, 3, 8, 8)
     real = profile(model, (x,))
     meta = profile(model.to("meta"), (x.to("meta"),))

@@ -52,16 +52,23 @@ def test_roofline_labels_ops_against_the_ridge_point():
 
 
 def test_measured_op_times_line_up_with_counted_ops(tmp_path):
-    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
     x = torch.randn(2, 3, 16, 16)
     counted = set(profile(model, (x,)).by_op())
     measured = measure_op_times(model, (x,), repeats=2)
     assert {"convolution", "addmm", "relu", "mean"} <= set(measured)
     assert set(measured) <= counted | {"flatten"}  # composite ops decompose like the counter's
     assert all(seconds >= 0 for seconds in measured.values())
-    path = plot_roofline(roofline_rows(profile(model, (x,)), SPEC, None, measured), SPEC,
-                         tmp_path / "roof.png")  # fmt: skip
+    path = plot_roofline(
+        roofline_rows(profile(model, (x,)), SPEC, None, measured), SPEC, tmp_path / "roof.png"
+    )
     assert path.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -73,8 +80,15 @@ def test_class_fit_interpolates_efficiency_between_samples():
 
 
 def test_latency_model_round_trips_and_predicts_a_sum():
-    model = LatencyModel({"view": ClassFit([(0, 0, 1e-6)]), "elementwise": ClassFit(
-        [(1e3, 8e3, 2e-6), (1e6, 8e6, 1e-4)])}, module_call_s=1e-6, threads=1, device="cpu")  # fmt: skip
+    model = LatencyModel(
+        {
+            "view": ClassFit([(0, 0, 1e-6)]),
+            "elementwise": ClassFit([(1e3, 8e3, 2e-6), (1e6, 8e6, 1e-4)]),
+        },
+        module_call_s=1e-6,
+        threads=1,
+        device="cpu",
+    )
     assert LatencyModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
     report = profile(nn.ReLU(), (torch.randn(1000),), measure_memory=False)
     single = model.predict(report.records, module_calls=0)
@@ -91,8 +105,15 @@ def calibrated(tmp_path_factory):
 
 def test_calibration_covers_every_class_and_is_cached(calibrated):
     model, home = calibrated
-    assert {"conv", "conv_depthwise", "matmul", "attention", "elementwise", "normalization",
-            "view"} <= set(model.classes)  # fmt: skip
+    assert {
+        "conv",
+        "conv_depthwise",
+        "matmul",
+        "attention",
+        "elementwise",
+        "normalization",
+        "view",
+    } <= set(model.classes)
     cached = list((home / "hardware").glob("*-latency.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["threads"] == 1
 
@@ -108,7 +129,8 @@ def test_cli_profile_json_and_compare(calibrated, monkeypatch):
     payload = json.loads(result.output)
     assert payload["total"]["flops"] >= 2 * payload["total"]["macs"] > 0
     assert payload["latency_ms"]["measured_median"] > 0 and payload["latency_ms"]["predicted"] > 0
-    h100 = runner.invoke(app, ["profile", "tiny-cnn", "--json", "--hardware", "nvidia-h100-sxm",
-                               "--meta"])  # fmt: skip
+    h100 = runner.invoke(
+        app, ["profile", "tiny-cnn", "--json", "--hardware", "nvidia-h100-sxm", "--meta"]
+    )
     assert h100.exit_code == 0, h100.output
     assert json.loads(h100.output)["latency_ms"]["measured_median"] is None

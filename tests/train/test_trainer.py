@@ -24,7 +24,10 @@ def test_training_learns_the_synthetic_task(tmp_path):
 def test_same_seed_same_weights(tmp_path):
     a = _train(tmp_path / "a")
     b = _train(tmp_path / "b")
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )
 
 
 def test_resume_after_kill_reproduces_an_uninterrupted_run(tmp_path):
@@ -44,8 +47,12 @@ def test_resume_after_kill_reproduces_an_uninterrupted_run(tmp_path):
     killed_dir = tmp_path / "killed"
     with pytest.raises(Killed):
         Trainer(tiny_convnet(), CONFIG, tiny_images(), killed_dir, loss_fn=dying_loss).fit()
-    resumed = _train(killed_dir, resume=True, model=tiny_convnet(seed=123))  # other init: overwritten
-    for (name, x), y in zip(reference.state_dict().items(), resumed.state_dict().values()):
+    resumed = _train(
+        killed_dir, resume=True, model=tiny_convnet(seed=123)
+    )  # other init: overwritten
+    for (name, x), y in zip(
+        reference.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.equal(x, y), name
 
 

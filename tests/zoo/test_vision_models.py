@@ -56,7 +56,7 @@ def test_digits_calibration_is_a_fixed_subset_of_100_per_class():
 
 @pytest.mark.assets
 def test_fashion_mnist_splits_are_the_real_ones():
-    train_x, train_y = images.fashion_mnist("train")
+    train_x, _ = images.fashion_mnist("train")
     test_x, test_y = images.fashion_mnist("test")
     assert train_x.shape == (60_000, 1, 28, 28) and test_x.shape == (10_000, 1, 28, 28)
     assert torch.bincount(test_y).tolist() == [1000] * 10

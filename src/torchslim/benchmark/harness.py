@@ -9,6 +9,7 @@ round, spreads such drift over all of them, so the ratio of medians stays honest
 from __future__ import annotations
 
 import gc
+import math
 import random
 import statistics
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -81,7 +82,7 @@ def compare(
         name: VariantResult(
             name=name,
             samples_ms=samples[name],
-            speedup=baseline_median / statistics.median(samples[name]),
+            speedup=_ratio(baseline_median, statistics.median(samples[name])),
             output_diff=diffs.get(name),
         )
         for name in variants
@@ -113,7 +114,7 @@ def max_abs_diff(expected: Any, actual: Any) -> float:
     if _is_nest(expected) and _is_nest(actual):
         if len(expected) != len(actual):
             raise ValueError(f"outputs have different lengths: {len(expected)} vs {len(actual)}")
-        return max((max_abs_diff(e, a) for e, a in zip(expected, actual)), default=0.0)
+        return max((max_abs_diff(e, a) for e, a in zip(expected, actual, strict=True)), default=0.0)
     expected_t = torch.as_tensor(expected).detach().to("cpu", torch.float64)
     actual_t = torch.as_tensor(actual).detach().to("cpu", torch.float64)
     if expected_t.shape != actual_t.shape:
@@ -187,3 +188,8 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _ratio(baseline_ms: float, variant_ms: float) -> float:
+    """Speed-up; a variant too fast for the clock (0 ms) is infinitely faster."""
+    return baseline_ms / variant_ms if variant_ms > 0 else math.inf

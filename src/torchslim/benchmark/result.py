@@ -1,4 +1,4 @@
-"""What a comparison measured: per-variant statistics, speed-ups, machine facts; JSON and a table."""
+"""What a comparison measured: per-variant statistics, speed-ups, machine facts; JSON, a table."""
 
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ class BenchmarkResult:
         return self.variants[name].speedup
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: config, machine facts, timestamp, per-variant statistics, skipped ones."""
+        """JSON-ready: config, machine facts, timestamp, per-variant figures, skips, call order."""
         return {
             "timestamp_utc": self.timestamp_utc,
             "baseline": self.baseline,
@@ -123,6 +123,7 @@ class BenchmarkResult:
             "machine": self.machine,
             "variants": {name: result.to_dict() for name, result in self.variants.items()},
             "skipped": dict(self.skipped),
+            "call_order": list(self.call_order),
         }
 
     def to_table(self, title: str | None = None) -> Table:

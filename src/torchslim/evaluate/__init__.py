@@ -23,7 +23,9 @@ def run_forward(model: nn.Module, batch: Batch, name: str) -> object:
         with torch.inference_mode():
             return model(*batch)
     except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch]
+        shapes = [
+            tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch
+        ]
         raise InputShapeError(
             f"{name} rejected inputs of shape {shapes}: {str(error).splitlines()[0]}. "
             "Pass inputs the model accepts (for user models: --input-shape)."
@@ -50,7 +52,9 @@ def evaluate(
     batch = _to_device(entry.example_inputs(batch_size), device)
     run_forward(model, batch, entry.name)
     metrics = entry.evaluate(model)
-    latency = measure_latency(lambda: model(*batch), repeats=repeats, threads=threads, device=device)
+    latency = measure_latency(
+        lambda: model(*batch), repeats=repeats, threads=threads, device=device
+    )
     weights = tensor_bytes(model)
     inputs = [t for t in batch if isinstance(t, torch.Tensor)]
     activations = peak_activation_bytes(

@@ -77,7 +77,7 @@ def measure_latency(
     device: torch.device | None = None,
     max_seconds: float = 30.0,
 ) -> LatencyStats:
-    """Time ``fn`` after ``warmup`` calls; stops early (with at least 3 samples) past ``max_seconds``."""
+    """Time ``fn`` after ``warmup`` calls; stops early (>= 3 samples) past ``max_seconds``."""
     with fixed_threads(threads), torch.inference_mode():
         for _ in range(warmup):
             fn()

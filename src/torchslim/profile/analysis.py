@@ -117,12 +117,18 @@ def summary_table(analyses: list[ProfileAnalysis]) -> Table:
             ("arithmetic intensity (FLOP/B)", f"{total.arithmetic_intensity:.2f}"),
             ("weights", format_bytes(report.param_bytes)),
             ("peak activations predicted", format_bytes(report.predicted_peak_activation_bytes)),
-            ("peak activations measured", "-" if measured_peak is None else format_bytes(measured_peak)),
+            (
+                "peak activations measured",
+                "-" if measured_peak is None else format_bytes(measured_peak),
+            ),
             ("latency predicted (ms)", f"{a.predicted_latency_ms:.3f}"),
-            ("latency measured (ms)", "-" if a.measured_latency_ms is None else f"{a.measured_latency_ms:.3f}"),
+            (
+                "latency measured (ms)",
+                "-" if a.measured_latency_ms is None else f"{a.measured_latency_ms:.3f}",
+            ),
             ("prediction error", "-" if a.latency_error is None else f"{a.latency_error:+.1%}"),
             ("unsupported ops", ", ".join(report.unsupported_ops) or "none"),
-        ]  # fmt: skip
+        ]
         for i, (label, value) in enumerate(values):
             if len(rows) <= i:
                 rows.append((label, []))
@@ -136,22 +142,43 @@ def op_table(analysis: ProfileAnalysis, limit: int = 20) -> Table:
     """Per op: counts, intensity, bound, roofline / predicted / measured time."""
     ridge = analysis.hardware.ridge_point()
     table = Table(
-        "op", "calls", "MACs", "FLOPs", "bytes", "FLOP/B", "bound", "roof ms", "pred ms", "meas ms",
+        "op",
+        "calls",
+        "MACs",
+        "FLOPs",
+        "bytes",
+        "FLOP/B",
+        "bound",
+        "roof ms",
+        "pred ms",
+        "meas ms",
         title=f"per op on {analysis.hardware.name} (fp32 ridge point {ridge:.1f} FLOP/B)",
-    )  # fmt: skip
+    )
     macs = {name: t.macs for name, t in analysis.report.by_op().items()}
     for row in analysis.rows[:limit]:
         table.add_row(
-            row.op, str(row.calls), f"{macs.get(row.op, 0):,}", f"{row.flops:,}",
-            format_bytes(row.bytes), f"{row.arithmetic_intensity:.1f}", row.bound,
-            _ms(row.roofline_s), _ms(row.predicted_s), _ms(row.measured_s),
-        )  # fmt: skip
+            row.op,
+            str(row.calls),
+            f"{macs.get(row.op, 0):,}",
+            f"{row.flops:,}",
+            format_bytes(row.bytes),
+            f"{row.arithmetic_intensity:.1f}",
+            row.bound,
+            _ms(row.roofline_s),
+            _ms(row.predicted_s),
+            _ms(row.measured_s),
+        )
     return table
 
 
 def module_table(report: ProfileReport, depth: int = 2) -> Table:
     table = Table("module", "calls", "MACs", "FLOPs", "bytes", title=f"per module (depth {depth})")
     for name, totals in report.by_module(depth).items():
-        table.add_row(name, str(totals.calls), f"{totals.macs:,}", f"{totals.flops:,}",
-                      format_bytes(totals.bytes))  # fmt: skip
+        table.add_row(
+            name,
+            str(totals.calls),
+            f"{totals.macs:,}",
+            f"{totals.flops:,}",
+            format_bytes(totals.bytes),
+        )
     return table

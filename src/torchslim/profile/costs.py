@@ -27,7 +27,6 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 
-
 @dataclass(frozen=True)
 class OpCost:
     """Cost of one op call."""
@@ -47,7 +46,7 @@ Rule = Callable[[Sequence[Any], dict[str, Any], Any], OpCost]
 
 def tensor_bytes(t: torch.Tensor) -> int:
     """Bytes a kernel must touch for ``t``: broadcast (stride-0) dimensions counted once."""
-    elements = math.prod(s for s, st in zip(t.shape, t.stride()) if st != 0)
+    elements = math.prod(s for s, st in zip(t.shape, t.stride(), strict=True) if st != 0)
     return int(elements * t.element_size())
 
 
@@ -126,7 +125,6 @@ def _baddbmm_macs(args: Sequence[Any], out: Any) -> int:
 def _conv_macs(args: Sequence[Any], out: Any) -> int:
     x, weight = args[0], args[1]
     transposed = bool(args[6]) if len(args) > 6 else False
-    groups = int(args[8]) if len(args) > 8 else 1
     kernel = math.prod(weight.shape[2:])
     if transposed:  # weight (C_in, C_out/groups, k...): every input element feeds C_out/g x k
         return x.numel() * weight.shape[1] * kernel
@@ -167,35 +165,171 @@ def _pool_rule(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> OpCost:
 
 
 ELEMENTWISE_1 = (
-    "add", "sub", "mul", "div", "relu", "neg", "abs", "clamp", "clamp_min", "clamp_max",
-    "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge", "where", "masked_fill",
-    "hardtanh", "leaky_relu", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "pow",
-    "reciprocal", "erf", "sin", "cos", "logical_not", "logical_and", "bitwise_and",
-    "bitwise_or", "bitwise_not", "sign", "floor", "ceil", "round", "remainder", "fmod",
-    "relu6", "threshold", "addcmul", "lerp", "square",
-)  # fmt: skip
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "relu",
+    "neg",
+    "abs",
+    "clamp",
+    "clamp_min",
+    "clamp_max",
+    "maximum",
+    "minimum",
+    "eq",
+    "ne",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "where",
+    "masked_fill",
+    "hardtanh",
+    "leaky_relu",
+    "sigmoid",
+    "tanh",
+    "exp",
+    "log",
+    "sqrt",
+    "rsqrt",
+    "pow",
+    "reciprocal",
+    "erf",
+    "sin",
+    "cos",
+    "logical_not",
+    "logical_and",
+    "bitwise_and",
+    "bitwise_or",
+    "bitwise_not",
+    "sign",
+    "floor",
+    "ceil",
+    "round",
+    "remainder",
+    "fmod",
+    "relu6",
+    "threshold",
+    "addcmul",
+    "lerp",
+    "square",
+)
 ELEMENTWISE_4 = ("silu", "gelu", "hardswish", "hardsigmoid", "mish", "elu", "softplus")
-REDUCTIONS = ("sum", "mean", "amax", "amin", "max", "min", "argmax", "argmin", "prod", "norm",
-              "var", "std", "logsumexp", "any", "all", "cumsum", "linalg_vector_norm")  # fmt: skip
+REDUCTIONS = (
+    "sum",
+    "mean",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "argmax",
+    "argmin",
+    "prod",
+    "norm",
+    "var",
+    "std",
+    "logsumexp",
+    "any",
+    "all",
+    "cumsum",
+    "linalg_vector_norm",
+)
 VIEWS = (
-    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "expand", "squeeze",
-    "unsqueeze", "slice", "select", "as_strided", "alias", "detach", "split", "split_with_sizes",
-    "chunk", "unbind", "unflatten", "flatten", "narrow", "view_as_real", "view_as_complex",
-    "_reshape_alias", "lift_fresh", "diagonal", "unfold", "movedim",
-)  # fmt: skip
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "permute",
+    "transpose",
+    "t",
+    "expand",
+    "squeeze",
+    "unsqueeze",
+    "slice",
+    "select",
+    "as_strided",
+    "alias",
+    "detach",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "unbind",
+    "unflatten",
+    "flatten",
+    "narrow",
+    "view_as_real",
+    "view_as_complex",
+    "_reshape_alias",
+    "lift_fresh",
+    "diagonal",
+    "unfold",
+    "movedim",
+)
 MOVEMENT = (
-    "clone", "copy", "_to_copy", "cat", "stack", "constant_pad_nd", "reflection_pad2d",
-    "replicate_pad2d", "contiguous", "repeat", "flip", "roll", "triu", "tril", "index",
-    "index_put", "scatter", "masked_scatter", "_unsafe_index", "upsample_nearest2d",
-    "pixel_shuffle", "channel_shuffle", "_pdist_forward", "_softmax_backward_data",
-    "fill", "zero", "dropout", "native_dropout", "lift", "bernoulli",
-)  # fmt: skip
-CREATION = ("empty", "empty_like", "empty_strided", "zeros", "zeros_like", "ones", "ones_like",
-            "full", "full_like", "arange", "new_zeros", "new_ones", "new_empty", "new_full",
-            "scalar_tensor", "rand", "randn", "randint", "rand_like", "randn_like", "linspace",
-            "_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "sym_storage_offset",
-            "_assert_tensor_metadata", "_assert_async", "is_same_size", "resize_",
-            "eye")  # fmt: skip
+    "clone",
+    "copy",
+    "_to_copy",
+    "cat",
+    "stack",
+    "constant_pad_nd",
+    "reflection_pad2d",
+    "replicate_pad2d",
+    "contiguous",
+    "repeat",
+    "flip",
+    "roll",
+    "triu",
+    "tril",
+    "index",
+    "index_put",
+    "scatter",
+    "masked_scatter",
+    "_unsafe_index",
+    "upsample_nearest2d",
+    "pixel_shuffle",
+    "channel_shuffle",
+    "_pdist_forward",
+    "_softmax_backward_data",
+    "fill",
+    "zero",
+    "dropout",
+    "native_dropout",
+    "lift",
+    "bernoulli",
+)
+CREATION = (
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "zeros",
+    "zeros_like",
+    "ones",
+    "ones_like",
+    "full",
+    "full_like",
+    "arange",
+    "new_zeros",
+    "new_ones",
+    "new_empty",
+    "new_full",
+    "scalar_tensor",
+    "rand",
+    "randn",
+    "randint",
+    "rand_like",
+    "randn_like",
+    "linspace",
+    "_local_scalar_dense",
+    "sym_size",
+    "sym_stride",
+    "sym_numel",
+    "sym_storage_offset",
+    "_assert_tensor_metadata",
+    "_assert_async",
+    "is_same_size",
+    "resize_",
+    "eye",
+)
 
 
 def build_rules() -> dict[str, Rule]:
@@ -246,7 +380,11 @@ def build_rules() -> dict[str, Rule]:
         table.setdefault(name, per_element_rule(4))
     for name in REDUCTIONS:
         table.setdefault(name, per_element_rule(1, on_input=True))
-    for names, rule in ((VIEWS, _view_rule), (MOVEMENT, _movement_rule), (CREATION, _creation_rule)):
+    for names, rule in (
+        (VIEWS, _view_rule),
+        (MOVEMENT, _movement_rule),
+        (CREATION, _creation_rule),
+    ):
         for name in names:
             table.setdefault(name, rule)
     return table
@@ -260,8 +398,11 @@ OP_CLASS = {
     **dict.fromkeys(("convolution", "_convolution", "mkldnn_convolution"), "conv"),
     **dict.fromkeys(("_int_mm", "_weight_int8pack_mm", "_weight_int4pack_mm"), "int8_matmul"),
     **dict.fromkeys(
-        ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention",
-         "_scaled_dot_product_efficient_attention"),  # fmt: skip
+        (
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention",
+        ),
         "attention",
     ),
 }
@@ -270,11 +411,23 @@ OP_CLASS = {
 # Bandwidth-bound ops split by how much work they do per byte, for the latency model.
 MEMORY_CLASS = {
     **dict.fromkeys(ELEMENTWISE_1 + ELEMENTWISE_4, "elementwise"),
-    **dict.fromkeys(REDUCTIONS + ("_adaptive_avg_pool2d", "adaptive_avg_pool2d"), "reduction"),
+    **dict.fromkeys((*REDUCTIONS, "_adaptive_avg_pool2d", "adaptive_avg_pool2d"), "reduction"),
     **dict.fromkeys(
-        ("_softmax", "_safe_softmax", "softmax", "_log_softmax", "native_layer_norm", "layer_norm", "rms_norm",
-         "_fused_rms_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
-         "_native_batch_norm_legit", "group_norm", "native_group_norm"),  # fmt: skip
+        (
+            "_softmax",
+            "_safe_softmax",
+            "softmax",
+            "_log_softmax",
+            "native_layer_norm",
+            "layer_norm",
+            "rms_norm",
+            "_fused_rms_norm",
+            "native_batch_norm",
+            "_native_batch_norm_legit_no_training",
+            "_native_batch_norm_legit",
+            "group_norm",
+            "native_group_norm",
+        ),
         "normalization",
     ),
     **dict.fromkeys(("max_pool2d_with_indices", "max_pool2d", "avg_pool2d"), "pool"),

@@ -103,8 +103,10 @@ class CostCounter(TorchDispatchMode):
                 self.lifetimes.create(t, index, input_storages)
         name = op_name(func)
         shapes = tuple(tuple(t.shape) for t in inputs)
-        first = inputs[0] if inputs else next(
-            (t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None
+        first = (
+            inputs[0]
+            if inputs
+            else next((t for t in tree_leaves(out) if isinstance(t, torch.Tensor)), None)
         )
         self.records.append(
             OpRecord(

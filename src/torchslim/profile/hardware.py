@@ -8,6 +8,7 @@ devices are YAML files with each number's source (``specs/*.yaml``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import time
@@ -100,7 +101,9 @@ def _best_rate(work: float, fn: Callable[[], Any], seconds: float) -> float:
     return best
 
 
-def matmul_peak(dtype: str, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 0.6) -> float:
+def matmul_peak(
+    dtype: str, sizes: tuple[int, ...] = (512, 1024, 2048), seconds: float = 0.6
+) -> float:
     """Best FLOP/s of n x n x n matmuls in ``dtype`` (2 n^3 FLOPs each).
 
     Sizes grow only while one call stays within the time budget, so a dtype that hits a slow
@@ -113,11 +116,11 @@ def matmul_peak(dtype: str, sizes: tuple[int, ...] = (512, 1024, 2048), seconds:
         if dtype == "int8":
             a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
             b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-            fn: Callable[[], Any] = lambda a=a, b=b: torch._int_mm(a, b)  # noqa: E731
+            fn: Callable[[], Any] = functools.partial(torch._int_mm, a, b)
         else:
             a = torch.randn(n, n, dtype=getattr(torch, dtype))
             b = torch.randn(n, n, dtype=getattr(torch, dtype))
-            fn = lambda a=a, b=b: torch.mm(a, b)  # noqa: E731
+            fn = functools.partial(torch.mm, a, b)
         per_call = 2.0 * n**3
         best = max(best, _best_rate(per_call, fn, seconds / len(sizes)))
     return best

@@ -3,12 +3,13 @@
 Each op class (conv, conv_depthwise, matmul, attention, elementwise, normalization, ...) keeps
 the measured time of isolated layers over a grid of generic shapes timed here; an op is predicted
 from the efficiency of its nearest micro-benchmarks (see ``ClassFit``). The model being predicted
-is never timed for the calibration. A whole model is predicted as the sum over its ops, plus a per-call
-overhead for each module call (hooks and Python of ``nn.Module.__call__``).
+is never timed for the calibration. A whole model is predicted as the sum over its ops, plus
+an overhead for each container module call (``nn.Module.__call__`` of blocks and Sequentials).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -110,7 +111,7 @@ class LatencyModel:
     def from_dict(cls, values: dict[str, Any]) -> LatencyModel:
         return cls(
             classes={
-                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"])  # type: ignore[misc]
+                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"])
                 for n, f in values["classes"].items()
             },
             module_call_s=values["module_call_s"],
@@ -139,8 +140,16 @@ def _cases(device: torch.device) -> Iterator[Case]:
         for k, n in ((64, 64), (256, 256), (256, 1024), (1024, 256), (1024, 1024), (768, 3072)):
             yield layer(nn.Linear(k, n)), (randn(m, k),)
     for batch in (1, 16):
-        for c_in, c_out, hw in ((1, 16, 28), (16, 16, 28), (32, 32, 14), (64, 64, 7), (32, 64, 56),
-                                (64, 128, 28), (128, 256, 14), (256, 512, 7)):  # fmt: skip
+        for c_in, c_out, hw in (
+            (1, 16, 28),
+            (16, 16, 28),
+            (32, 32, 14),
+            (64, 64, 7),
+            (32, 64, 56),
+            (64, 128, 28),
+            (128, 256, 14),
+            (256, 512, 7),
+        ):
             x = randn(batch, c_in, hw, hw)
             for k, bias in ((1, False), (3, True), (3, False)):
                 yield layer(nn.Conv2d(c_in, c_out, k, padding=k // 2, bias=bias)), (x,)
@@ -154,8 +163,10 @@ def _cases(device: torch.device) -> Iterator[Case]:
                 conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
                 yield layer(conv), (randn(batch, channels, hw, hw),)
     for b, h, seq, e in ((1, 4, 64, 32), (1, 12, 128, 32), (4, 12, 128, 64), (1, 9, 512, 64)):
-        yield F.scaled_dot_product_attention, (randn(b, h, seq, e), randn(b, h, seq, e),
-                                               randn(b, h, seq, e))  # fmt: skip
+        yield (
+            F.scaled_dot_product_attention,
+            (randn(b, h, seq, e), randn(b, h, seq, e), randn(b, h, seq, e)),
+        )
     for numel in (1_000, 30_000, 300_000, 3_000_000):
         x = randn(numel // 100, 100)
         yield torch.add, (x, x)
@@ -196,12 +207,19 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
     rows: dict[str, list[Sample]] = {}
     for fn, args in _cases(device):
         records = [r for r in _record_case(fn, args) if r.cost is not None]
-        main = max(records, key=lambda r: (r.cost.flops, r.cost.bytes))  # type: ignore[union-attr]
-        stats = measure_latency(lambda: fn(*args), warmup=2, repeats=7, threads=threads,
-                                device=device, max_seconds=1.0)  # fmt: skip
+        costs = [r.cost for r in records if r.cost is not None]
+        main = max(zip(records, costs, strict=True), key=lambda rc: (rc[1].flops, rc[1].bytes))[0]
+        stats = measure_latency(
+            functools.partial(fn, *args),
+            warmup=2,
+            repeats=7,
+            threads=threads,
+            device=device,
+            max_seconds=1.0,
+        )
         seconds = stats.median / 1e3
-        flops = sum(r.cost.flops for r in records)  # type: ignore[union-attr]
-        moved = sum(r.cost.bytes for r in records)  # type: ignore[union-attr]
+        flops = sum(c.flops for c in costs)
+        moved = sum(c.bytes for c in costs)
         cls = "view" if all(r.op_class == "view" for r in records) else main.op_class
         rows.setdefault(cls, []).append((float(flops), float(moved), seconds))
     return LatencyModel(

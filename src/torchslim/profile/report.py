@@ -40,11 +40,15 @@ class CostTotals:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "macs": self.macs, "flops": self.flops, "bytes_read": self.bytes_read,
-            "bytes_written": self.bytes_written, "bytes": self.bytes,
-            "arithmetic_intensity": self.arithmetic_intensity, "calls": self.calls,
+            "macs": self.macs,
+            "flops": self.flops,
+            "bytes_read": self.bytes_read,
+            "bytes_written": self.bytes_written,
+            "bytes": self.bytes,
+            "arithmetic_intensity": self.arithmetic_intensity,
+            "calls": self.calls,
             "params": self.params,
-        }  # fmt: skip
+        }
 
 
 @dataclass

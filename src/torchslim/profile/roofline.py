@@ -65,10 +65,16 @@ def roofline_rows(
         roof = max(totals.flops / peak, totals.bytes / hardware.mem_bw_bytes_per_s)
         rows.append(
             RooflineRow(
-                op=name, calls=totals.calls, flops=totals.flops, bytes=totals.bytes,
-                arithmetic_intensity=intensity, bound=bound, roofline_s=roof,
-                predicted_s=(predicted or {}).get(name), measured_s=(measured or {}).get(name),
-            )  # fmt: skip
+                op=name,
+                calls=totals.calls,
+                flops=totals.flops,
+                bytes=totals.bytes,
+                arithmetic_intensity=intensity,
+                bound=bound,
+                roofline_s=roof,
+                predicted_s=(predicted or {}).get(name),
+                measured_s=(measured or {}).get(name),
+            )
         )
     return rows
 
@@ -134,7 +140,7 @@ def _has_aten_parent(event: Any) -> bool:
 
 
 def plot_roofline(rows: list[RooflineRow], hardware: HardwareSpec, path: str | Path) -> Path:
-    """Save a log-log roofline plot: roofs per dtype, each op at its intensity (and achieved rate)."""
+    """Save a log-log roofline plot: a roof per dtype, each op at its intensity and rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +152,9 @@ def plot_roofline(rows: list[RooflineRow], hardware: HardwareSpec, path: str | P
     high = max([*intensities, 1000.0]) * 2
     xs = [low * (high / low) ** (i / 200) for i in range(201)]
     for dtype, peak in hardware.peak_flops_per_s.items():
-        axes.plot(xs, [min(peak, x * hardware.mem_bw_bytes_per_s) for x in xs], label=f"roof {dtype}")
+        axes.plot(
+            xs, [min(peak, x * hardware.mem_bw_bytes_per_s) for x in xs], label=f"roof {dtype}"
+        )
     for row in rows:
         if row.arithmetic_intensity <= 0:
             continue

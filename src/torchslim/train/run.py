@@ -29,7 +29,9 @@ def train_zoo_model(
     """
     entry = get(name)
     if not isinstance(entry, ImageClassifier):
-        raise ConfigError(f"{name} is not trainable here; trainable: fashion-cnn, fashion-resnet20/56.")
+        raise ConfigError(
+            f"{name} is not trainable here; trainable: fashion-cnn, fashion-resnet20/56."
+        )
     torch.manual_seed(config.seed)
     model = entry.build()
     out = Path(out_dir)

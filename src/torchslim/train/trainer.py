@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ def cross_entropy_loss(smoothing: float) -> LossFn:
 
 
 def augment_images(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random shifts of up to 2 pixels (zero-padded) and horizontal flips of a (B, C, H, W) batch."""
+    """Random shifts of up to 2 pixels and horizontal flips of a (B, C, H, W) batch."""
     b, _, h, w = x.shape
     padded = F.pad(x, (2, 2, 2, 2), value=float(x.min()))  # background value, not 0 after norm
     dy = torch.randint(0, 5, (b,), generator=generator)
@@ -79,16 +80,27 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.loss_fn = loss_fn or cross_entropy_loss(config.label_smoothing)
         self.steps_per_epoch = math.ceil(len(self.inputs) / config.batch_size)
-        decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.ndim <= 1]
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay},
+        ]
         self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay}],
-            lr=config.lr, momentum=0.9, nesterov=True, weight_decay=0.0,
-        )  # fmt: skip
+            groups,
+            lr=config.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=0.0,
+        )
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            self.optimizer, max_lr=config.lr, total_steps=config.epochs * self.steps_per_epoch,
-            pct_start=0.15, div_factor=10.0, final_div_factor=100.0,
-        )  # fmt: skip
+            self.optimizer,
+            max_lr=config.lr,
+            total_steps=config.epochs * self.steps_per_epoch,
+            pct_start=0.15,
+            div_factor=10.0,
+            final_div_factor=100.0,
+        )
         self.state = TrainState()
         self.use_bf16 = config.amp == "bf16" or (
             config.amp == "auto" and bf16_in_hardware(self.device)
@@ -108,7 +120,8 @@ class Trainer:
         bar = tqdm(total=total, initial=self.state.global_step, desc="train", unit="step")
         while self.state.epoch < cfg.epochs:
             order = torch.randperm(
-                len(self.inputs), generator=torch.Generator().manual_seed(cfg.seed + self.state.epoch)
+                len(self.inputs),
+                generator=torch.Generator().manual_seed(cfg.seed + self.state.epoch),
             )
             augment_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.state.epoch)
             for step in range(self.steps_per_epoch):
@@ -119,7 +132,10 @@ class Trainer:
                 if step < self.state.step_in_epoch:
                     continue
                 loss = self._step(x, self.labels[batch])
-                self.state.step_in_epoch, self.state.global_step = step + 1, self.state.global_step + 1
+                self.state.step_in_epoch, self.state.global_step = (
+                    step + 1,
+                    self.state.global_step + 1,
+                )
                 bar.update(1)
                 bar.set_postfix(epoch=self.state.epoch + 1, loss=f"{loss:.3f}")
                 if self.state.global_step % cfg.checkpoint_every_steps == 0:
@@ -163,7 +179,9 @@ class Trainer:
     def _load_checkpoint(self) -> None:
         position = self.checkpoint_dir / "position.json"
         if not position.is_file():
-            raise ModelLoadError(f"--resume: no checkpoint in {self.checkpoint_dir}; start without it.")
+            raise ModelLoadError(
+                f"--resume: no checkpoint in {self.checkpoint_dir}; start without it."
+            )
         self.model.load_state_dict(load_tensors(self.checkpoint_dir / "model.safetensors"))
         states = torch.load(self.checkpoint_dir / "optimizer.pt", weights_only=True)
         self.optimizer.load_state_dict(states["optimizer"])

@@ -133,5 +133,7 @@ def package_file(distribution: str, relative: str) -> Path:
         ) from None
     path = Path(str(dist.locate_file(relative)))
     if not path.exists():
-        raise MissingAssetError(f"{relative} is missing from {distribution}; reinstall: `{install}`.")
+        raise MissingAssetError(
+            f"{relative} is missing from {distribution}; reinstall: `{install}`."
+        )
     return path

@@ -1,4 +1,4 @@
-"""The small CNNs torchslim trains itself on Fashion-MNIST, and the MNIST CNN of digit-recognizer-py.
+"""The small CNNs torchslim trains on Fashion-MNIST, and the MNIST CNN of digit-recognizer-py.
 
 ResNet-20/56 follow He et al., "Deep Residual Learning" (arXiv:1512.03385), section 4.2 (the
 CIFAR variant: 3 stages of 16/32/64 channels, 6n+2 layers), with one input channel for 28x28 images.
@@ -53,9 +53,12 @@ class FashionCNN(nn.Module):
             nn.MaxPool2d(2),  # 7x7
         )
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(0.25),
+            nn.Linear(2 * width * 7 * 7, 128),
+            nn.ReLU(),
             nn.Linear(128, num_classes),
-        )  # fmt: skip
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 28, 28)
         return self.classifier(self.features(x))  # (B, num_classes)

@@ -26,7 +26,7 @@ def _read_idx(key: str) -> np.ndarray:
 
 @lru_cache(maxsize=2)
 def fashion_mnist(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return (images (N, 1, 28, 28) float32 normalised, labels (N,) int64) for 'train' or 'test'."""
+    """(images (N, 1, 28, 28) float32 normalised, labels (N,) int64) of 'train' or 'test'."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     prefix = "train" if split == "train" else "t10k"

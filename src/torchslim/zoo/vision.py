@@ -19,7 +19,9 @@ from torchslim.zoo._entry import Batch, ZooEntry, forward
 CHECKPOINTS = resources.files("torchslim.zoo") / "checkpoints"
 
 
-def accuracy(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+def accuracy(
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch: int = 500
+) -> float:
     """Top-1 accuracy of ``model`` on (inputs, labels), evaluated in batches."""
     model.eval()
     correct = 0
@@ -44,7 +46,11 @@ class ImageClassifier(ZooEntry):
         calibration_data: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     ) -> None:
         self.name, self.card, self.build = name, card, build
-        self._weights, self._eval_data, self._calibration_data = weights, eval_data, calibration_data
+        self._weights, self._eval_data, self._calibration_data = (
+            weights,
+            eval_data,
+            calibration_data,
+        )
 
     def load(self) -> nn.Module:
         model = self.build()
@@ -85,7 +91,7 @@ def committed_checkpoint(name: str) -> Callable[[], Path]:
 
 @cache
 def _digits_split() -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """digits.png is the only labelled data for mnist-cnn: calibrate on 1 000, evaluate on all 5 000.
+    """digits.png is mnist-cnn's only labelled data: calibrate on 1 000, evaluate on all 5 000.
 
     The calibration images are the first 100 of each digit, so calibration never sees a digit the
     evaluation does not; this is calibration, not training, and the card says so.
