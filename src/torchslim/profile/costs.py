@@ -164,171 +164,43 @@ def _pool_rule(args: Sequence[Any], kwargs: dict[str, Any], out: Any) -> OpCost:
     return OpCost(0, _first_out(out).numel() * window, read, written)
 
 
-ELEMENTWISE_1 = (
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "relu",
-    "neg",
-    "abs",
-    "clamp",
-    "clamp_min",
-    "clamp_max",
-    "maximum",
-    "minimum",
-    "eq",
-    "ne",
-    "lt",
-    "le",
-    "gt",
-    "ge",
-    "where",
-    "masked_fill",
-    "hardtanh",
-    "leaky_relu",
-    "sigmoid",
-    "tanh",
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "pow",
-    "reciprocal",
-    "erf",
-    "sin",
-    "cos",
-    "logical_not",
-    "logical_and",
-    "bitwise_and",
-    "bitwise_or",
-    "bitwise_not",
-    "sign",
-    "floor",
-    "ceil",
-    "round",
-    "remainder",
-    "fmod",
-    "relu6",
-    "threshold",
-    "addcmul",
-    "lerp",
-    "square",
+ELEMENTWISE_1 = tuple(
+    """
+    add sub mul div relu neg abs clamp clamp_min clamp_max maximum minimum eq ne lt le gt ge
+    where masked_fill hardtanh leaky_relu sigmoid tanh exp log sqrt rsqrt pow reciprocal erf
+    sin cos logical_not logical_and bitwise_and bitwise_or bitwise_not sign floor ceil round
+    remainder fmod relu6 threshold addcmul lerp square
+    """.split()
 )
 ELEMENTWISE_4 = ("silu", "gelu", "hardswish", "hardsigmoid", "mish", "elu", "softplus")
-REDUCTIONS = (
-    "sum",
-    "mean",
-    "amax",
-    "amin",
-    "max",
-    "min",
-    "argmax",
-    "argmin",
-    "prod",
-    "norm",
-    "var",
-    "std",
-    "logsumexp",
-    "any",
-    "all",
-    "cumsum",
-    "linalg_vector_norm",
+REDUCTIONS = tuple(
+    """
+    sum mean amax amin max min argmax argmin prod norm var std logsumexp any all cumsum
+    linalg_vector_norm
+    """.split()
 )
-VIEWS = (
-    "view",
-    "_unsafe_view",
-    "reshape",
-    "permute",
-    "transpose",
-    "t",
-    "expand",
-    "squeeze",
-    "unsqueeze",
-    "slice",
-    "select",
-    "as_strided",
-    "alias",
-    "detach",
-    "split",
-    "split_with_sizes",
-    "chunk",
-    "unbind",
-    "unflatten",
-    "flatten",
-    "narrow",
-    "view_as_real",
-    "view_as_complex",
-    "_reshape_alias",
-    "lift_fresh",
-    "diagonal",
-    "unfold",
-    "movedim",
+VIEWS = tuple(
+    """
+    view _unsafe_view reshape permute transpose t expand squeeze unsqueeze slice select
+    as_strided alias detach split split_with_sizes chunk unbind unflatten flatten narrow
+    view_as_real view_as_complex _reshape_alias lift_fresh diagonal unfold movedim
+    """.split()
 )
-MOVEMENT = (
-    "clone",
-    "copy",
-    "_to_copy",
-    "cat",
-    "stack",
-    "constant_pad_nd",
-    "reflection_pad2d",
-    "replicate_pad2d",
-    "contiguous",
-    "repeat",
-    "flip",
-    "roll",
-    "triu",
-    "tril",
-    "index",
-    "index_put",
-    "scatter",
-    "masked_scatter",
-    "_unsafe_index",
-    "upsample_nearest2d",
-    "pixel_shuffle",
-    "channel_shuffle",
-    "_pdist_forward",
-    "_softmax_backward_data",
-    "fill",
-    "zero",
-    "dropout",
-    "native_dropout",
-    "lift",
-    "bernoulli",
+MOVEMENT = tuple(
+    """
+    clone copy _to_copy cat stack constant_pad_nd reflection_pad2d replicate_pad2d
+    contiguous repeat flip roll triu tril index index_put scatter masked_scatter
+    _unsafe_index upsample_nearest2d pixel_shuffle channel_shuffle _pdist_forward
+    _softmax_backward_data fill zero dropout native_dropout lift bernoulli
+    """.split()
 )
-CREATION = (
-    "empty",
-    "empty_like",
-    "empty_strided",
-    "zeros",
-    "zeros_like",
-    "ones",
-    "ones_like",
-    "full",
-    "full_like",
-    "arange",
-    "new_zeros",
-    "new_ones",
-    "new_empty",
-    "new_full",
-    "scalar_tensor",
-    "rand",
-    "randn",
-    "randint",
-    "rand_like",
-    "randn_like",
-    "linspace",
-    "_local_scalar_dense",
-    "sym_size",
-    "sym_stride",
-    "sym_numel",
-    "sym_storage_offset",
-    "_assert_tensor_metadata",
-    "_assert_async",
-    "is_same_size",
-    "resize_",
-    "eye",
+CREATION = tuple(
+    """
+    empty empty_like empty_strided zeros zeros_like ones ones_like full full_like arange
+    new_zeros new_ones new_empty new_full scalar_tensor rand randn randint rand_like
+    randn_like linspace _local_scalar_dense sym_size sym_stride sym_numel sym_storage_offset
+    _assert_tensor_metadata _assert_async is_same_size resize_ eye
+    """.split()
 )
 
 
