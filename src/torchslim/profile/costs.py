@@ -303,7 +303,8 @@ MEMORY_CLASS = {
         "normalization",
     ),
     **dict.fromkeys(("max_pool2d_with_indices", "max_pool2d", "avg_pool2d"), "pool"),
-    **dict.fromkeys(MOVEMENT + CREATION + ("embedding", "index_select", "gather"), "copy"),
+    **dict.fromkeys(MOVEMENT + CREATION, "copy"),
+    **dict.fromkeys(("embedding", "index_select", "gather"), "gather"),
 }
 
 

@@ -162,11 +162,10 @@ def _cases(device: torch.device) -> Iterator[Case]:
             for k in (3, 5):
                 conv = nn.Conv2d(channels, channels, k, padding=k // 2, groups=channels, bias=False)
                 yield layer(conv), (randn(batch, channels, hw, hw),)
-    for b, h, seq, e in ((1, 4, 64, 32), (1, 12, 128, 32), (4, 12, 128, 64), (1, 9, 512, 64)):
-        yield (
-            F.scaled_dot_product_attention,
-            (randn(b, h, seq, e), randn(b, h, seq, e), randn(b, h, seq, e)),
-        )
+    for b, h, e in ((1, 4, 32), (1, 12, 32), (4, 12, 64), (1, 9, 64), (8, 8, 64)):
+        for seq in (16, 128, 512):
+            q = randn(b, h, seq, e)
+            yield F.scaled_dot_product_attention, (q, randn(b, h, seq, e), randn(b, h, seq, e))
     for numel in (1_000, 30_000, 300_000, 3_000_000):
         x = randn(numel // 100, 100)
         yield torch.add, (x, x)
@@ -176,6 +175,9 @@ def _cases(device: torch.device) -> Iterator[Case]:
         yield layer(nn.Softmax(-1)), (x,)
         yield layer(nn.LayerNorm(100)), (x,)
         yield lambda t: t.mean(-1), (x,)
+        yield lambda t: t.pow(2).mean(-1, keepdim=True), (x,)
+        yield layer(nn.AdaptiveAvgPool2d(1)), (randn(4, numel // 400 + 1, 10, 10),)
+        yield layer(nn.Embedding(50_000, 100)), (torch.randint(0, 50_000, (numel // 100,)),)
         yield lambda t: t.t().contiguous(), (x,)
         yield lambda t: torch.cat([t, t]), (x,)
     for numel in (100, 10_000, 1_000_000):
