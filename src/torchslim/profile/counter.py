@@ -92,6 +92,10 @@ class CostCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default and args[0].device.type == "meta":
+            # .item() on a meta tensor has no value: answer 0/False so data-dependent checks
+            # (e.g. "is this a packed sequence?") take their plain path; shapes are unaffected.
+            return False if args[0].dtype == torch.bool else 0
         out = func(*args, **kwargs)
         index = len(self.records)
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]

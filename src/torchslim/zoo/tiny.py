@@ -1,7 +1,8 @@
 """Tiny random-init models for tests and for trying a technique in seconds.
 
 Each entry is built from a transformers config (hidden sizes 32-64, 2 layers) or from our own
-CNNs, under a fixed seed: every ``load()`` gives the same weights. Random models have no task
+CNNs, under a fixed seed: every ``load()`` gives the same weights (BatchNorm layers get random
+affine parameters and the running statistics of one seeded batch). Random models have no task
 accuracy, so ``evaluate`` measures how far a model's outputs moved from the freshly built
 reference on fixed inputs: ``cosine_vs_reference`` (mean per-sample cosine similarity, 1.0 for
 the unmodified model) and ``max_abs_diff_vs_reference`` (0.0 for it).
@@ -24,9 +25,11 @@ from torchslim.zoo.user import HuggingFaceOutput, InputSpec, output_tensors, ran
 WEIGHT_SEED = 0
 EVAL_SEED = 0  # eval inputs = example_inputs(EVAL_BATCH); calibration batch i uses seed 1000 + i
 CALIBRATION_SEED = 1000
+BATCHNORM_SEED = 2000  # the batch that sets BatchNorm running statistics at build time
 EVAL_BATCH = 8
 VOCAB_SIZE = 1000
 SEQ_LEN = 16
+NUM_CLASSES = 10
 TOKENS = (InputSpec((1, SEQ_LEN), torch.int64, low=0, high=VOCAB_SIZE),)
 RGB_32 = (InputSpec((1, 3, 32, 32)),)
 GRAY_28 = (InputSpec((1, 1, 28, 28)),)
@@ -56,6 +59,7 @@ class TinyEntry(ZooEntry):
         with torch.random.fork_rng(devices=[]):  # the caller's RNG stream is left untouched
             torch.manual_seed(WEIGHT_SEED)
             model = self.build()
+            _randomize_batchnorm(model, random_batch(self.inputs, 16, BATCHNORM_SEED))
         return model.eval()
 
     def example_inputs(self, batch_size: int = 1) -> Batch:
@@ -86,6 +90,28 @@ class TinyEntry(ZooEntry):
         return torch.cat(
             [t.detach().float().cpu().reshape(EVAL_BATCH, -1) for t in output_tensors(output)], 1
         )
+
+
+def _randomize_batchnorm(model: nn.Module, batch: Batch) -> None:
+    """Give BatchNorm layers random affine parameters and running statistics from one batch.
+
+    Identity statistics would hide BN-folding bugs, and with them MobileNetV2's activations
+    vanish through its 17 blocks; the statistics of one train-mode pass keep them near unit scale.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d)]
+    if not norms:
+        return
+    momentums = [norm.momentum for norm in norms]
+    for norm in norms:
+        if norm.affine:
+            nn.init.uniform_(norm.weight, 0.5, 1.5)
+            nn.init.normal_(norm.bias, std=0.1)
+        norm.momentum = 1.0  # running statistics := this batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(*batch)
+    for norm, momentum in zip(norms, momentums, strict=True):
+        norm.momentum = momentum
 
 
 def _like_model(model: nn.Module, batch: Batch) -> Batch:
@@ -134,8 +160,9 @@ def _vit() -> nn.Module:
 
     config = ViTConfig(
         image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, num_labels=10,
+        intermediate_size=64,
     )  # fmt: skip
+    config.num_labels = NUM_CLASSES  # a property of every config, not a typed constructor field
     return HuggingFaceOutput(ViTForImageClassification(config), ("pixel_values",))
 
 
@@ -143,8 +170,9 @@ def _resnet() -> nn.Module:
     from transformers import ResNetConfig, ResNetForImageClassification
 
     config = ResNetConfig(
-        embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic", num_labels=10
+        embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="basic"
     )
+    config.num_labels = NUM_CLASSES
     return HuggingFaceOutput(ResNetForImageClassification(config), ("pixel_values",))
 
 
@@ -152,9 +180,8 @@ def _mobilenetv2() -> nn.Module:
     from transformers import MobileNetV2Config, MobileNetV2ForImageClassification
 
     # MobileNetV2's 17 inverted-residual blocks are fixed; the width multiplier makes it tiny
-    config = MobileNetV2Config(
-        image_size=32, depth_multiplier=0.35, finegrained_output=False, num_labels=10
-    )
+    config = MobileNetV2Config(image_size=32, depth_multiplier=0.35, finegrained_output=False)
+    config.num_labels = NUM_CLASSES
     return HuggingFaceOutput(MobileNetV2ForImageClassification(config), ("pixel_values",))
 
 

@@ -120,7 +120,8 @@ class UserEntry(ZooEntry):
         calibration_batch_size: int = 8,
     ) -> None:
         self.name, self.card, self._build, self._inputs = name, card, build, inputs
-        self.default_batch_size, self.calibration_batch_size = default_batch_size, calibration_batch_size
+        self.default_batch_size = default_batch_size
+        self.calibration_batch_size = calibration_batch_size
 
     def load(self) -> nn.Module:
         return self._build()
@@ -193,7 +194,7 @@ def resolve(
 
     Raises:
         ModelLoadError: the spec does not import, has no such factory, or the file is unreadable.
-        ConfigError: a needed option is missing or does not apply (``--input-shape``, ``--weights``).
+        ConfigError: an option is missing or does not apply (``--input-shape``, ``--weights``).
         UnknownModelError: ``spec`` is none of the three forms.
     """
     shape = _checked_shape(input_shape) if input_shape is not None else None
@@ -335,7 +336,10 @@ def _huggingface_entry(directory: Path, shape: tuple[int, ...] | None) -> UserEn
                 f"cannot load the Hugging Face model in {directory}: {type(error).__name__}: "
                 f"{error}"
             ) from error
-        missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+        # a BERT-style pooler missing from an encoder checkpoint is unused: the output is
+        # last_hidden_state; any other missing weight would silently be random
+        missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
+        missing += sorted(str(key) for key in info["mismatched_keys"])
         if missing:
             raise ModelLoadError(
                 f"weights in {directory} do not fit {model_class.__name__}: missing or mismatched "
@@ -369,10 +373,10 @@ def huggingface_inputs(
         if shape is not None and len(shape) != 2:
             raise ConfigError(f"a text model takes (batch, seq_len) token ids; got {shape}")
         positions = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", DEFAULT_SEQ_LEN
+            config, "n_positions", None
         )
-        shape = shape or (1, min(DEFAULT_SEQ_LEN, positions))
-        ids = InputSpec(shape, torch.int64, low=0, high=config.vocab_size)
+        seq_len = min(DEFAULT_SEQ_LEN, int(positions or DEFAULT_SEQ_LEN))
+        ids = InputSpec(shape or (1, seq_len), torch.int64, low=0, high=config.vocab_size)
         if getattr(config, "is_encoder_decoder", False):
             return ("input_ids", "decoder_input_ids"), (ids, ids)
         return ("input_ids",), (ids,)
