@@ -5,31 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchslim.errors import InputShapeError
 from torchslim.evaluate.latency import LatencyStats, measure_latency
 from torchslim.evaluate.memory import peak_activation_bytes, tensor_bytes
 from torchslim.evaluate.report import EvaluationReport, comparison_table, format_bytes
 from torchslim.evaluate.size import parameter_count, saved_size_bytes
 from torchslim.zoo import Batch, ZooEntry, get
+from torchslim.zoo._entry import checked_forward
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
-
-
-def run_forward(model: nn.Module, batch: Batch, name: str) -> object:
-    """One forward pass; a model that rejects the inputs raises InputShapeError."""
-    try:
-        with torch.inference_mode():
-            return model(*batch)
-    except (RuntimeError, ValueError, IndexError, TypeError) as error:
-        shapes = [
-            tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__ for t in batch
-        ]
-        raise InputShapeError(
-            f"{name} rejected inputs of shape {shapes}: {str(error).splitlines()[0]}. "
-            "Pass inputs the model accepts (for user models: --input-shape)."
-        ) from error
 
 
 def evaluate(
@@ -50,7 +35,7 @@ def evaluate(
     device = torch.device(device)
     model = model.to(device).eval()
     batch = _to_device(entry.example_inputs(batch_size), device)
-    run_forward(model, batch, entry.name)
+    checked_forward(model, batch, entry.name)
     metrics = entry.evaluate(model)
     latency = measure_latency(
         lambda: model(*batch), repeats=repeats, threads=threads, device=device
@@ -87,6 +72,5 @@ __all__ = [
     "measure_latency",
     "parameter_count",
     "peak_activation_bytes",
-    "run_forward",
     "saved_size_bytes",
 ]

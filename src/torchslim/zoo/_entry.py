@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim.errors import InputShapeError, TorchslimError
+
 Batch = tuple[Any, ...]  # positional arguments of one forward call
 
 
@@ -58,3 +60,28 @@ def forward(model: nn.Module, batch: Batch) -> Any:
     """Call ``model`` on one batch, with no autograd."""
     with torch.inference_mode():
         return model(*batch)
+
+
+INPUT_HINT = "pass the shape the model expects with --input-shape, batch first (e.g. 1,3,224,224)"
+
+
+def checked_forward(model: nn.Module, batch: Batch, name: str) -> Any:
+    """``forward``, but a model that rejects the inputs raises one InputShapeError naming the
+    input shapes and dtypes and the model's own error."""
+    try:
+        return forward(model, batch)
+    except TorchslimError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
+        shapes = ", ".join(_describe(item) for item in batch)
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        raise InputShapeError(
+            f"{name} rejected inputs of shape {shapes}: {type(error).__name__}: {reason}. "
+            f"If the model expects another shape, {INPUT_HINT}."
+        ) from error
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, torch.Tensor):
+        return f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}"
+    return type(item).__name__

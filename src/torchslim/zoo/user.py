@@ -28,17 +28,15 @@ from torchslim.errors import (
     ConfigError,
     InputShapeError,
     ModelLoadError,
-    TorchslimError,
     UnknownModelError,
     did_you_mean,
 )
-from torchslim.zoo._entry import Batch, ZooEntry, forward
+from torchslim.zoo._entry import Batch, ZooEntry, checked_forward
 
 EVAL_SEED = 0  # seed of example_inputs (the eval inputs); calibration batch i uses 1 + i
 MODEL_SEED = 0  # a factory without weights is built under this seed: the same model every load
 DEFAULT_SEQ_LEN = 32  # token inputs of text models, capped by the config's max positions
 DEFAULT_IMAGE_SIZE = 224  # vision configs without image_size (e.g. ResNet)
-INPUT_HINT = "pass the shape the model expects with --input-shape, batch first (e.g. 1,3,224,224)"
 
 
 @dataclass(frozen=True)
@@ -153,24 +151,7 @@ def check_inputs(entry: ZooEntry, model: nn.Module, batch_size: int = 1) -> Any:
         InputShapeError: the model rejected the inputs; the message names their shapes and the
             model's own error.
     """
-    batch = entry.example_inputs(batch_size)
-    try:
-        return forward(model, batch)
-    except TorchslimError:
-        raise
-    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
-        shapes = ", ".join(_describe(item) for item in batch)
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-        raise InputShapeError(
-            f"{entry.name} rejected inputs of shape {shapes}: {type(error).__name__}: {reason}. "
-            f"If the model expects another shape, {INPUT_HINT}."
-        ) from error
-
-
-def _describe(item: Any) -> str:
-    if isinstance(item, torch.Tensor):
-        return f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}"
-    return type(item).__name__
+    return checked_forward(model, entry.example_inputs(batch_size), entry.name)
 
 
 def resolve(
