@@ -48,7 +48,8 @@ def test_report_follows_the_contract():
 
 def test_shape_the_model_rejects_is_one_clear_error():
     entry = TinyEntry(shape=(3, 8, 8))  # the model has one input channel
-    with pytest.raises(InputShapeError, match=r"rejected inputs of shape \(1, 3, 8, 8\) float32: RuntimeError"):
+    expected = r"rejected inputs of shape \(1, 3, 8, 8\) float32: RuntimeError"
+    with pytest.raises(InputShapeError, match=expected):
         evaluate(entry.load(), entry, repeats=3)
 
 

@@ -20,7 +20,8 @@ from torch import nn
 
 from torchslim.zoo import architectures
 from torchslim.zoo._entry import Batch, ZooEntry, forward
-from torchslim.zoo.user import HuggingFaceOutput, InputSpec, output_tensors, random_batch
+from torchslim.zoo._hf import HuggingFaceOutput
+from torchslim.zoo._inputs import InputSpec, output_tensors, random_batch
 
 WEIGHT_SEED = 0
 EVAL_SEED = 0  # eval inputs = example_inputs(EVAL_BATCH); calibration batch i uses seed 1000 + i

@@ -16,7 +16,6 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,75 +31,11 @@ from torchslim.errors import (
     did_you_mean,
 )
 from torchslim.zoo._entry import Batch, ZooEntry, checked_forward
+from torchslim.zoo._hf import HuggingFaceOutput, huggingface_class, huggingface_inputs
+from torchslim.zoo._inputs import InputSpec, output_tensors, random_batch
 
 EVAL_SEED = 0  # seed of example_inputs (the eval inputs); calibration batch i uses 1 + i
 MODEL_SEED = 0  # a factory without weights is built under this seed: the same model every load
-DEFAULT_SEQ_LEN = 32  # token inputs of text models, capped by the config's max positions
-DEFAULT_IMAGE_SIZE = 224  # vision configs without image_size (e.g. ResNet)
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """One positional input: its shape (batch first; the batch is replaced) and how to draw it.
-
-    Floating inputs are normal(mean, std); integer inputs (token ids) uniform in [low, high).
-    """
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype = torch.float32
-    low: int = 0
-    high: int = 2
-    mean: float = 0.0
-    std: float = 1.0
-
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """A tensor of shape ``(batch_size, *shape[1:])``."""
-        shape = (batch_size, *self.shape[1:])
-        if self.dtype.is_floating_point:
-            sample = torch.randn(shape, generator=generator) * self.std + self.mean
-            return sample.to(self.dtype)
-        if self.dtype == torch.bool:
-            return torch.randint(0, 2, shape, generator=generator).bool()
-        return torch.randint(self.low, self.high, shape, generator=generator, dtype=self.dtype)
-
-
-def random_batch(specs: Sequence[InputSpec], batch_size: int, seed: int) -> Batch:
-    """One batch drawn from ``specs``; the same ``seed`` gives the same tensors."""
-    generator = torch.Generator().manual_seed(seed)
-    return tuple(spec.sample(batch_size, generator) for spec in specs)
-
-
-def output_tensors(output: Any) -> list[torch.Tensor]:
-    """Every tensor in a model output (a tensor, or nested tuples/lists/dicts/ModelOutputs)."""
-    if isinstance(output, torch.Tensor):
-        return [output]
-    if isinstance(output, dict):
-        output = list(output.values())
-    if isinstance(output, list | tuple):
-        return [tensor for item in output for tensor in output_tensors(item)]
-    return []
-
-
-class HuggingFaceOutput(nn.Module):
-    """A transformers model called with positional tensors and returning one tensor.
-
-    The tensor is ``logits`` when the model has a head, else ``last_hidden_state``, else the
-    output's first field; techniques and the profiler see a plain ``Tensor -> Tensor`` module.
-    """
-
-    def __init__(self, model: nn.Module, input_names: Sequence[str]) -> None:
-        super().__init__()
-        self.model = model
-        self.input_names = tuple(input_names)
-
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        output = self.model(**dict(zip(self.input_names, inputs, strict=True)))
-        if isinstance(output, torch.Tensor):
-            return output
-        for key in ("logits", "last_hidden_state"):
-            if isinstance(output, dict) and key in output:
-                return output[key]
-        return output[0]
 
 
 class UserEntry(ZooEntry):
@@ -307,7 +242,7 @@ def _huggingface_entry(directory: Path, shape: tuple[int, ...] | None) -> UserEn
     names, specs = huggingface_inputs(config, shape)
 
     def build() -> nn.Module:
-        model_class = _huggingface_class(config)
+        model_class = huggingface_class(config)
         try:
             model, info = model_class.from_pretrained(
                 directory, local_files_only=True, dtype=torch.float32, output_loading_info=True
@@ -338,50 +273,6 @@ def _huggingface_entry(directory: Path, shape: tuple[int, ...] | None) -> UserEn
         inputs=lambda batch_size, seed: random_batch(specs, batch_size, seed),
         default_batch_size=shape[0] if shape else 1,
     )
-
-
-def huggingface_inputs(
-    config: Any, shape: tuple[int, ...] | None = None
-) -> tuple[tuple[str, ...], tuple[InputSpec, ...]]:
-    """Input names and specs of a transformers config: token ids or pixel values.
-
-    Text models (``vocab_size``) get ``input_ids`` of ``shape`` (batch, seq) or a sequence of
-    ``DEFAULT_SEQ_LEN`` capped by the config's positions; encoder-decoders get the same ids as
-    ``decoder_input_ids``. Vision models (``num_channels``) get ``pixel_values`` of ``shape`` or
-    the config's ``image_size``.
-    """
-    if hasattr(config, "vocab_size") and not hasattr(config, "num_channels"):
-        if shape is not None and len(shape) != 2:
-            raise ConfigError(f"a text model takes (batch, seq_len) token ids; got {shape}")
-        positions = getattr(config, "max_position_embeddings", None) or getattr(
-            config, "n_positions", None
-        )
-        seq_len = min(DEFAULT_SEQ_LEN, int(positions or DEFAULT_SEQ_LEN))
-        ids = InputSpec(shape or (1, seq_len), torch.int64, low=0, high=config.vocab_size)
-        if getattr(config, "is_encoder_decoder", False):
-            return ("input_ids", "decoder_input_ids"), (ids, ids)
-        return ("input_ids",), (ids,)
-    if hasattr(config, "num_channels"):
-        if shape is not None and len(shape) != 4:
-            raise ConfigError(f"a vision model takes (batch, channels, h, w) pixels; got {shape}")
-        size = getattr(config, "image_size", DEFAULT_IMAGE_SIZE)
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        return ("pixel_values",), (InputSpec(shape or (1, config.num_channels, height, width)),)
-    raise ConfigError(
-        f"cannot derive inputs for a {config.model_type!r} config: only text models (vocab_size) "
-        "and vision models (num_channels) are supported; use a package.module:factory spec."
-    )
-
-
-def _huggingface_class(config: Any) -> Any:
-    """The config's own architecture (keeps its head) when transformers has it, else AutoModel."""
-    import transformers
-
-    for name in getattr(config, "architectures", None) or []:
-        found = getattr(transformers, name, None)
-        if isinstance(found, type) and issubclass(found, transformers.PreTrainedModel):
-            return found
-    return transformers.AutoModel
 
 
 # --- torch.export .pt2 ------------------------------------------------------------------------
