@@ -113,3 +113,20 @@ def test_cli_evaluate_json_mnist_cnn():
     assert report["model"] == "mnist-cnn"
     assert report["metrics"]["accuracy"] == pytest.approx(0.970, abs=0.002)
     assert report["params"] == 390_410
+
+
+def test_cli_evaluates_a_user_factory_with_weights(tmp_path):
+    from zoo.user_factories import small_convnet
+
+    from torchslim._io import save_tensors
+
+    weights = tmp_path / "w.safetensors"
+    save_tensors(weights, small_convnet().state_dict())
+    spec = "tests.zoo.user_factories:small_convnet"
+    args = ["evaluate", spec, "--weights", str(weights), "--input-shape", "1,3,8,8", "--json"]
+    result = CliRunner().invoke(app, [*args, "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["params"] == 122 and report["metrics"] == {"output_finite": 1.0}
+    wrong = CliRunner().invoke(app, [*args[:4], "--input-shape", "1,1,8,8", "--json"])
+    assert wrong.exit_code != 0 and "rejected inputs of shape (1, 1, 8, 8)" in str(wrong.exception)
