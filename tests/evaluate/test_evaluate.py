@@ -116,9 +116,8 @@ def test_cli_evaluate_json_mnist_cnn():
 
 
 def test_cli_evaluates_a_user_factory_with_weights(tmp_path):
-    from zoo.user_factories import small_convnet
-
     from torchslim._io import save_tensors
+    from zoo.user_factories import small_convnet
 
     weights = tmp_path / "w.safetensors"
     save_tensors(weights, small_convnet().state_dict())
