@@ -39,6 +39,15 @@ class DebianFile:
 
 
 FASHION_DIR = "usr/share/datasets/fashion-mnist"
+OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
+# Natural photos shipped with OpenCV's examples: the first 12 evaluate EfficientNet-Lite0,
+# the last 6 calibrate it (disjoint).
+OPENCV_PHOTOS = (
+    "apple.jpg", "baboon.jpg", "butterfly.jpg", "fruits.jpg", "HappyFish.jpg", "home.jpg",
+    "messi5.jpg", "orange.jpg", "building.jpg", "aero1.jpg", "aero3.jpg", "board.jpg",
+    "left01.jpg", "leuvenA.jpg", "leuvenB.jpg", "ela_original.jpg", "Blender_Suzanne1.jpg",
+    "licenseplate_motion.jpg",
+)  # fmt: skip
 DEBIAN_FILES: dict[str, DebianFile] = {
     **{
         f"fashion-mnist/{name}": DebianFile("dataset-fashion-mnist", f"{FASHION_DIR}/{name}")
@@ -49,7 +58,11 @@ DEBIAN_FILES: dict[str, DebianFile] = {
             "t10k-labels-idx1-ubyte.gz",
         )
     },
-    "digits.png": DebianFile("opencv-doc", "usr/share/doc/opencv-doc/examples/data/digits.png"),
+    "digits.png": DebianFile("opencv-doc", f"{OPENCV_DATA}/digits.png"),
+    **{
+        f"opencv-photos/{name}": DebianFile("opencv-doc", f"{OPENCV_DATA}/{name}")
+        for name in OPENCV_PHOTOS
+    },
     **{
         f"janeaustenr/{name}": DebianFile(
             "r-cran-janeaustenr", f"usr/lib/R/site-library/janeaustenr/data/{name}"
