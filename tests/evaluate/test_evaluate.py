@@ -129,3 +129,13 @@ def test_cli_evaluates_a_user_factory_with_weights(tmp_path):
     assert report["params"] == 122 and report["metrics"] == {"output_finite": 1.0}
     wrong = CliRunner().invoke(app, [*args[:4], "--input-shape", "1,1,8,8", "--json"])
     assert wrong.exit_code != 0 and "rejected inputs of shape (1, 1, 8, 8)" in str(wrong.exception)
+
+
+@pytest.mark.assets
+def test_cli_evaluate_json_fashion_resnet20_reaches_its_committed_accuracy():
+    result = CliRunner().invoke(app, ["evaluate", "fashion-resnet20", "--json", "--repeats", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["metrics"]["accuracy"] == pytest.approx(0.9395, abs=0.0005)
+    assert report["params"] == 272_186
+    assert 272_186 * 4 < report["size_bytes"] < 272_186 * 4 * 1.1
