@@ -21,9 +21,14 @@ from torchslim._io import write_json
 from torchslim._machine import machine_facts
 
 REAL_MODELS = (
-    "mnist-cnn", "fashion-cnn", "fashion-resnet20", "fashion-resnet56", "minilm", "smollm2-135m",
+    "mnist-cnn",
+    "fashion-cnn",
+    "fashion-resnet20",
+    "fashion-resnet56",
+    "minilm",
+    "smollm2-135m",
     "efficientnet-lite0",
-)  # fmt: skip
+)
 
 
 def main() -> None:
@@ -42,10 +47,10 @@ def main() -> None:
         report = torchslim.evaluate(model, entry, args.batch_size, args.threads).to_dict()
         report["seconds"] = {"load": loaded - start, "evaluate": time.perf_counter() - loaded}
         rows.append(report)
-        print(json.dumps({k: report[k] for k in ("model", "metrics", "params", "size_bytes",
-                                                  "latency_ms", "peak_memory_bytes")}))  # fmt: skip
-    write_json(args.out, {"benchmark": "zoo_report", "batch_size": args.batch_size,
-                          "threads": args.threads, "rows": rows, "machine": machine_facts()})  # fmt: skip
+        shown = ("model", "metrics", "params", "size_bytes", "latency_ms", "peak_memory_bytes")
+        print(json.dumps({key: report[key] for key in shown}))
+    payload = {"benchmark": "zoo_report", "batch_size": args.batch_size, "threads": args.threads}
+    write_json(args.out, {**payload, "rows": rows, "machine": machine_facts()})
 
 
 if __name__ == "__main__":
