@@ -40,13 +40,14 @@ class DebianFile:
 
 FASHION_DIR = "usr/share/datasets/fashion-mnist"
 OPENCV_DATA = "usr/share/doc/opencv-doc/examples/data"
-# Natural photos shipped with OpenCV's examples: the first 12 evaluate EfficientNet-Lite0,
-# the last 6 calibrate it (disjoint).
+# Photos shipped with OpenCV's examples, for EfficientNet-Lite0: efficientnet.py evaluates on the
+# first 16 and calibrates on the last 10.
 OPENCV_PHOTOS = (
-    "apple.jpg", "baboon.jpg", "butterfly.jpg", "fruits.jpg", "HappyFish.jpg", "home.jpg",
-    "messi5.jpg", "orange.jpg", "building.jpg", "aero1.jpg", "aero3.jpg", "board.jpg",
-    "left01.jpg", "leuvenA.jpg", "leuvenB.jpg", "ela_original.jpg", "Blender_Suzanne1.jpg",
-    "licenseplate_motion.jpg",
+    "apple.jpg", "baboon.jpg", "butterfly.jpg", "fruits.jpg", "orange.jpg", "squirrel_cls.jpg",
+    "chicky_512.png", "messi5.jpg", "home.jpg", "building.jpg", "board.jpg", "leuvenA.jpg",
+    "licenseplate_motion.jpg", "starry_night.jpg", "aloeL.jpg", "smarties.png",
+    "aero1.jpg", "aero3.jpg", "ela_original.jpg", "graf1.png", "left.jpg", "pca_test1.jpg",
+    "rubberwhale1.png", "stuff.jpg", "HappyFish.jpg", "sudoku.png",
 )  # fmt: skip
 DEBIAN_FILES: dict[str, DebianFile] = {
     **{

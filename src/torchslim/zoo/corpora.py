@@ -9,8 +9,6 @@ import warnings
 import zlib
 from functools import cache
 
-import rdata
-
 from torchslim.zoo._assets import debian_file, package_file
 
 GENSIM_DATA = "gensim/test/test_data"
@@ -20,6 +18,9 @@ NOVELS = (
 
 
 def _r_object(data: bytes) -> object:
+    """One R object from its uncompressed serialization (``rdata`` pulls in pandas: lazy)."""
+    import rdata
+
     with warnings.catch_warnings():  # rdata guesses the format from a file name we do not have
         warnings.simplefilter("ignore", UserWarning)
         return rdata.conversion.convert(rdata.parser.parse_data(data))
