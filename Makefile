@@ -38,6 +38,8 @@ test-slow: setup
 	$(BIN)/pytest -q -m slow
 
 bench: setup
+	$(BIN)/python benchmarks/zoo_report.py
+	$(BIN)/python benchmarks/profile_latency.py
 	$(BIN)/python benchmarks/evaluate_zoo.py
 
 clean:
