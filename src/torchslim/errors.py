@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterable
 
@@ -31,6 +32,18 @@ class InputShapeError(TorchslimError, ValueError):
 
 class ConfigError(TorchslimError, ValueError):
     """A configuration value out of its allowed range, or an unknown key."""
+
+
+def reject_unknown_keys(config_class: type, values: Iterable[str], what: str = "") -> None:
+    """Raise ConfigError for the first key of ``values`` that is not a field of the dataclass
+    ``config_class``, with a "did you mean" hint and the known keys."""
+    known = {field.name for field in dataclasses.fields(config_class)}
+    for key in values:
+        if key not in known:
+            raise ConfigError(
+                f"unknown {what or config_class.__name__} key {key!r}.{did_you_mean(key, known)} "
+                f"Known keys: {sorted(known)}."
+            )
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

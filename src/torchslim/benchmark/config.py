@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
-from torchslim.errors import ConfigError, did_you_mean
+from torchslim.errors import ConfigError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -66,13 +66,7 @@ class BenchmarkConfig:
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> BenchmarkConfig:
         """Build a config from a dict; an unknown key raises with a "did you mean" hint."""
-        known = {field.name for field in fields(cls)}
-        for key in options:
-            if key not in known:
-                raise ConfigError(
-                    f"unknown BenchmarkConfig key {key!r}.{did_you_mean(key, known)} "
-                    f"Known keys: {sorted(known)}."
-                )
+        reject_unknown_keys(cls, options)
         return cls(**options)
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from torchslim._io import write_json
 from torchslim._machine import cpu_features, cpu_model
-from torchslim.errors import ConfigError, did_you_mean
+from torchslim.errors import ConfigError, did_you_mean, reject_unknown_keys
 from torchslim.evaluate.latency import fixed_threads
 from torchslim.zoo._assets import home
 
@@ -73,10 +73,7 @@ class HardwareSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> HardwareSpec:
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"unknown hardware spec key {key!r}.{did_you_mean(key, known)}")
+        reject_unknown_keys(cls, values, "hardware spec")
         try:  # YAML 1.1 reads "3.35e12" (no sign in the exponent) as a string
             values = {
                 **values,

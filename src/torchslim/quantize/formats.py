@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from torchslim.errors import ConfigError, did_you_mean
+from torchslim.errors import ConfigError, did_you_mean, reject_unknown_keys
 
 KINDS = ("int", "fp8", "float", "binary", "ternary", "pow2", "codebook")
 GRANULARITIES = ("tensor", "channel", "group")
@@ -180,10 +180,7 @@ class QuantFormat:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> QuantFormat:
         """Build from :meth:`to_dict` output; unknown keys raise with a "did you mean" hint."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"unknown QuantFormat key {key!r}.{did_you_mean(key, known)}")
+        reject_unknown_keys(cls, values)
         return cls(**values)
 
     @classmethod
