@@ -1,0 +1,113 @@
+"""Frozen, validated configs for unstructured, N:M and structured (channel) pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torchslim.errors import ConfigError
+
+UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement")
+SCOPES = ("global", "layer")
+STRUCTURED_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+
+
+def _check_ratio(name: str, value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_ignore(ignore: tuple[str, ...]) -> None:
+    if not isinstance(ignore, tuple) or not all(isinstance(n, str) for n in ignore):
+        raise ConfigError(
+            f"ignore must be a tuple of module names (or 're:<regex>'), got {ignore!r}"
+        )
+
+
+@dataclass(frozen=True)
+class UnstructuredPruneConfig:
+    """Zero out individual weights by importance.
+
+    Args:
+        sparsity: fraction of prunable weights set to zero, in [0, 1).
+        method: importance score: "l1"/"l2" (|w|, magnitude; arXiv:1506.02626), "taylor"
+            (|w * grad| accumulated; arXiv:1906.10771) or "movement" (-w * grad accumulated;
+            arXiv:2005.07683).
+        scope: "global" (one threshold over all layers) or "layer" (same sparsity per layer).
+        ignore: module names (exact or "re:<regex>") left dense.
+    """
+
+    sparsity: float
+    method: str = "l1"
+    scope: str = "global"
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_ratio("sparsity", self.sparsity)
+        _check_choice("method", self.method, UNSTRUCTURED_METHODS)
+        _check_choice("scope", self.scope, SCOPES)
+        _check_ignore(self.ignore)
+
+
+@dataclass(frozen=True)
+class NMPruneConfig:
+    """Keep the ``n`` largest of every ``m`` consecutive input weights (2:4 = arXiv:2104.08378).
+
+    Args:
+        n: weights kept per group, 1 <= n < m.
+        m: group size along the input dimension, >= 2.
+        ignore: module names (exact or "re:<regex>") left dense.
+    """
+
+    n: int = 2
+    m: int = 4
+    ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.m, int) or self.m < 2:
+            raise ConfigError(f"m must be an integer >= 2, got {self.m!r}")
+        if not isinstance(self.n, int) or not 1 <= self.n < self.m:
+            raise ConfigError(f"n must be an integer in [1, m={self.m}), got {self.n!r}")
+        _check_ignore(self.ignore)
+
+
+@dataclass(frozen=True)
+class StructuredPruneConfig:
+    """Remove whole channels (coupled groups) until a MACs or parameter target is met.
+
+    Dependency-graph channel pruning after Torch-Pruning / DepGraph (arXiv:2301.12900).
+
+    Args:
+        target_macs_ratio: fraction of MACs to *remove*, in [0, 1); 0.5 halves the MACs.
+        target_params_ratio: fraction of parameters to remove, in [0, 1); give one target only.
+        importance: channel-group score: "l1", "l2", "bn_scale" (|gamma|; arXiv:1708.06519)
+            or "taylor" (|w * grad|; arXiv:1906.10771, needs gradients in ``.grad``).
+        ignore: module names (exact or "re:<regex>") whose output channels are kept.
+        round_to: kept channel counts are multiples of this (>= 1).
+    """
+
+    target_macs_ratio: float | None = None
+    target_params_ratio: float | None = None
+    importance: str = "l2"
+    ignore: tuple[str, ...] = ()
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.target_macs_ratio is None) == (self.target_params_ratio is None):
+            raise ConfigError(
+                "give exactly one of target_macs_ratio or target_params_ratio, got "
+                f"target_macs_ratio={self.target_macs_ratio!r}, "
+                f"target_params_ratio={self.target_params_ratio!r}"
+            )
+        if self.target_macs_ratio is not None:
+            _check_ratio("target_macs_ratio", self.target_macs_ratio)
+        if self.target_params_ratio is not None:
+            _check_ratio("target_params_ratio", self.target_params_ratio)
+        _check_choice("importance", self.importance, STRUCTURED_IMPORTANCES)
+        _check_ignore(self.ignore)
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")

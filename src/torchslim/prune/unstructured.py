@@ -1,0 +1,150 @@
+"""Unstructured and N:M sparsity: importance scores, masks, and masks applied as parametrizations.
+
+Magnitude pruning after Han et al. (arXiv:1506.02626); Taylor importance after Molchanov et al.
+(arXiv:1906.10771); movement pruning after Sanh et al. (arXiv:2005.07683); N:M sparsity after
+Mishra et al. (arXiv:2104.08378).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchslim.errors import ConfigError
+from torchslim.prune._targets import weighted_modules
+from torchslim.prune.config import NMPruneConfig, UnstructuredPruneConfig
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``weight -> weight * mask``; the mask is a buffer saved in state_dict."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        mask: torch.Tensor = self.mask  # type: ignore[assignment]
+        return weight * mask.to(weight.dtype)
+
+
+def weight_importance(module: nn.Module, method: str) -> torch.Tensor:
+    """Score of every weight of ``module``: higher is more important.
+
+    "taylor" and "movement" read ``weight.grad``, which should hold gradients accumulated over a
+    few calibration batches (call ``loss.backward()`` repeatedly without zeroing them).
+    """
+    weight = _raw_weight(module).detach()
+    if method == "l1":
+        return weight.abs()
+    if method == "l2":
+        return weight.pow(2)
+    grad = _raw_weight(module).grad
+    if grad is None:
+        raise ConfigError(
+            f"method {method!r} needs gradients: run loss.backward() on calibration batches first"
+        )
+    if method == "taylor":
+        return (weight * grad).abs()
+    if method == "movement":
+        return -(weight * grad)  # weights moving away from zero score high
+    raise ConfigError(f"unknown importance method {method!r}")
+
+
+def _raw_weight(module: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(module, "weight"):
+        original = module.parametrizations.weight.original  # type: ignore[union-attr]
+        assert isinstance(original, torch.Tensor)
+        return original
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def magnitude_masks(
+    scores: dict[str, torch.Tensor], sparsity: float, scope: str
+) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks zeroing exactly ``round(sparsity * n)`` weights (per layer or in all)."""
+    if scope == "layer":
+        return {name: _keep_top(score, sparsity) for name, score in scores.items()}
+    flat = torch.cat([score.flatten().float() for score in scores.values()])  # (N,)
+    keep_flat = _keep_top(flat, sparsity)
+    masks, offset = {}, 0
+    for name, score in scores.items():
+        masks[name] = keep_flat[offset : offset + score.numel()].view_as(score)
+        offset += score.numel()
+    return masks
+
+
+def _keep_top(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    n_prune = round(sparsity * score.numel())
+    keep = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+    if n_prune > 0:  # topk by index: exact count even when scores tie
+        keep[torch.topk(score.flatten().float(), n_prune, largest=False).indices] = False
+    return keep.view_as(score)
+
+
+def nm_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Keep the ``n`` highest of every ``m`` consecutive weights along the input dimension.
+
+    Conv weights (C_out, C_in, kh, kw) are grouped along C_in at each kernel position, as sparse
+    tensor cores do for the implicit GEMM. The input dimension must be a multiple of ``m``.
+    """
+    moved = score.movedim(1, -1) if score.dim() > 2 else score  # (..., C_in)
+    if moved.shape[-1] % m != 0:
+        raise ConfigError(f"N:M needs the input dimension ({moved.shape[-1]}) divisible by m={m}")
+    groups = moved.reshape(-1, m)  # (G, m)
+    keep = torch.zeros_like(groups, dtype=torch.bool)
+    keep.scatter_(1, torch.topk(groups, n, dim=1).indices, True)
+    keep = keep.reshape(moved.shape)
+    return keep.movedim(-1, 1) if score.dim() > 2 else keep
+
+
+def apply_masks_(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Attach each mask as a ``WeightMask`` parametrization (kept through fine-tuning)."""
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        module = modules[name]
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        parametrize.register_parametrization(module, "weight", WeightMask(mask))
+
+
+def fold_masks_(model: nn.Module) -> int:
+    """Write the masked weights back as plain parameters and remove the parametrizations.
+
+    Returns:
+        How many modules were folded.
+    """
+    folded = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            folded += 1
+    return folded
+
+
+def unstructured_prune_(model: nn.Module, config: UnstructuredPruneConfig) -> dict[str, float]:
+    """Mask ``model``'s Linear/Conv weights to ``config.sparsity``; returns sparsity per layer."""
+    modules = weighted_modules(model, config.ignore)
+    if not modules:
+        raise ConfigError("no Linear/Conv module left to prune after `ignore`")
+    scores = {name: weight_importance(m, config.method) for name, m in modules.items()}
+    masks = magnitude_masks(scores, config.sparsity, config.scope)
+    apply_masks_(model, masks)
+    return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
+
+
+def nm_prune_(model: nn.Module, config: NMPruneConfig) -> dict[str, float]:
+    """Apply ``n:m`` masks to every Linear/Conv whose input dimension is divisible by ``m``.
+
+    Layers that do not fit (e.g. a first conv with 1 input channel) are left dense and absent
+    from the returned {name: sparsity} dict.
+    """
+    masks = {}
+    for name, module in weighted_modules(model, config.ignore).items():
+        weight = _raw_weight(module)
+        if weight.shape[1] % config.m == 0:
+            masks[name] = nm_mask(weight.detach().abs(), config.n, config.m)
+    apply_masks_(model, masks)
+    return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}

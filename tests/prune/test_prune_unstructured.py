@@ -1,0 +1,110 @@
+"""Unstructured and N:M masks: exact sparsity, N:M patterns, folding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from torchslim.errors import ConfigError
+from torchslim.prune import NMPruneConfig, UnstructuredPruneConfig, fold_masks_, prune_
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8), nn.Conv2d(8, 8, 1))
+
+
+def _zero_fraction(module: nn.Module) -> float:
+    return float((module.weight == 0).float().mean())
+
+
+def test_global_sparsity_hits_ratio_exactly() -> None:
+    model = _mlp()
+    result = prune_(model, UnstructuredPruneConfig(sparsity=0.6, scope="global"))
+    weights = [m.weight for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    total = sum(w.numel() for w in weights)
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    assert zeros == round(0.6 * total)
+    assert result.sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_layer_sparsity_hits_ratio_in_every_layer() -> None:
+    model = _mlp()
+    prune_(model, UnstructuredPruneConfig(sparsity=0.5, scope="layer", method="l2"))
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            assert int((module.weight == 0).sum()) == round(0.5 * module.weight.numel())
+
+
+def test_ignore_leaves_layer_dense() -> None:
+    model = _mlp()
+    prune_(model, UnstructuredPruneConfig(sparsity=0.5, scope="layer", ignore=("0",)))
+    assert _zero_fraction(model[0]) == 0.0
+    assert _zero_fraction(model[2]) == pytest.approx(0.5)
+
+
+def test_magnitude_pruning_removes_smallest_weights() -> None:
+    model = _mlp()
+    original = model[0].weight.detach().clone()
+    prune_(model, UnstructuredPruneConfig(sparsity=0.5, scope="layer"))
+    kept = original[model[0].weight != 0].abs()
+    removed = original[model[0].weight == 0].abs()
+    assert kept.min() >= removed.max()
+
+
+def test_taylor_needs_and_uses_gradients() -> None:
+    model = _mlp()
+    with pytest.raises(ConfigError, match="gradients"):
+        prune_(model, UnstructuredPruneConfig(sparsity=0.5, method="taylor"))
+    model[:3](torch.randn(4, 16)).pow(2).sum().backward()
+    result = prune_(model[:3], UnstructuredPruneConfig(sparsity=0.5, method="taylor"))
+    assert result.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (3, 8)])
+def test_nm_pattern_holds_in_every_group(n: int, m: int) -> None:
+    model = _mlp()
+    prune_(model, NMPruneConfig(n=n, m=m))
+    linear = model[2].weight.detach()  # (8, 32)
+    groups = (linear != 0).reshape(-1, m).sum(1)
+    assert torch.all(groups == n)
+    conv = model[3].weight.detach().movedim(1, -1)  # (8, 1, 1, 8)
+    assert torch.all((conv != 0).reshape(-1, m).sum(-1) == n)
+
+
+def test_masks_survive_fine_tuning_and_fold_removes_hooks() -> None:
+    model = _mlp()
+    prune_(model, UnstructuredPruneConfig(sparsity=0.5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model[:3](torch.randn(4, 16)).sum().backward()
+        optimizer.step()
+    zeros_before = [int((m.weight == 0).sum()) for m in (model[0], model[2])]
+    assert fold_masks_(model) == 3
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert [int((m.weight == 0).sum()) for m in (model[0], model[2])] == zeros_before
+    assert set(model.state_dict()) == set(_mlp().state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"sparsity": 1.0}, "sparsity"),
+        ({"sparsity": -0.1}, "sparsity"),
+        ({"sparsity": 0.5, "method": "random"}, "method"),
+        ({"sparsity": 0.5, "scope": "block"}, "scope"),
+    ],
+)
+def test_bad_unstructured_config_names_field(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        UnstructuredPruneConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_nm_config() -> None:
+    with pytest.raises(ConfigError, match="n must"):
+        NMPruneConfig(n=4, m=4)
+    with pytest.raises(ConfigError, match="m must"):
+        NMPruneConfig(n=1, m=1)
