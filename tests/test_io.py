@@ -61,3 +61,15 @@ def test_mismatched_state_dict_names_keys_and_shapes_and_leaves_model_unchanged(
     assert "unexpected keys ['extra']" in message
     assert "(3, 4) vs model (2, 4)" in message
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path):
+    embedding = torch.randn(100, 8)
+    state = {"embed.weight": embedding, "head.weight": embedding, "bias": torch.zeros(3)}
+    save_tensors(tmp_path / "tied.safetensors", state)
+    save_tensors(tmp_path / "untied.safetensors", {**state, "head.weight": embedding.clone()})
+    tied, untied = (tmp_path / "tied.safetensors"), (tmp_path / "untied.safetensors")
+    assert untied.stat().st_size - tied.stat().st_size >= 100 * 8 * 4
+    loaded = load_tensors(tied)
+    assert set(loaded) == set(state)
+    assert torch.equal(loaded["head.weight"], embedding)

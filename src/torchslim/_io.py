@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from torchslim.errors import ModelLoadError
@@ -62,11 +62,29 @@ def write_json(path: str | Path, payload: Any) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
+ALIASES_KEY = "torchslim_aliases"
+
+
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Save a flat tensor dict as safetensors, atomically (shared storages are copied apart)."""
-    contiguous = {name: t.detach().contiguous().clone() for name, t in tensors.items()}
+    """Save a flat tensor dict as safetensors, atomically.
+
+    A tensor that is the same tensor as an earlier entry (tied weights, e.g. an LM head sharing
+    the embedding) is stored once; the file's metadata maps the alias to the stored name and
+    ``load_tensors`` restores it, so size on disk counts tied weights once.
+    """
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    for name, tensor in tensors.items():
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        unique[name] = tensor.detach().contiguous().clone()
+    metadata = {ALIASES_KEY: json.dumps(aliases)} if aliases else None
     with atomic_path(path) as tmp:
-        save_file(contiguous, str(tmp))
+        save_file(unique, str(tmp), metadata=metadata)
 
 
 def load_tensors(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -80,7 +98,7 @@ def load_tensors(path: str | Path, *, allow_pickle: bool = False) -> dict[str, t
         raise ModelLoadError(f"weights file not found: {file}")
     try:
         if file.suffix == ".safetensors":
-            return load_file(str(file))
+            return _load_safetensors(file)
         state = torch.load(file, map_location="cpu", weights_only=not allow_pickle)
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as error:
         raise ModelLoadError(
@@ -97,6 +115,15 @@ def load_tensors(path: str | Path, *, allow_pickle: bool = False) -> dict[str, t
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{file} is not a state dict of tensors.")
     return state
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    tensors = load_file(str(file))
+    with safe_open(str(file), framework="pt") as handle:
+        aliases = json.loads((handle.metadata() or {}).get(ALIASES_KEY, "{}"))
+    for alias, stored in aliases.items():
+        tensors[alias] = tensors[stored]
+    return tensors
 
 
 def load_state_dict_strict(
