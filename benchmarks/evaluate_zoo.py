@@ -83,6 +83,9 @@ def onnxruntime_variant(
         return None, info
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # ORT's worker threads spin after each run by default; interleaved with torch calls they
+    # steal the cores torch needs and make every other variant look slower.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     feeds = {arg.name: x.numpy() for arg, x in zip(session.get_inputs(), inputs, strict=True)}
     return (lambda: session.run(None, feeds)[0]), info
