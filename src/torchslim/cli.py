@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,8 @@ from torchslim.errors import TorchslimError
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
 zoo_app = typer.Typer(help="The zoo of real models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-console = Console()
+# Piped output (CI logs, files) gets room for the wide per-op tables instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _version(value: bool) -> None:
