@@ -308,12 +308,16 @@ MEMORY_CLASS = {
 }
 
 
-def op_name(func: Any) -> str:
-    """The rule name of an OpOverload: ``aten.add_.Tensor`` -> ``add``."""
-    name = str(func.overloadpacket.__name__)
+def rule_name(name: str) -> str:
+    """The rule an ATen op name uses: in-place ``add_`` -> ``add``."""
     if name not in RULES and name.endswith("_") and name[:-1] in RULES:
         return name[:-1]
     return name
+
+
+def op_name(func: Any) -> str:
+    """The rule name of an OpOverload: ``aten.add_.Tensor`` -> ``add``."""
+    return rule_name(str(func.overloadpacket.__name__))
 
 
 def op_class(name: str, input_shapes: Sequence[tuple[int, ...]] = ()) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.profile.costs import RULES, op_name
+from torchslim.profile.costs import op_name, rule_name
 from torchslim.profile.hardware import HardwareSpec
 from torchslim.profile.report import ProfileReport
 
@@ -122,12 +122,8 @@ def measure_op_times(model: nn.Module, inputs: Sequence[Any], repeats: int = 5) 
         for match in _matching_events(event):
             device_us = getattr(match, "device_time_total", 0.0) or 0.0
             micros = max(match.cpu_time_total, device_us)
-            totals[_rule_name(match.name.removeprefix("aten::"))] += micros / 1e6 / repeats
+            totals[rule_name(match.name.removeprefix("aten::"))] += micros / 1e6 / repeats
     return dict(totals)
-
-
-def _rule_name(name: str) -> str:
-    return name[:-1] if name not in RULES and name.endswith("_") and name[:-1] in RULES else name
 
 
 def _has_aten_parent(event: Any) -> bool:

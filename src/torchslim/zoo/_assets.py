@@ -101,7 +101,7 @@ def fetch_debian_files(force: bool = False) -> list[Path]:
 def _apt_download(package: str, directory: Path) -> Path:
     command = ["apt-get", "download", package]
     result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
-    if result.returncode != 0 and "apt-get update" not in " ".join(command):
+    if result.returncode != 0:  # a fresh machine has no package lists yet: update once, retry
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, check=False)
         result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
     debs = sorted(directory.glob(f"{package}_*.deb"))
