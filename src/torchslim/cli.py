@@ -270,6 +270,20 @@ def profile_command(
         console.print(f"roofline plot: {plot}")
 
 
+def print_outcome(outcome: Any, as_json: bool) -> None:
+    """Render a ``CompressionOutcome``: the JSON contract, or a before/after table."""
+    if as_json:
+        _print_json(outcome.to_dict())
+        return
+    console.print(outcome.to_table())
+    console.print(f"artifact: {outcome.artifact}")
+
+
+# Technique commands live next to their technique (``<technique>/command.py``) and register here.
+# --- technique commands (one line each) ---
+# --- end technique commands ---
+
+
 def main() -> None:
     """Entry point: a TorchslimError becomes one red line and exit code 2, not a traceback."""
     try:
