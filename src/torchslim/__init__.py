@@ -5,6 +5,7 @@ package's other names stay importable as ``from torchslim.evaluate import ...``.
 """
 
 from torchslim import zoo
+from torchslim.distill import DistillConfig, Distiller, KDLoss, LayerMatch
 from torchslim.errors import (
     ConfigError,
     InputShapeError,
@@ -15,23 +16,35 @@ from torchslim.errors import (
 )
 from torchslim.evaluate import EvaluationReport, evaluate
 from torchslim.profile import ProfileReport, profile
+from torchslim.prune import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig, prune_
+from torchslim.quantize import QuantConfig, quantize_
 from torchslim.train import TrainConfig, Trainer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DistillConfig",
+    "Distiller",
     "EvaluationReport",
     "InputShapeError",
+    "KDLoss",
+    "LayerMatch",
     "MissingAssetError",
     "ModelLoadError",
+    "NMPruneConfig",
     "ProfileReport",
+    "QuantConfig",
+    "StructuredPruneConfig",
     "TorchslimError",
     "TrainConfig",
     "Trainer",
     "UnknownModelError",
+    "UnstructuredPruneConfig",
     "__version__",
     "evaluate",
     "profile",
+    "prune_",
+    "quantize_",
     "zoo",
 ]

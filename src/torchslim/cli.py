@@ -276,11 +276,17 @@ def print_outcome(outcome: Any, as_json: bool) -> None:
         _print_json(outcome.to_dict())
         return
     console.print(outcome.to_table())
+    for key in ("execution", "note"):
+        if key in outcome.details:
+            console.print(f"{key}: {outcome.details[key]}", highlight=False)
     console.print(f"artifact: {outcome.artifact}")
 
 
 # Technique commands live next to their technique (``<technique>/command.py``) and register here.
 # --- technique commands (one line each) ---
+app.command("prune")(__import__("torchslim.prune.command", fromlist=["x"]).prune_command)
+app.command("distill")(__import__("torchslim.distill.command", fromlist=["x"]).distill_command)
+app.command("quantize")(__import__("torchslim.quantize.command", fromlist=["x"]).quantize_command)
 # --- end technique commands ---
 
 

@@ -108,3 +108,51 @@ def test_bad_nm_config() -> None:
         NMPruneConfig(n=4, m=4)
     with pytest.raises(ConfigError, match="m must"):
         NMPruneConfig(n=1, m=1)
+
+
+def test_tied_lm_head_left_dense_and_still_tied() -> None:
+    from torchslim.zoo import get
+
+    model = get("tiny-gpt2").load()
+    inner = model.model
+    assert inner.lm_head.weight is inner.transformer.wte.weight
+    prune_(model, UnstructuredPruneConfig(sparsity=0.5))
+    fold_masks_(model)
+    assert inner.lm_head.weight is inner.transformer.wte.weight  # not untied into two copies
+    assert float((inner.lm_head.weight == 0).float().mean()) < 0.01
+    c_fc = inner.transformer.h[0].mlp.c_fc  # HF Conv1D: pruned like a Linear
+    assert float((c_fc.weight == 0).float().mean()) > 0.3
+
+
+def test_nm_on_conv1d_groups_along_its_input_dimension() -> None:
+    from torchslim.zoo import get
+
+    model = get("tiny-gpt2").load()
+    prune_(model, NMPruneConfig(2, 4))
+    weight = model.model.transformer.h[0].attn.c_attn.weight  # (in=32, out=96)
+    groups = weight.detach().t().reshape(-1, 4)  # consecutive inputs of one output
+    assert bool(((groups != 0).sum(1) <= 2).all())
+
+
+def test_wanda_keeps_weights_on_loud_inputs_that_magnitude_would_drop() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.1, 1.0, 1.0, 1.0]]))
+    x = torch.ones(8, 4) * torch.tensor([100.0, 1.0, 1.0, 1.0])  # feature 0 is 100x louder
+    magnitude = nn.Linear(4, 1, bias=False)
+    magnitude.load_state_dict(layer.state_dict())
+    prune_(magnitude, UnstructuredPruneConfig(sparsity=0.25, scope="layer"))
+    prune_(layer, UnstructuredPruneConfig(sparsity=0.25, method="wanda", scope="layer"), (x,))
+    assert magnitude.weight[0, 0] == 0  # smallest |w|
+    assert layer.weight[0, 0] != 0 and int((layer.weight == 0).sum()) == 1  # |w| x ||x|| = 10
+
+
+def test_wanda_nm_uses_calibration_batches_and_keeps_the_pattern() -> None:
+    model = _mlp()[:3]
+    batches = [(torch.randn(4, 16),) for _ in range(3)]
+    prune_(model, NMPruneConfig(2, 4, method="wanda"), calibration=batches)
+    groups = model[0].weight.detach().reshape(-1, 4)
+    assert bool(((groups != 0).sum(1) == 2).all())
+    with pytest.raises(ConfigError, match="calibration batches"):
+        prune_(_mlp()[:3], NMPruneConfig(2, 4, method="wanda"))

@@ -17,6 +17,21 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in batch)
 
 
+def _memory(model: nn.Module, batch: Batch) -> tuple[int, int | None]:
+    """(weight bytes, peak activation bytes) of one forward pass.
+
+    A wrapper around an external runtime (ONNX Runtime, OpenVINO) defines ``saved_size_bytes``:
+    its weights are its artifact, and its activations live outside torch, where the storage
+    tracker cannot see them — reported as unknown (None), never as a made-up small number.
+    """
+    own_size = getattr(model, "saved_size_bytes", None)
+    if callable(own_size):
+        return int(own_size()), None
+    inputs = [t for t in batch if isinstance(t, torch.Tensor)]
+    existing = [*inputs, *model.parameters(), *model.buffers()]
+    return tensor_bytes(model), peak_activation_bytes(lambda: model(*batch), existing)
+
+
 def evaluate(
     model: nn.Module,
     task: ZooEntry | str,
@@ -40,24 +55,20 @@ def evaluate(
     latency = measure_latency(
         lambda: model(*batch), repeats=repeats, threads=threads, device=device
     )
-    weights = tensor_bytes(model)
-    inputs = [t for t in batch if isinstance(t, torch.Tensor)]
-    activations = peak_activation_bytes(
-        lambda: model(*batch), [*inputs, *model.parameters(), *model.buffers()]
-    )
+    weights, activations = _memory(model, batch)
     return EvaluationReport(
         model=entry.name,
         metrics=metrics,
         params=parameter_count(model),
         size_bytes=saved_size_bytes(model),
         latency=latency,
-        peak_memory_bytes=weights + activations,
+        peak_memory_bytes=weights + (activations or 0),
         details={
             "batch_size": batch_size,
             "threads": threads or torch.get_num_threads(),
             "device": str(device),
             "weights_bytes": weights,
-            "peak_activation_bytes": activations,
+            "peak_activation_bytes": activations,  # None: inside an external runtime
             "latency_ms": {"mean": latency.mean, "min": latency.min, "repeats": latency.repeats},
         },
     )

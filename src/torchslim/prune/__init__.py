@@ -1,17 +1,39 @@
-"""Pruning: unstructured / N:M masks and dependency-graph structured (channel) pruning."""
+"""Pruning: unstructured / N:M masks, and structured pruning that makes models smaller.
+
+Structured pruning takes one of two routes, chosen per model by ``prune_``:
+
+- module rules (``rules.py``) when a block is recognised (Hugging Face transformers and CNNs:
+  attention heads with GQA groups, MLP neurons, inner conv channels), with config updates so
+  ``save_pretrained`` / ``from_pretrained`` round-trip;
+- otherwise a torch.fx dependency graph (``graph.py``) of coupled Conv/BN/Linear channels
+  (residual adds, concatenations, depthwise convs, flatten).
+
+Either way the plan prints before ``apply()``, ``PruneResult.record`` rebuilds the pruned
+shapes from the original architecture, and a failure leaves the model untouched.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
+from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError
 from torchslim.profile import profile
+from torchslim.prune.artifact import (
+    from_pretrained,
+    load_pruned,
+    load_pruned_artifact,
+    resize_to_record,
+    shape_record,
+    update_hf_configs,
+)
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
 from torchslim.prune.graph import PruneError, build_graph
+from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
 from torchslim.prune.unstructured import (
     WeightMask,
@@ -29,8 +51,9 @@ PruneConfig = UnstructuredPruneConfig | NMPruneConfig | StructuredPruneConfig
 class PruneResult:
     """What ``prune_`` changed. MACs are None when no example inputs were given.
 
-    For masked (unstructured / N:M) pruning the parameter count does not change; ``sparsity``
-    is the fraction of zeroed weights over the pruned layers.
+    ``record`` (structured only) lets ``load_pruned`` rebuild the pruned shapes from the
+    original architecture. For masked (unstructured / N:M) pruning the parameter count does not
+    change; ``sparsity`` is the fraction of zeroed weights over the pruned layers.
     """
 
     params_before: int
@@ -38,37 +61,67 @@ class PruneResult:
     macs_before: int | None
     macs_after: int | None
     sparsity: float | None = None
-    plan: PrunePlan | None = None
+    plan: PrunePlan | RulePlan | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # shapes to rebuild the pruned model
 
 
 def prune_(
-    model: nn.Module, config: PruneConfig, example_inputs: Sequence[Any] | None = None
+    model: nn.Module,
+    config: PruneConfig,
+    example_inputs: Sequence[Any] | None = None,
+    calibration: Sequence[Sequence[Any]] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``config``; raise and leave it untouched on failure.
 
-    Structured pruning needs ``example_inputs`` (to trace and to measure MACs).
+    Structured pruning needs ``example_inputs`` (to trace and to measure MACs). The "wanda"
+    method reads input-feature norms from ``calibration`` batches (default: the example inputs).
     """
     params_before = sum(p.numel() for p in model.parameters())
     if isinstance(config, StructuredPruneConfig):
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
-        plan = build_plan(model, tuple(example_inputs), config)
-        plan.apply()
+        with untouched_on_failure(model):
+            plan, record = _structured(model, tuple(example_inputs), config)
         return PruneResult(
-            params_before, plan.params_after, plan.macs_before, plan.macs_after, plan=plan
+            params_before, plan.params_after, plan.macs_before, plan.macs_after, None, plan, record
         )
     macs_before = _macs(model, example_inputs)
-    if isinstance(config, UnstructuredPruneConfig):
-        per_layer = unstructured_prune_(model, config)
-    elif isinstance(config, NMPruneConfig):
-        per_layer = nm_prune_(model, config)
-    else:
-        raise ConfigError(f"unknown pruning config type {type(config).__name__}")
+    with untouched_on_failure(model):
+        batches = calibration or ([tuple(example_inputs)] if example_inputs else None)
+        if isinstance(config, UnstructuredPruneConfig):
+            per_layer = unstructured_prune_(model, config, batches)
+        elif isinstance(config, NMPruneConfig):
+            per_layer = nm_prune_(model, config, batches)
+        else:
+            raise ConfigError(f"unknown pruning config type {type(config).__name__}")
     modules = dict(model.named_modules())
     sizes = {name: modules[name].weight.numel() for name in per_layer}
     zeroed = sum(per_layer[name] * size for name, size in sizes.items())
     sparsity = zeroed / max(sum(sizes.values()), 1)
     return PruneResult(params_before, params_before, macs_before, macs_before, sparsity)
+
+
+def _structured(
+    model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
+) -> tuple[PrunePlan | RulePlan, dict[str, Any]]:
+    """Module rules when they recognise a block (HF models), else the fx dependency graph."""
+    if has_rules(model):
+        rule_plan = build_rule_plan(model, example_inputs, config)
+        rule_plan.apply()
+        spans = {s.module for g in rule_plan.groups if g.keep is not None for s in g.spans}
+        owners = {a[0] for g in rule_plan.groups if g.keep is not None for a in g.attrs}
+        record = shape_record(model, spans | owners)
+        update_hf_configs(model, rule_plan.groups, record)
+        return rule_plan, record
+    plan = build_plan(model, example_inputs, config)
+    plan.apply()
+    keep = {g.root for g in plan.groups if g.keep is not None}
+    touched = {
+        m.name
+        for m in plan.graph.members
+        if any(plan.graph.root(s.source) in keep for s in m.layout)
+    }
+    return plan, shape_record(model, touched)
 
 
 def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:
@@ -83,15 +136,22 @@ __all__ = [
     "PruneError",
     "PrunePlan",
     "PruneResult",
+    "RulePlan",
     "StructuredPruneConfig",
     "UnstructuredPruneConfig",
     "WeightMask",
     "build_graph",
     "build_plan",
+    "build_rule_plan",
     "fold_masks_",
+    "from_pretrained",
+    "load_pruned",
+    "load_pruned_artifact",
     "magnitude_masks",
     "nm_mask",
     "nm_prune_",
     "prune_",
+    "resize_to_record",
+    "shape_record",
     "unstructured_prune_",
 ]

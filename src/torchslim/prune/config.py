@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, reject_unknown_keys
 
-UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement")
+C = TypeVar("C")
+
+UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement", "wanda")
+NM_METHODS = ("l1", "wanda")
 SCOPES = ("global", "layer")
 STRUCTURED_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
@@ -28,15 +33,30 @@ def _check_ignore(ignore: tuple[str, ...]) -> None:
         )
 
 
+class _DictMixin:
+    """``to_dict`` / ``from_dict`` round trip; unknown keys are errors with a hint."""
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls: type[C], values: dict[str, Any]) -> C:
+        reject_unknown_keys(cls, values)
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**fixed)
+
+
 @dataclass(frozen=True)
-class UnstructuredPruneConfig:
+class UnstructuredPruneConfig(_DictMixin):
     """Zero out individual weights by importance.
 
     Args:
         sparsity: fraction of prunable weights set to zero, in [0, 1).
         method: importance score: "l1"/"l2" (|w|, magnitude; arXiv:1506.02626), "taylor"
-            (|w * grad| accumulated; arXiv:1906.10771) or "movement" (-w * grad accumulated;
-            arXiv:2005.07683).
+            (|w * grad| accumulated; arXiv:1906.10771), "movement" (-w * grad accumulated;
+            arXiv:2005.07683) or "wanda" (|w| * input-feature norm on calibration data;
+            arXiv:2306.11695).
         scope: "global" (one threshold over all layers) or "layer" (same sparsity per layer).
         ignore: module names (exact or "re:<regex>") left dense.
     """
@@ -54,18 +74,20 @@ class UnstructuredPruneConfig:
 
 
 @dataclass(frozen=True)
-class NMPruneConfig:
+class NMPruneConfig(_DictMixin):
     """Keep the ``n`` largest of every ``m`` consecutive input weights (2:4 = arXiv:2104.08378).
 
     Args:
         n: weights kept per group, 1 <= n < m.
         m: group size along the input dimension, >= 2.
         ignore: module names (exact or "re:<regex>") left dense.
+        method: "l1" (|w|) or "wanda" (|w| * input-feature norm on calibration data).
     """
 
     n: int = 2
     m: int = 4
     ignore: tuple[str, ...] = ()
+    method: str = "l1"
 
     def __post_init__(self) -> None:
         if not isinstance(self.m, int) or self.m < 2:
@@ -73,17 +95,20 @@ class NMPruneConfig:
         if not isinstance(self.n, int) or not 1 <= self.n < self.m:
             raise ConfigError(f"n must be an integer in [1, m={self.m}), got {self.n!r}")
         _check_ignore(self.ignore)
+        _check_choice("method", self.method, NM_METHODS)
 
 
 @dataclass(frozen=True)
-class StructuredPruneConfig:
-    """Remove whole channels (coupled groups) until a MACs or parameter target is met.
+class StructuredPruneConfig(_DictMixin):
+    """Remove whole channels, heads or neurons (coupled groups) to meet a target.
 
     Dependency-graph channel pruning after Torch-Pruning / DepGraph (arXiv:2301.12900).
 
     Args:
         target_macs_ratio: fraction of MACs to *remove*, in [0, 1); 0.5 halves the MACs.
-        target_params_ratio: fraction of parameters to remove, in [0, 1); give one target only.
+        target_params_ratio: fraction of parameters to remove, in [0, 1).
+        uniform_ratio: fraction of every group's units (channels, heads, neurons) to remove, in
+            [0, 1), instead of a MACs/params target. Give exactly one of the three.
         importance: channel-group score: "l1", "l2", "bn_scale" (|gamma|; arXiv:1708.06519)
             or "taylor" (|w * grad|; arXiv:1906.10771, needs gradients in ``.grad``).
         ignore: module names (exact or "re:<regex>") whose output channels are kept.
@@ -92,21 +117,25 @@ class StructuredPruneConfig:
 
     target_macs_ratio: float | None = None
     target_params_ratio: float | None = None
+    uniform_ratio: float | None = None
     importance: str = "l2"
     ignore: tuple[str, ...] = ()
     round_to: int = 1
 
     def __post_init__(self) -> None:
-        if (self.target_macs_ratio is None) == (self.target_params_ratio is None):
+        targets = {
+            "target_macs_ratio": self.target_macs_ratio,
+            "target_params_ratio": self.target_params_ratio,
+            "uniform_ratio": self.uniform_ratio,
+        }
+        given = {name: value for name, value in targets.items() if value is not None}
+        if len(given) != 1:
             raise ConfigError(
-                "give exactly one of target_macs_ratio or target_params_ratio, got "
-                f"target_macs_ratio={self.target_macs_ratio!r}, "
-                f"target_params_ratio={self.target_params_ratio!r}"
+                "give exactly one of target_macs_ratio, target_params_ratio or uniform_ratio, "
+                f"got {targets}"
             )
-        if self.target_macs_ratio is not None:
-            _check_ratio("target_macs_ratio", self.target_macs_ratio)
-        if self.target_params_ratio is not None:
-            _check_ratio("target_params_ratio", self.target_params_ratio)
+        for name, value in given.items():
+            _check_ratio(name, value)
         _check_choice("importance", self.importance, STRUCTURED_IMPORTANCES)
         _check_ignore(self.ignore)
         if not isinstance(self.round_to, int) or self.round_to < 1:

@@ -15,7 +15,9 @@ are frozen; the unknown ops and modules are recorded by name so the plan can rep
 from __future__ import annotations
 
 import operator
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,11 +134,26 @@ def trace(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
         ShapeProp(module).propagate(*example_inputs)
     except Exception as error:  # fx raises many types; all mean "cannot trace"
         raise PruneError(
-            f"cannot trace {type(model).__name__} with torch.fx for structured pruning "
-            f"({type(error).__name__}: {error}); data-dependent control flow must be removed or "
-            "the module passed in `ignore`"
+            f"cannot trace {type(model).__name__} with torch.fx for structured pruning at "
+            f"{_failing_line(error)} ({type(error).__name__}: {error}); data-dependent control "
+            "flow must be removed or the module passed in `ignore`"
         ) from error
     return module
+
+
+def _failing_line(error: BaseException) -> str:
+    """The model's own source line where tracing failed (the first frame outside torch)."""
+    torch_dir = Path(torch.__file__).parent
+    frames = [
+        f
+        for f in traceback.extract_tb(error.__traceback__)
+        if torch_dir not in Path(f.filename).parents
+    ]
+    if not frames:
+        return "an unknown op"
+    frame = frames[-1]
+    code = (frame.line or "").strip()
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}: `{code}`"
 
 
 def build_graph(model: nn.Module, example_inputs: tuple[Any, ...]) -> DependencyGraph:

@@ -155,12 +155,19 @@ def _feature_scores(module: nn.Module, kind: str, importance: str) -> torch.Tens
 def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
     """Binary search on how many of the globally lowest (group-normalized) channels to drop."""
     prunable = [g for g in plan.groups if g.frozen_reason is None]
+    if config.uniform_ratio is not None:
+        _uniform(prunable, config.uniform_ratio, config.round_to)
+        after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
+        plan.macs_after, plan.params_after = after.total.macs, after.params
+        return
     target = (
         config.target_macs_ratio
         if config.target_macs_ratio is not None
         else config.target_params_ratio
     )
     assert target is not None
+    if target > 0.0 and not prunable:
+        raise PruneError(_nothing_prunable(plan))
     if not prunable or target == 0.0:
         plan.macs_after, plan.params_after = plan.macs_before, plan.params_before
         return
@@ -183,8 +190,38 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         else:
             low = middle + 1
     _set_keep(prunable, ranked[:low], config.round_to)
+    macs, params = _measure(plan)
+    reached = 1 - (
+        macs / macs_full if config.target_macs_ratio is not None else params / params_full
+    )
+    if reached < target:
+        _set_keep(prunable, [], config.round_to)
+        raise PruneError(
+            f"target {target:.0%} is out of reach even with one channel left per group. "
+            + _nothing_prunable(plan)
+        )
+    _set_keep(prunable, ranked[:low], config.round_to)
     after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
     plan.macs_after, plan.params_after = after.total.macs, after.params
+
+
+def _uniform(groups: list[ChannelGroup], fraction: float, round_to: int) -> None:
+    for group in groups:
+        n_keep = max(group.size - int(fraction * group.size + 0.5), 1)  # nearest count
+        n_keep = min(group.size, -(-n_keep // round_to) * round_to)
+        order = torch.argsort(group.scores, descending=True)[:n_keep]
+        group.keep = None if n_keep == group.size else torch.sort(order).values
+
+
+def _nothing_prunable(plan: PrunePlan) -> str:
+    """Why the channels that cannot be pruned are frozen (largest groups first)."""
+    frozen = sorted((g for g in plan.groups if g.frozen_reason), key=lambda g: -g.size)
+    reasons = "; ".join(
+        f"{', '.join(g.layers[:3]) or g.root}: {g.frozen_reason}" for g in frozen[:6]
+    )
+    layers = "; ".join(f"{name} ({kind})" for name, kind in plan.unsupported.items())
+    unsupported = f" Layers with parameters torchslim cannot slice: {layers}." if layers else ""
+    return f"Channels that cannot be pruned and why: {reasons or 'none'}.{unsupported}"
 
 
 def _set_keep(

@@ -2,10 +2,13 @@
 
 Magnitude pruning after Han et al. (arXiv:1506.02626); Taylor importance after Molchanov et al.
 (arXiv:1906.10771); movement pruning after Sanh et al. (arXiv:2005.07683); N:M sparsity after
-Mishra et al. (arXiv:2104.08378).
+Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activations.py``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +16,10 @@ from torch.nn.utils import parametrize
 
 from torchslim.errors import ConfigError
 from torchslim.prune._targets import weighted_modules
+from torchslim.prune.activations import input_norms, wanda_scores
 from torchslim.prune.config import NMPruneConfig, UnstructuredPruneConfig
+
+Batches = Sequence[Sequence[Any]]
 
 
 class WeightMask(nn.Module):
@@ -34,7 +40,11 @@ def weight_importance(module: nn.Module, method: str) -> torch.Tensor:
     "taylor" and "movement" read ``weight.grad``, which should hold gradients accumulated over a
     few calibration batches (call ``loss.backward()`` repeatedly without zeroing them).
     """
-    weight = _raw_weight(module).detach()
+    # magnitude of the *effective* (already masked) weight: pruned weights stay pruned when a
+    # gradual schedule prunes again after fine-tuning
+    effective = module.weight
+    assert isinstance(effective, torch.Tensor)
+    weight = effective.detach()
     if method == "l1":
         return weight.abs()
     if method == "l2":
@@ -124,27 +134,48 @@ def fold_masks_(model: nn.Module) -> int:
     return folded
 
 
-def unstructured_prune_(model: nn.Module, config: UnstructuredPruneConfig) -> dict[str, float]:
-    """Mask ``model``'s Linear/Conv weights to ``config.sparsity``; returns sparsity per layer."""
+def _scores(
+    model: nn.Module, modules: dict[str, nn.Module], method: str, calibration: Batches | None
+) -> dict[str, torch.Tensor]:
+    if method != "wanda":
+        return {name: weight_importance(m, method) for name, m in modules.items()}
+    norms = input_norms(model, modules, calibration or [])
+    return {name: wanda_scores(m, norms.get(name)) for name, m in modules.items()}
+
+
+def unstructured_prune_(
+    model: nn.Module, config: UnstructuredPruneConfig, calibration: Batches | None = None
+) -> dict[str, float]:
+    """Mask ``model``'s Linear/Conv weights to ``config.sparsity``; returns sparsity per layer.
+
+    ``calibration`` (batches of model inputs) is read by the "wanda" method only.
+    """
     modules = weighted_modules(model, config.ignore)
     if not modules:
         raise ConfigError("no Linear/Conv module left to prune after `ignore`")
-    scores = {name: weight_importance(m, config.method) for name, m in modules.items()}
+    scores = _scores(model, modules, config.method, calibration)
     masks = magnitude_masks(scores, config.sparsity, config.scope)
     apply_masks_(model, masks)
     return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
 
 
-def nm_prune_(model: nn.Module, config: NMPruneConfig) -> dict[str, float]:
+def nm_prune_(
+    model: nn.Module, config: NMPruneConfig, calibration: Batches | None = None
+) -> dict[str, float]:
     """Apply ``n:m`` masks to every Linear/Conv whose input dimension is divisible by ``m``.
 
     Layers that do not fit (e.g. a first conv with 1 input channel) are left dense and absent
-    from the returned {name: sparsity} dict.
+    from the returned {name: sparsity} dict. ``calibration`` is read by method "wanda" only.
     """
     masks = {}
-    for name, module in weighted_modules(model, config.ignore).items():
-        weight = _raw_weight(module)
-        if weight.shape[1] % config.m == 0:
-            masks[name] = nm_mask(weight.detach().abs(), config.n, config.m)
+    modules = weighted_modules(model, config.ignore)
+    scores = _scores(model, modules, config.method, calibration)
+    for name, module in modules.items():
+        weight = scores[name]
+        transposed = type(module).__name__ == "Conv1D"  # HF Conv1D weight: (in, out)
+        score = weight.t() if transposed else weight  # (out, in, ...)
+        if score.shape[1] % config.m == 0:
+            mask = nm_mask(score, config.n, config.m)
+            masks[name] = mask.t() if transposed else mask
     apply_masks_(model, masks)
     return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}

@@ -1,6 +1,31 @@
-"""Quantization: numeric formats, the tensor math behind them, and calibration observers."""
+"""Quantization: numeric formats, the tensor math behind them, calibration observers, and the
+model transforms (``quantize_``, BatchNorm folding, equalization, bias correction, AdaRound, QAT,
+sensitivity and mixed precision)."""
 
+from torchslim.quantize.adaround import AdaRoundConfig, adaround_
+from torchslim.quantize.apply import LayerDecision, QuantizeResult, quantize_
+from torchslim.quantize.bias_correction import correct_bias_
+from torchslim.quantize.config import QuantConfig
+from torchslim.quantize.equalize import equalize_
+from torchslim.quantize.fold import fold_batchnorm_
 from torchslim.quantize.formats import QuantFormat
+from torchslim.quantize.gptq import GPTQConfig, gptq_
+from torchslim.quantize.mixed_precision import (
+    MixedPrecisionPlan,
+    greedy_path,
+    pareto_front,
+    plan_for_budget,
+    save_pareto,
+)
+from torchslim.quantize.modules import (
+    ActivationQuantizer,
+    QuantConv2d,
+    QuantLinear,
+    WeightQuantizer,
+    quant_modules,
+    quantization_disabled,
+    to_float,
+)
 from torchslim.quantize.nonuniform import (
     binary_dequantize,
     binary_quantize,
@@ -46,46 +71,81 @@ from torchslim.quantize.primitives import (
     sqnr_db,
     to_groups,
 )
+from torchslim.quantize.qat import enable_lsq_, prepare_qat_, train_qat
+from torchslim.quantize.sensitivity import LayerSensitivity, SensitivityReport, analyze_sensitivity
 from torchslim.quantize.simulate import quantize_dequantize
+from torchslim.quantize.storage import load_quantized, quantized_state_dict, save_quantized
 
 __all__ = [
     "OBSERVERS",
+    "ActivationQuantizer",
+    "AdaRoundConfig",
     "CalibrationError",
+    "GPTQConfig",
     "KLObserver",
+    "LayerDecision",
+    "LayerSensitivity",
     "MSEObserver",
     "MinMaxObserver",
+    "MixedPrecisionPlan",
     "MovingAverageMinMaxObserver",
     "Observer",
     "PercentileObserver",
+    "QuantConfig",
+    "QuantConv2d",
     "QuantFormat",
+    "QuantLinear",
+    "QuantizeResult",
+    "SensitivityReport",
+    "WeightQuantizer",
+    "adaround_",
+    "analyze_sensitivity",
     "binary_dequantize",
     "binary_quantize",
     "cast_round_trip",
     "choose_observer_by_sqnr",
     "compute_qparams",
     "compute_scale_zero_point",
+    "correct_bias_",
     "dequantize",
+    "enable_lsq_",
+    "equalize_",
     "fake_quantize",
     "float8_dequantize",
     "float8_quantize",
+    "fold_batchnorm_",
     "from_groups",
+    "gptq_",
+    "greedy_path",
     "kmeans_dequantize",
     "kmeans_quantize",
+    "load_quantized",
     "make_observer",
     "observer_sqnr_db",
     "pack_bits",
     "pack_int4",
     "packed_size",
+    "pareto_front",
+    "plan_for_budget",
     "pow2_dequantize",
     "pow2_quantize",
+    "prepare_qat_",
+    "quant_modules",
+    "quantization_disabled",
     "quantize",
+    "quantize_",
     "quantize_dequantize",
+    "quantized_state_dict",
     "reduce_min_max",
     "round_trip",
+    "save_pareto",
+    "save_quantized",
     "sqnr_db",
     "ternary_dequantize",
     "ternary_quantize",
+    "to_float",
     "to_groups",
+    "train_qat",
     "unpack_bits",
     "unpack_int4",
 ]

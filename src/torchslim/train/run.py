@@ -49,6 +49,8 @@ def train_zoo_model(
         "params": sum(p.numel() for p in model.parameters()),
         "machine": machine_facts(),
     }
-    save_tensors(out / "model.safetensors", model.state_dict())
-    write_json(out / "manifest.json", manifest)
+    manifest["world_size"] = trainer.dist.world_size
+    if trainer.dist.is_main:  # under torchrun every rank holds the same weights; one writes
+        save_tensors(out / "model.safetensors", model.state_dict())
+        write_json(out / "manifest.json", manifest)
     return manifest

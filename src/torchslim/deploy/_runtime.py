@@ -1,0 +1,69 @@
+"""What every backend hands back: a runtime callable on torch tensors and how it was built."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchslim.deploy.config import PIP_EXTRAS, BackendUnavailableError
+
+Runtime = Callable[..., torch.Tensor]  # runtime(*inputs) -> output, all torch tensors on CPU
+Feeds = list[dict[str, np.ndarray]]  # calibration batches as ONNX feeds (input name -> array)
+
+# The import names a backend needs, in the order they are checked.
+REQUIRED_MODULES = {
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "openvino": ("openvino", "nncf", "onnx"),
+    "torch": ("torchao",),
+}
+
+
+@dataclass
+class Candidate:
+    """One way of running the quantized model, built and ready to be checked and measured.
+
+    Attributes:
+        name: unique label, e.g. ``"onnxruntime-u8s8"``.
+        backend: ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        runtime: callable on torch tensors.
+        settings: everything needed to rebuild the runtime from the files (saved in the manifest).
+        files: artifact file name -> its path in the build directory (empty: not saveable).
+        fp32_ops: ops that stayed in fp32 (``"<op type> <name>"``).
+    """
+
+    name: str
+    backend: str
+    runtime: Runtime
+    settings: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+    fp32_ops: list[str] = field(default_factory=list)
+
+
+def missing_module(backend: str) -> str | None:
+    """The first module ``backend`` needs that is not installed, or None."""
+    for module in REQUIRED_MODULES[backend]:
+        if importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+def require(backend: str) -> None:
+    """Raise BackendUnavailableError naming the pip extra when ``backend`` is not installed."""
+    module = missing_module(backend)
+    if module is not None:
+        raise BackendUnavailableError(
+            f"deploy backend {backend!r} needs the Python package {module!r}, which is not "
+            f"installed. Install it with: {PIP_EXTRAS[backend]}; or choose another backend "
+            "(backend='auto' uses whichever are installed)."
+        )
+
+
+def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
+    return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]

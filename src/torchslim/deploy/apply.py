@@ -1,0 +1,251 @@
+"""``deploy``: static W8A8 on real int8 kernels, the backend chosen by measurement.
+
+Every available candidate (ONNX Runtime U8S8/S8S8, OpenVINO on NNCF's and on ONNX Runtime's
+QDQ graphs, torch PT2E x86-inductor) is built from the same calibration batches, checked
+against the fp32 model (top-1 agreement and cosine on the calibration data: one that disagrees
+is rejected), timed interleaved with fp32 eager at the requested batch size, and the fastest
+accepted one is kept; ``DeployedModel.decision`` records every candidate's figures and why.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import statistics
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from torchslim._machine import cpu_features, cpu_model
+from torchslim.benchmark import BenchmarkConfig, compare
+from torchslim.deploy import onnxruntime_backend, openvino_backend, torch_backend
+from torchslim.deploy._onnx import export_onnx, input_names
+from torchslim.deploy._runtime import Candidate, Feeds, missing_module, require, to_numpy
+from torchslim.deploy.config import PIP_EXTRAS, DeployConfig, DeployError
+from torchslim.deploy.model import DeployedModel
+from torchslim.evaluate.size import parameter_count
+from torchslim.quantize.observers import CalibrationError
+
+Calibration = list[tuple[torch.Tensor, ...]]
+
+
+def checked_calibration(batches: Sequence[Any]) -> Calibration:
+    """Calibration batches as tuples of float tensors; empty, NaN/Inf or ragged data raises
+    CalibrationError naming the batch."""
+    if batches is None or len(batches) == 0:
+        raise CalibrationError(
+            "deploy needs calibration batches and got none; pass e.g. "
+            "entry.calibration_batches(16) (tuples of input tensors)."
+        )
+    checked: Calibration = []
+    for index, batch in enumerate(batches):
+        inputs = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
+        if not inputs or not all(isinstance(x, torch.Tensor) for x in inputs):
+            raise CalibrationError(
+                f"calibration batch {index} is not a tensor or tuple of tensors."
+            )
+        for x in inputs:
+            if x.numel() == 0:
+                raise CalibrationError(f"calibration batch {index} is empty: {tuple(x.shape)}.")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise CalibrationError(
+                    f"calibration batch {index} contains NaN or Inf values "
+                    f"({int((~torch.isfinite(x)).sum())} of {x.numel()}); clean the data first."
+                )
+        if checked and len(inputs) != len(checked[0]):
+            raise CalibrationError(
+                f"calibration batch {index} has {len(inputs)} inputs, "
+                f"batch 0 has {len(checked[0])}."
+            )
+        checked.append(tuple(x.detach().cpu() for x in inputs))
+    return checked
+
+
+def deploy(
+    model: nn.Module, calibration_batches: Sequence[Any], config: DeployConfig | None = None
+) -> DeployedModel:
+    """Quantize ``model`` (weights and activations int8, static) and run it on a real backend.
+
+    Args:
+        model: an fp32 CNN/MLP; never modified (a copy is exported).
+        calibration_batches: tuples of input tensors (or tensors), e.g.
+            ``entry.calibration_batches(16)``; also the data the candidates are checked on.
+        config: backends, settings and acceptance thresholds (default ``DeployConfig()``).
+
+    Returns:
+        The fastest accepted candidate as a :class:`DeployedModel`.
+
+    Raises:
+        CalibrationError: empty or non-finite calibration data.
+        BackendUnavailableError: the one backend asked for is not installed.
+        DeployError: no candidate could be built or none agrees with fp32.
+    """
+    config = config or DeployConfig()
+    calibration = checked_calibration(calibration_batches)
+    reference = copy.deepcopy(model).eval()
+    for backend in config.backends_to_try() if config.backend != "auto" else ():
+        require(backend)
+    with tempfile.TemporaryDirectory(prefix="torchslim-deploy-") as tmp:
+        candidates, failed, skipped = _build_all(reference, calibration, config, Path(tmp))
+        artifacts = {c.name: {n: p.read_bytes() for n, p in c.files.items()} for c in candidates}
+    check_data = first_samples(calibration, config.agreement_samples)
+    with torch.inference_mode():
+        expected = [reference(*batch).float() for batch in check_data]
+    checks = {c.name: agreement(expected, c, check_data) for c in candidates}
+    accepted = [c for c in candidates if _accepted(checks[c.name], config)]
+    if not accepted:
+        raise DeployError(
+            f"no deployment candidate is usable: failed to build {failed or 'none'}; "
+            f"disagreeing with fp32 {checks or 'none'}; not installed {skipped or 'none'}. "
+            f"Thresholds: top-1 agreement >= {config.min_top1_agreement}, cosine >= "
+            f"{config.min_cosine} (DeployConfig)."
+        )
+    timings = _measure(reference, accepted, calibration, config)
+    chosen = min(accepted, key=lambda c: timings[c.name]["median_ms"])
+    decision = _decision(chosen, candidates, checks, timings, failed | skipped, config)
+    return DeployedModel(chosen, artifacts[chosen.name], decision, parameter_count(model))
+
+
+def _build_all(
+    model: nn.Module, calibration: Calibration, config: DeployConfig, workdir: Path
+) -> tuple[list[Candidate], dict[str, str], dict[str, str]]:
+    """Every candidate of the backends to try; failures and missing backends with reasons."""
+    wanted = config.backends_to_try()
+    skipped = {b: f"not installed ({PIP_EXTRAS[b]})" for b in wanted if missing_module(b)}
+    usable = [b for b in wanted if b not in skipped]
+    candidates: list[Candidate] = []
+    failed: dict[str, str] = {}
+    if {"onnxruntime", "openvino"} & set(usable):
+        fp32_path = workdir / "fp32.onnx"
+        export_onnx(model, calibration[0], fp32_path)
+        feeds: Feeds = [
+            dict(zip(input_names(len(b)), to_numpy(b), strict=True)) for b in calibration
+        ]
+        qdq, qdq_failed = onnxruntime_backend.build(fp32_path, feeds, config, workdir)
+        failed |= qdq_failed
+        if "onnxruntime" in usable:
+            candidates += qdq
+        if "openvino" in usable:
+            built, ov_failed = openvino_backend.build(fp32_path, feeds, config, workdir, qdq)
+            candidates, failed = candidates + built, failed | ov_failed
+    if "torch" in usable:
+        try:
+            candidates.append(torch_backend.build(model, calibration, config))
+        except Exception as error:  # reported in the decision; other backends still compete
+            failed["torch-pt2e-x86-inductor"] = f"{type(error).__name__}: {str(error)[:300]}"
+    return candidates, failed, skipped
+
+
+def first_samples(calibration: Calibration, count: int) -> Calibration:
+    """The calibration batches cut to their first ``count`` samples in all."""
+    kept: Calibration = []
+    for batch in calibration:
+        if count <= 0:
+            break
+        kept.append(tuple(x[:count] for x in batch))
+        count -= batch[0].shape[0]
+    return kept
+
+
+def agreement(
+    expected_outputs: list[torch.Tensor], candidate: Candidate, batches: Calibration
+) -> dict[str, float | str]:
+    """Top-1 agreement (classifier outputs) and mean per-sample cosine vs the fp32 outputs."""
+    agree = total = 0
+    cosines: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode():
+            for batch, expected in zip(batches, expected_outputs, strict=True):
+                actual = candidate.runtime(*batch).float().reshape(expected.shape)
+                cosines.append(F.cosine_similarity(expected.flatten(1), actual.flatten(1), dim=1))
+                if expected.ndim == 2 and expected.shape[1] > 1:
+                    agree += int((expected.argmax(1) == actual.argmax(1)).sum())
+                    total += expected.shape[0]
+    except Exception as error:  # a runtime that crashes on real data is rejected, with why
+        return {"error": f"{type(error).__name__}: {str(error)[:300]}"}
+    cosine = torch.cat(cosines).nan_to_num(-1.0).mean().item()
+    return {"top1_agreement": agree / total if total else 1.0, "cosine": cosine}
+
+
+def _accepted(check: dict[str, float | str], config: DeployConfig) -> bool:
+    if "error" in check:
+        return False
+    return (
+        float(check["top1_agreement"]) >= config.min_top1_agreement
+        and float(check["cosine"]) >= config.min_cosine
+    )
+
+
+def measuring_inputs(calibration: Calibration, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """The first ``batch_size`` calibration samples (cycled if there are fewer)."""
+    columns = [torch.cat([b[i] for b in calibration]) for i in range(len(calibration[0]))]
+    count = columns[0].shape[0]
+    index = torch.arange(batch_size) % count
+    return tuple(column[index].contiguous() for column in columns)
+
+
+def _measure(
+    reference: nn.Module, accepted: list[Candidate], calibration: Calibration, config: DeployConfig
+) -> dict[str, dict[str, float]]:
+    """Median/p90 ms of every accepted candidate and fp32 eager, interleaved, same inputs."""
+    inputs = measuring_inputs(calibration, config.batch_size)
+    variants: dict[str, Callable[[], Any]] = {"torch-fp32-eager": lambda: reference(*inputs)}
+    for candidate in accepted:
+        variants[candidate.name] = functools.partial(candidate.runtime, *inputs)
+    bench = BenchmarkConfig(
+        warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
+    )
+    result = compare(variants, "torch-fp32-eager", bench)
+    return {
+        name: {
+            "median_ms": statistics.median(v.samples_ms),
+            "p90_ms": v.stats.p90,
+            "speedup_vs_fp32_eager": v.speedup,
+        }
+        for name, v in result.variants.items()
+    }
+
+
+def _decision(
+    chosen: Candidate,
+    candidates: list[Candidate],
+    checks: dict[str, dict[str, float | str]],
+    timings: dict[str, dict[str, float]],
+    not_built: dict[str, str],
+    config: DeployConfig,
+) -> dict[str, Any]:
+    table: dict[str, Any] = {}
+    for c in candidates:
+        accepted = _accepted(checks[c.name], config)
+        table[c.name] = {
+            "backend": c.backend,
+            "accepted": accepted,
+            **checks[c.name],
+            **timings.get(c.name, {}),
+        }
+    fp32 = timings["torch-fp32-eager"]
+    ranked = sorted((t["median_ms"], n) for n, t in timings.items() if n != "torch-fp32-eager")
+    runner_up = f"; next {ranked[1][1]} at {ranked[1][0]:.3f} ms" if len(ranked) > 1 else ""
+    mine = timings[chosen.name]
+    reason = (
+        f"{chosen.name}: fastest of {len(ranked)} accepted candidate(s) at batch "
+        f"{config.batch_size} with {config.threads} threads: {mine['median_ms']:.3f} ms median "
+        f"vs {fp32['median_ms']:.3f} ms fp32 eager ({mine['speedup_vs_fp32_eager']:.2f}x)"
+        f"{runner_up}"
+    )
+    return {
+        "chosen": chosen.name,
+        "reason": reason,
+        "batch_size": config.batch_size,
+        "threads": config.threads,
+        "fp32_eager": fp32,
+        "candidates": table,
+        "not_built": not_built,
+        "config": config.to_dict(),
+        "cpu": {"model": cpu_model(), "features": cpu_features()},
+    }

@@ -1,0 +1,114 @@
+"""What a deployment may use and how it is checked: one frozen, validated config; its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torchslim.errors import ConfigError, TorchslimError, reject_unknown_keys
+
+BACKENDS = ("onnxruntime", "openvino", "torch")
+ACTIVATION_TYPES = ("auto", "uint8", "int8")
+WEIGHT_GRANULARITIES = ("auto", "channel", "tensor")
+# What "auto" builds by default: the backends whose result is a file (model.onnx). The torch
+# PT2E program lives only in its process and compiles per batch size; opt in with
+# candidates=(..., "torch") or backend="torch".
+DEFAULT_CANDIDATES = ("onnxruntime", "openvino")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# The pip extra that installs each backend (pyproject.toml [project.optional-dependencies]).
+PIP_EXTRAS = {
+    "onnxruntime": "pip install 'torchslim' (onnxruntime is a core dependency)",
+    "openvino": "pip install 'torchslim[openvino]' (openvino + nncf)",
+    "torch": "pip install 'torchslim[torchao]' (torchao, for the PT2E x86-inductor path)",
+}
+
+
+class DeployError(TorchslimError):
+    """A model that cannot be deployed as asked (export failed, candidates all rejected, ...)."""
+
+
+class BackendUnavailableError(DeployError, ImportError):
+    """The requested backend's package is not installed; the message names the pip extra."""
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{name} must be a number in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """Static W8A8 deployment: which backends to try, their settings, and the acceptance checks.
+
+    Args:
+        backend: "auto" (build every available candidate, check, measure, keep the fastest),
+            or one of "onnxruntime", "openvino", "torch" (PT2E x86-inductor).
+        candidates: the backends "auto" considers (those not installed are skipped and listed).
+        activation_type: ONNX Runtime activations "uint8" (U8S8), "int8" (S8S8) or "auto"
+            (build both and let the measurement decide). Weights are always int8.
+        weight_granularity: int8 weight scales per output "channel", per "tensor", or "auto"
+            (ONNX Runtime builds both and the measurement decides).
+        calibration_method: ONNX Runtime's activation-range method: minmax, entropy, percentile.
+        batch_size: batch size at which "auto" measures latency.
+        threads: intra-op threads of every runtime (and of torch while measuring).
+        min_top1_agreement: a candidate whose top-1 agrees with fp32 on fewer calibration
+            samples than this fraction is rejected, in [0, 1].
+        min_cosine: a candidate whose outputs' mean cosine similarity to fp32 is lower is
+            rejected, in [0, 1].
+        agreement_samples: calibration samples the candidates are checked on (the first ones;
+            >= 1); fp32 runs on them once.
+        rounds: timed interleaved rounds per candidate when "auto" measures (>= 3).
+        warmup: untimed calls per candidate before timing (>= 1).
+    """
+
+    backend: str = "auto"
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    activation_type: str = "auto"
+    weight_granularity: str = "auto"
+    calibration_method: str = "minmax"
+    batch_size: int = 1
+    threads: int = 2
+    min_top1_agreement: float = 0.97
+    min_cosine: float = 0.98
+    agreement_samples: int = 256
+    rounds: int = 30
+    warmup: int = 5
+
+    def __post_init__(self) -> None:
+        _check_choice("backend", self.backend, ("auto", *BACKENDS))
+        if not isinstance(self.candidates, tuple) or not self.candidates:
+            raise ConfigError(f"candidates must be a non-empty tuple of {BACKENDS}")
+        for name in self.candidates:
+            _check_choice("candidates entry", name, BACKENDS)
+        _check_choice("activation_type", self.activation_type, ACTIVATION_TYPES)
+        _check_choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
+        _check_choice("weight_granularity", self.weight_granularity, WEIGHT_GRANULARITIES)
+        minimums = {"batch_size": 1, "threads": 1, "agreement_samples": 1, "rounds": 3, "warmup": 1}
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_range("min_top1_agreement", self.min_top1_agreement, 0.0, 1.0)
+        _check_range("min_cosine", self.min_cosine, 0.0, 1.0)
+
+    def backends_to_try(self) -> tuple[str, ...]:
+        """The backends this config builds: the one named, or the "auto" candidates."""
+        return self.candidates if self.backend == "auto" else (self.backend,)
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DeployConfig:
+        reject_unknown_keys(cls, values)
+        fixed: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
+        return cls(**fixed)

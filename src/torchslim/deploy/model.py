@@ -1,0 +1,135 @@
+"""The deployed model: an ``nn.Module`` around a low-precision runtime, and its artifact
+(``model.onnx`` + ``manifest.json``, written atomically, read back without pickle)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._io import atomic_directory, write_json
+from torchslim.deploy import onnxruntime_backend, openvino_backend
+from torchslim.deploy._runtime import Candidate, Runtime
+from torchslim.deploy.config import DeployError
+
+ARTIFACT_FORMAT = "torchslim-deployed-v1"
+_LOADERS: dict[str, Callable[[Path, dict[str, Any], int], Runtime]] = {
+    "onnxruntime": onnxruntime_backend.load,
+    "openvino": openvino_backend.load,
+}
+
+
+class DeployedModel(nn.Module):
+    """A model running in true int8 on one backend; ``forward`` takes and returns torch tensors,
+    so ``torchslim.evaluate`` and the zoo metrics work on it unchanged.
+
+    Attributes:
+        backend: ``"onnxruntime"``, ``"openvino"`` or ``"torch"``.
+        candidate: the variant that runs (e.g. ``"onnxruntime-u8s8"``).
+        settings: how it was built and how its runtime is configured.
+        fp32_ops: ops that stayed in fp32 (the backend could not run them in int8).
+        decision: what ``backend="auto"`` measured for every candidate and why this one won.
+        artifact: file name -> bytes of the deployable files (empty for the torch backend).
+    """
+
+    def __init__(
+        self,
+        candidate: Candidate,
+        artifact: dict[str, bytes],
+        decision: dict[str, Any],
+        source_parameter_count: int,
+    ) -> None:
+        super().__init__()
+        self.runtime: Runtime = candidate.runtime
+        self.backend = candidate.backend
+        self.candidate = candidate.name
+        self.settings = dict(candidate.settings)
+        self.fp32_ops = list(candidate.fp32_ops)
+        self.decision = decision
+        self.artifact = dict(artifact)
+        self.source_parameter_count = source_parameter_count
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.runtime(*inputs)
+
+    def saved_size_bytes(self) -> int:
+        """Bytes on disk of the deployable files (what ``save`` writes besides the manifest);
+        for the unsaveable torch backend, the bytes of its int8/fp32 constants."""
+        if self.artifact:
+            return sum(len(data) for data in self.artifact.values())
+        return int(self.settings.get("constant_bytes", 0))
+
+    def parameter_count(self) -> int:
+        """Parameters of the model that was deployed (the same weights, now int8)."""
+        return self.source_parameter_count
+
+    def manifest(self) -> dict[str, Any]:
+        from torchslim._compress import versions
+
+        files = {
+            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in self.artifact.items()
+        }
+        return {
+            "format": ARTIFACT_FORMAT,
+            "backend": self.backend,
+            "candidate": self.candidate,
+            "settings": self.settings,
+            "fp32_ops": self.fp32_ops,
+            "parameter_count": self.source_parameter_count,
+            "files": files,
+            "decision": self.decision,
+            "versions": versions(),
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Write the artifact directory ``out`` (files + ``manifest.json``), atomically."""
+        if not self.artifact:
+            raise DeployError(
+                f"the {self.backend!r} backend's program is compiled in this process and has no "
+                "file form; deploy with backend='onnxruntime' or 'openvino' to get an artifact."
+            )
+        out = Path(out)
+        with atomic_directory(out) as tmp:
+            for name, data in self.artifact.items():
+                (tmp / name).write_bytes(data)
+            write_json(tmp / "manifest.json", self.manifest())
+        return out
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend!r}, candidate={self.candidate!r}"
+
+
+def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel:
+    """Load a directory written by :meth:`DeployedModel.save` (no pickle: ONNX + JSON).
+
+    ``threads`` overrides the intra-op thread count recorded at deployment.
+    """
+    directory = Path(path)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise DeployError(f"{directory} has no manifest.json; it is not a deployed artifact.")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("backend") not in _LOADERS:
+        raise DeployError(
+            f"{manifest_path} is not a {ARTIFACT_FORMAT} artifact of a saveable backend "
+            f"(format={manifest.get('format')!r}, backend={manifest.get('backend')!r})."
+        )
+    artifact = {}
+    for name, info in manifest["files"].items():
+        data = (directory / name).read_bytes()
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise DeployError(f"{directory / name} does not match its checksum in the manifest.")
+        artifact[name] = data
+    settings = manifest["settings"]
+    count = threads or int(settings.get("intra_op_threads", settings.get("inference_threads", 1)))
+    runtime = _LOADERS[manifest["backend"]](directory, settings, count)
+    candidate = Candidate(
+        manifest["candidate"], manifest["backend"], runtime, settings, {}, manifest["fp32_ops"]
+    )
+    return DeployedModel(candidate, artifact, manifest["decision"], manifest["parameter_count"])

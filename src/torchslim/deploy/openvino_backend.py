@@ -1,0 +1,119 @@
+"""OpenVINO backend: the CPU plugin runs a QDQ ONNX graph in int8 (its low-precision
+transformations turn Q/DQ pairs into int8 kernels). Two sources of that graph compete: NNCF's
+post-training quantization of the fp32 export, and ONNX Runtime's QDQ graphs built beside it.
+The artifact stays a compact ``model.onnx``, so it is as small as the ONNX Runtime one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from torchslim.deploy._onnx import compact
+from torchslim.deploy._runtime import Candidate, Feeds, require, to_numpy
+from torchslim.deploy.config import DeployConfig, DeployError
+
+# Execution-graph layer types that are bookkeeping, not compute, in OpenVINO's runtime model.
+_NOT_COMPUTE = ("Const", "Input", "Output", "Reorder", "Reshape", "FakeQuantize", "Convert")
+
+
+class OpenVinoRunner:
+    """A model compiled for OpenVINO's CPU plugin: latency hint, one stream, fixed threads,
+    fp32 for the ops left unquantized (the plugin would pick bf16 on AVX512-BF16 CPUs)."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        properties = {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
+        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", properties)
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        arrays = to_numpy(inputs)
+        result = self.request.infer(dict(enumerate(arrays)))
+        return torch.from_numpy(np.array(result[0], copy=True))  # the request reuses its buffer
+
+    def fp32_ops(self) -> list[str]:
+        """Compute layers of the compiled graph that run in floating point."""
+        listed = []
+        for op in self.compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            layer, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+            if layer not in _NOT_COMPUTE and precision in ("f32", "bf16", "f16"):
+                listed.append(f"{layer} {info['originalLayersNames'].astype(str)}")
+        return listed
+
+
+def nncf_quantize(fp32_path: Path, feeds: Feeds, out: Path) -> None:
+    """NNCF post-training quantization (its ONNX backend: QDQ out), all calibration samples."""
+    import nncf
+    import onnx
+
+    dataset = nncf.Dataset(feeds)
+    quantized = nncf.quantize(onnx.load(str(fp32_path)), dataset, subset_size=len(feeds))
+    onnx.save(quantized, str(out))
+
+
+def build(
+    fp32_path: Path,
+    feeds: Feeds,
+    config: DeployConfig,
+    workdir: Path,
+    qdq_candidates: list[Candidate],
+) -> tuple[list[Candidate], dict[str, str]]:
+    """NNCF's graph and every ONNX Runtime QDQ graph, each compiled by OpenVINO."""
+    require("openvino")
+    candidates: list[Candidate] = []
+    failed: dict[str, str] = {}
+    sources: list[tuple[str, Path | None, dict[str, Any]]] = [
+        ("openvino-nncf", None, {"quantizer": "nncf"})
+    ]
+    for other in qdq_candidates:
+        if not other.settings["per_channel"]:
+            continue  # OpenVINO runs the per-channel graphs; per-tensor ones add no new kernel
+        label = other.name.removeprefix("onnxruntime-")
+        sources.append(
+            (
+                f"openvino-{label}",
+                other.files["model.onnx"],
+                {"quantizer": "onnxruntime", **other.settings},
+            )
+        )
+    for name, path, settings in sources:
+        try:
+            if path is None:
+                raw = workdir / f"{name}.qdq.onnx"
+                nncf_quantize(fp32_path, feeds, raw)
+                path = workdir / f"{name}.onnx"
+                compact(raw, path)
+            runner = OpenVinoRunner(path, config.threads)
+        except Exception as error:  # a failing variant is reported; the others still compete
+            failed[name] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            continue
+        settings = {
+            **settings,
+            "engine": "openvino",
+            "inference_precision": "f32",
+            "inference_threads": config.threads,
+            "streams": 1,
+        }
+        candidates.append(
+            Candidate(name, "openvino", runner, settings, {"model.onnx": path}, runner.fp32_ops())
+        )
+    return candidates, failed
+
+
+def load(directory: Path, settings: dict[str, Any], threads: int) -> OpenVinoRunner:
+    require("openvino")
+    path = directory / "model.onnx"
+    if not path.is_file():
+        raise DeployError(f"{directory} has no model.onnx; it is not an OpenVINO deployment.")
+    return OpenVinoRunner(path, threads)

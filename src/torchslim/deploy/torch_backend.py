@@ -1,0 +1,110 @@
+"""torch backend: PT2E static quantization with torchao's X86InductorQuantizer, lowered by
+``torch.compile`` (inductor, freezing on) to oneDNN int8 kernels. Lives in this process only:
+a compiled program is not a file, so this backend's deployments cannot be saved."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from torchslim.deploy._runtime import Candidate, require
+from torchslim.deploy.config import DeployConfig
+
+_QDQ_NAMES = (
+    "quantize_per_tensor",
+    "dequantize_per_tensor",
+    "quantize_per_channel",
+    "dequantize_per_channel",
+)
+_LAYOUT_NAMES = ("view", "reshape", "flatten", "getitem", "size", "sym_size")
+
+
+class TorchInductorRunner:
+    """The converted PT2E graph under ``torch.compile``; each new batch size compiles once."""
+
+    def __init__(self, converted: fx.GraphModule) -> None:
+        self.converted = converted
+        self.compiled = torch.compile(converted, dynamic=False)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config as inductor_config
+
+        with torch.no_grad(), inductor_config.patch(freezing=True):
+            return self.compiled(*(x.float().contiguous() for x in inputs))
+
+
+def _unshare_module_calls(graph_module: fx.GraphModule) -> None:
+    """Give each call of a module that is called twice (one ``nn.ReLU`` reused in a block) its
+    own name in ``nn_module_stack``; the x86 quantizer otherwise sees one partition with two
+    outputs and fails with "Input partition has more than one output node"."""
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (fqn, module_type) = list(stack.items())[-1]
+        if "@" in key:
+            stack[key] = (f"{fqn}@{key.rsplit('@', 1)[1]}", module_type)
+
+
+def quantize_pt2e(
+    model: nn.Module, calibration: Sequence[tuple[torch.Tensor, ...]]
+) -> fx.GraphModule:
+    """Export (dynamic batch), annotate for x86 inductor, calibrate, convert."""
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = copy.deepcopy(model).eval()
+    example = calibration[0]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = tuple({0: batch} for _ in example)
+    exported = torch.export.export(model, example, dynamic_shapes=shapes).module()
+    assert isinstance(exported, fx.GraphModule)
+    _unshare_module_calls(exported)
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for batch_inputs in calibration:
+            prepared(*batch_inputs)
+    return convert_pt2e(prepared)
+
+
+def fp32_ops(graph_module: fx.GraphModule) -> list[str]:
+    """Compute nodes of the converted graph whose tensor inputs are not dequantized int8."""
+    listed = []
+    for node in graph_module.graph.nodes:
+        name = getattr(node.target, "__name__", str(node.target))
+        if node.op != "call_function" or any(part in name for part in _QDQ_NAMES + _LAYOUT_NAMES):
+            continue
+        sources = [arg for arg in node.all_input_nodes if arg.op != "get_attr"]
+        fed_by_dequantize = all("dequantize" in str(arg.target) for arg in sources)
+        if sources and not fed_by_dequantize:
+            listed.append(f"{name} {node.name}")
+    return listed
+
+
+def _constant_bytes(graph_module: fx.GraphModule) -> int:
+    """Bytes of the converted graph's weights and buffers at their stored dtypes (int8 weights)."""
+    tensors = {id(t): t for t in [*graph_module.parameters(), *graph_module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def build(
+    model: nn.Module, calibration: Sequence[tuple[torch.Tensor, ...]], config: DeployConfig
+) -> Candidate:
+    """The PT2E x86-inductor candidate, compiled for the calibration and measuring shapes."""
+    require("torch")
+    converted = quantize_pt2e(model, calibration)
+    runner = TorchInductorRunner(converted)
+    settings: dict[str, Any] = {
+        "engine": "torch-inductor",
+        "quantizer": "torchao X86InductorQuantizer (default: per-channel int8 weights, uint8 "
+        "activations)",
+        "freezing": True,
+        "constant_bytes": _constant_bytes(converted),
+    }
+    return Candidate("torch-pt2e-x86-inductor", "torch", runner, settings, {}, fp32_ops(converted))

@@ -1,0 +1,166 @@
+"""``torchslim quantize``: quantize a model, run it for real where a backend can, measure both."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from torch import nn
+
+from torchslim.quantize.schemes import Scheme, get_scheme
+
+DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
+TEXT_TASKS = ("sentence-embedding",)
+
+
+def quantize_command(
+    model: Annotated[str, typer.Argument(help="Zoo name, package.module:factory, HF dir or .pt2.")],
+    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    scheme: Annotated[str, typer.Option(help="w8a8, w8-dynamic, w4a8, w4-weight, bf16, ...")] = (
+        "w8a8"
+    ),
+    observer: Annotated[str, typer.Option(help="auto|minmax|moving_average|percentile|mse|kl")] = (
+        "auto"
+    ),
+    weight_format: Annotated[
+        str | None, typer.Option(help="Override the scheme's weight format, e.g. int4-g32.")
+    ] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="Layer name or re:<regex>.")] = None,
+    calibration_batches: Annotated[int, typer.Option(min=1)] = 16,
+    deploy: Annotated[str, typer.Option(help="auto|onnxruntime|openvino|torch|none")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of the latency.")] = 1,
+    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
+    allow_slower: Annotated[bool, typer.Option(help="Keep bf16/fp16 even if slower.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Quantize MODEL, deploy it on the fastest real backend here, and print before/after."""
+    from torchslim.cli import print_outcome, resolve_model
+    from torchslim.errors import ConfigError
+
+    if deploy not in DEPLOY_CHOICES:
+        raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
+    chosen = get_scheme(scheme)
+    if chosen.config is not None:
+        overrides: dict[str, Any] = {"observer": observer, "ignore": tuple(ignore or ())}
+        if weight_format:
+            overrides["weight"] = weight_format
+        chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
+    entry = resolve_model(model)
+    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
+    outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
+    print_outcome(outcome, as_json)
+
+
+def run_scheme(
+    entry: Any,
+    scheme: Scheme,
+    out: Path,
+    calibration_batches: int,
+    deploy: str,
+    allow_slower: bool,
+    options: dict[str, Any],
+) -> Any:
+    """Quantize ``entry``'s model with ``scheme``, write the artifact, measure before/after."""
+    fp32 = entry.load()
+    if scheme.execution == "cast":
+        return _run_cast(entry, fp32, scheme, out, allow_slower, options)
+    if scheme.execution == "deployed" and deploy != "none":
+        return _run_deployed(entry, fp32, scheme, out, calibration_batches, deploy, options)
+    return _run_simulated(entry, fp32, scheme, out, calibration_batches, options)
+
+
+def _run_deployed(
+    entry: Any,
+    fp32: nn.Module,
+    scheme: Scheme,
+    out: Path,
+    calibration_batches: int,
+    backend: str,
+    options: dict[str, Any],
+) -> Any:
+    from torchslim._compress import measure_before_after
+
+    batch_size = options.get("batch_size", 1)
+    if entry.task in TEXT_TASKS:
+        from torchslim.deploy.text_config import TextDeployConfig
+        from torchslim.deploy.text_int8 import deploy_text_int8
+
+        config = TextDeployConfig(batch_sizes=(batch_size,))
+        deployed: Any = deploy_text_int8(fp32, entry, backend, config)
+    else:
+        from torchslim.deploy import DeployConfig
+        from torchslim.deploy import deploy as deploy_static
+
+        batches = entry.calibration_batches(calibration_batches)
+        deploy_config = DeployConfig(backend=backend, batch_size=batch_size)
+        deployed = deploy_static(fp32, batches, deploy_config)
+    deployed.save(out)
+    details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
+    return measure_before_after(
+        entry, fp32, deployed, f"quantize {scheme.name}", out, {**options, "details": details}
+    )
+
+
+def _run_cast(
+    entry: Any, fp32: nn.Module, scheme: Scheme, out: Path, allow_slower: bool, options: dict
+) -> Any:
+    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim.deploy import CastModel, check_format
+
+    assert scheme.cast_format is not None
+    example = entry.example_inputs(options.get("batch_size", 1))
+    on_slower = "warn" if allow_slower else "raise"  # FormatSlowerError names the slowdown
+    check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower)
+    import torch
+
+    cast = CastModel(copy.deepcopy(fp32), getattr(torch, scheme.cast_format))
+    manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
+    write_model_artifact(out, cast.model, manifest)
+    details = {"scheme": scheme.name, "execution": "cast", "format_check": check.to_dict()}
+    return measure_before_after(
+        entry, fp32, cast, f"quantize {scheme.name}", out, {**options, "details": details}
+    )
+
+
+def _run_simulated(
+    entry: Any,
+    fp32: nn.Module,
+    scheme: Scheme,
+    out: Path,
+    calibration_batches: int,
+    options: dict[str, Any],
+) -> Any:
+    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim.quantize import quantize_
+    from torchslim.quantize.schemes import dequantized_copy
+    from torchslim.quantize.storage import save_quantized
+
+    assert scheme.config is not None
+    fake = copy.deepcopy(fp32)
+    result = quantize_(
+        fake, scheme.config, calibration=entry.calibration_batches(calibration_batches)
+    )
+    metrics = entry.evaluate(fake.eval())
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = save_quantized(fake, Path(tmp) / "model.quantized.safetensors")
+        packed_size = packed.stat().st_size
+        manifest = {"technique": f"quantize {scheme.name}", "quantize": result.to_dict()}
+        write_model_artifact(out, dequantized_copy(fake), manifest, {packed.name: packed})
+    details = {
+        "scheme": scheme.name,
+        "execution": "simulated",
+        "note": "metric of the fake-quant model; size of the packed weights; latency of the "
+        "dequantized fp32 model (no low-precision kernel here): not a low-precision speed-up",
+        "quantize": result.to_dict(),
+    }
+    outcome = measure_before_after(
+        entry, fp32, dequantized_copy(fake), f"quantize {scheme.name}", out,
+        {**options, "details": details},
+    )  # fmt: skip
+    after = dataclasses.replace(outcome.after, metrics=metrics, size_bytes=packed_size)
+    return dataclasses.replace(outcome, after=after)

@@ -1,0 +1,177 @@
+"""QuantConfig: every option of ``quantize_`` in one frozen, validated, round-tripping object."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchslim.errors import ConfigError, did_you_mean, reject_unknown_keys
+from torchslim.quantize.formats import QuantFormat
+from torchslim.quantize.observers import OBSERVERS
+
+OBSERVER_CHOICES = ("auto", *OBSERVERS)
+_OBSERVER_ALIASES = {"moving-average": "moving_average", "min-max": "minmax"}
+ACTIVATION_KINDS = ("int", "fp8", "float")  # activations need a range-based or cast format
+
+
+def parse_activation_format(name: str) -> QuantFormat:
+    """An activation format: always one scale per tensor (``"int8"`` means ``"int8-tensor"``).
+
+    Raises:
+        ConfigError: a non-uniform kind, or group granularity, which activations cannot use.
+    """
+    fmt = QuantFormat.parse(name)
+    if fmt.kind not in ACTIVATION_KINDS:
+        raise ConfigError(
+            f"activation format {name!r} has kind {fmt.kind!r}; activations allow kinds "
+            f"{ACTIVATION_KINDS} (binary/ternary/pow2/kmeans are weight-only)."
+        )
+    if fmt.granularity == "group":
+        raise ConfigError(
+            f"activation format {name!r} is per group; activations are quantized per tensor, "
+            "use e.g. 'uint8' or 'int8'."
+        )
+    return dataclasses.replace(fmt, granularity="tensor", channel_axis=0)
+
+
+def _check_pattern(what: str, pattern: Any) -> None:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError(
+            f"QuantConfig.{what} entry {pattern!r}; allowed: a module name or 're:<regex>'."
+        )
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as error:
+            raise ConfigError(
+                f"QuantConfig.{what} pattern {pattern!r}: bad regex ({error})."
+            ) from error
+
+
+def _as_pairs(what: str, value: Any) -> tuple[tuple[str, str | None], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((str(k), None if v is None else str(v)) for k, v in items)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(
+            f"QuantConfig.{what}={value!r}; allowed: a mapping pattern -> format name."
+        ) from error
+    return pairs
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What ``torchslim.quantize_`` does to a model.
+
+    Attributes:
+        weight: weight format, any ``QuantFormat`` short name ("int8", "int4-g128", "binary",
+            "ternary", "pow2-4", "kmeans-16", "fp8-e4m3", ...).
+        activation: format of every quantized layer's input, or None for weight-only. Always
+            one scale per tensor: "uint8" (asymmetric), "int8" (symmetric), "fp8-e4m3", "bf16".
+        dynamic: compute activation ranges from each input at run time instead of calibrating.
+        observer: activation observer: "auto" (per layer, the one with the best SQNR on the
+            calibration data), or "minmax", "moving_average", "percentile", "mse", "kl".
+        targets: modules to quantize by exact name or "re:<regex>"; empty = every Linear/Conv2d.
+            A pattern that matches no Linear/Conv2d is an error.
+        ignore: modules left in float (same pattern syntax).
+        overrides: pattern -> weight format for matching layers (mixed precision); the first
+            matching pattern wins.
+        activation_overrides: pattern -> activation format, or None to leave that layer's input
+            in float (e.g. a first conv fed raw pixels at 4-bit activations).
+    """
+
+    weight: str = "int8"
+    activation: str | None = None
+    dynamic: bool = False
+    observer: str = "auto"
+    targets: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, str | None], ...] = field(default=())
+    activation_overrides: tuple[tuple[str, str | None], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        QuantFormat.parse(self.weight)
+        if self.activation is not None:
+            parse_activation_format(self.activation)
+        if not isinstance(self.dynamic, bool):
+            raise ConfigError(f"QuantConfig.dynamic={self.dynamic!r}; allowed: True, False.")
+        if self.dynamic and self.activation is None:
+            raise ConfigError(
+                "QuantConfig.dynamic=True with activation=None; dynamic quantization needs an "
+                "activation format such as 'uint8'."
+            )
+        observer = _OBSERVER_ALIASES.get(self.observer, self.observer)
+        if observer not in OBSERVER_CHOICES:
+            hint = did_you_mean(str(self.observer), OBSERVER_CHOICES)
+            raise ConfigError(
+                f"QuantConfig.observer={self.observer!r}; allowed: {OBSERVER_CHOICES}.{hint}"
+            )
+        object.__setattr__(self, "observer", observer)
+        for what in ("targets", "ignore"):
+            value = getattr(self, what)
+            if isinstance(value, str):
+                value = (value,)
+            object.__setattr__(self, what, tuple(value))
+            for pattern in getattr(self, what):
+                _check_pattern(what, pattern)
+        self._normalize_overrides()
+
+    def _normalize_overrides(self) -> None:
+        weights = _as_pairs("overrides", self.overrides)
+        for pattern, name in weights:
+            _check_pattern("overrides", pattern)
+            if name is None:
+                raise ConfigError(
+                    f"QuantConfig.overrides[{pattern!r}]=None; to keep a layer in float put it "
+                    "in ignore."
+                )
+            QuantFormat.parse(name)
+        activations = _as_pairs("activation_overrides", self.activation_overrides)
+        for pattern, name in activations:
+            _check_pattern("activation_overrides", pattern)
+            if name is not None:
+                parse_activation_format(name)
+        object.__setattr__(self, "overrides", weights)
+        object.__setattr__(self, "activation_overrides", activations)
+
+    def weight_format(self, layer: str) -> QuantFormat:
+        """The weight format of layer ``layer`` (its first matching override, else ``weight``)."""
+        return QuantFormat.parse(_first_match(layer, self.overrides, self.weight) or self.weight)
+
+    def activation_format(self, layer: str) -> QuantFormat | None:
+        """The input format of layer ``layer``, or None when its input stays in float."""
+        name = _first_match(layer, self.activation_overrides, self.activation)
+        return None if name is None else parse_activation_format(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (JSON/YAML friendly); ``QuantConfig.from_dict(c.to_dict()) == c``."""
+        values = dataclasses.asdict(self)
+        values["targets"], values["ignore"] = list(self.targets), list(self.ignore)
+        values["overrides"] = dict(self.overrides)
+        values["activation_overrides"] = dict(self.activation_overrides)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> QuantConfig:
+        """Build from :meth:`to_dict` output; unknown keys raise with a "did you mean" hint."""
+        reject_unknown_keys(cls, values)
+        return cls(**values)
+
+
+def matches(name: str, pattern: str) -> bool:
+    """True when ``name`` equals ``pattern`` or fully matches a ``"re:<regex>"`` pattern."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern
+
+
+def _first_match(
+    layer: str, pairs: tuple[tuple[str, str | None], ...], default: str | None
+) -> str | None:
+    for pattern, value in pairs:
+        if matches(layer, pattern):
+            return value
+    return default

@@ -1,0 +1,161 @@
+"""deploy(backend="auto"): measured choice, recorded decision, artifact round trip, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import torchslim.deploy._runtime as runtime_module
+from models import tiny_convnet, tiny_images
+from torchslim import zoo
+from torchslim.deploy import (
+    BackendUnavailableError,
+    DeployConfig,
+    DeployError,
+    deploy,
+    load_deployed,
+)
+from torchslim.errors import ConfigError
+from torchslim.evaluate import evaluate
+from torchslim.evaluate.size import parameter_count, saved_size_bytes
+from torchslim.quantize.observers import CalibrationError
+
+FAST = {"rounds": 3, "warmup": 1}
+
+
+def _calibration() -> list[tuple[torch.Tensor, ...]]:
+    images, _ = tiny_images(48, seed=1)
+    return [(chunk,) for chunk in images.split(16)]
+
+
+def test_auto_picks_the_fastest_measured_candidate_and_says_why() -> None:
+    model = tiny_convnet()
+    config = DeployConfig(candidates=("onnxruntime",), batch_size=4, **FAST)
+    deployed = deploy(model, _calibration(), config)
+    decision = deployed.decision
+    table = decision["candidates"]
+    assert set(table) == {
+        "onnxruntime-u8s8",
+        "onnxruntime-s8s8",
+        "onnxruntime-u8s8-per-tensor",
+        "onnxruntime-s8s8-per-tensor",
+    }
+    assert decision["chosen"] == deployed.candidate
+    fastest = min(table, key=lambda name: table[name]["median_ms"])
+    assert deployed.candidate == fastest
+    for figures in table.values():
+        assert figures["accepted"] and figures["median_ms"] > 0 and figures["p90_ms"] > 0
+        assert 0.0 <= figures["top1_agreement"] <= 1.0 and figures["cosine"] > 0.9
+    assert decision["fp32_eager"]["median_ms"] > 0 and decision["batch_size"] == 4
+    assert "fastest" in decision["reason"] and deployed.candidate in decision["reason"]
+
+
+def test_a_candidate_that_disagrees_with_fp32_is_rejected() -> None:
+    # a cosine threshold no int8 model can meet: every candidate is measured, then refused
+    config = DeployConfig(backend="onnxruntime", min_cosine=1.0, min_top1_agreement=1.0, **FAST)
+    with pytest.raises(DeployError, match="disagreeing with fp32"):
+        deploy(tiny_convnet(), _calibration(), config)
+
+
+def test_artifact_round_trip(tmp_path: Path) -> None:
+    model = tiny_convnet()
+    config = DeployConfig(
+        backend="onnxruntime", activation_type="uint8", weight_granularity="channel", **FAST
+    )
+    deployed = deploy(model, _calibration(), config)
+    assert deployed.settings["per_channel"]
+    out = deployed.save(tmp_path / "deployed")
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"] == "onnxruntime" and manifest["candidate"] == "onnxruntime-u8s8"
+    assert manifest["decision"]["chosen"] == "onnxruntime-u8s8"
+    loaded = load_deployed(out)
+    x, _ = tiny_images(8, seed=3)
+    torch.testing.assert_close(loaded(x), deployed(x), rtol=0, atol=0)
+    assert loaded.fp32_ops == deployed.fp32_ops
+    # torchslim.evaluate's size and parameter count see the artifact, not an empty module
+    assert saved_size_bytes(loaded) == (out / "model.onnx").stat().st_size
+    assert parameter_count(loaded) == parameter_count(model)
+
+
+def test_a_tampered_artifact_is_refused(tmp_path: Path) -> None:
+    config = DeployConfig(backend="onnxruntime", activation_type="uint8", **FAST)
+    out = deploy(tiny_convnet(), _calibration(), config).save(tmp_path / "d")
+    data = bytearray((out / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(DeployError, match="checksum"):
+        load_deployed(out)
+    with pytest.raises(DeployError, match="no manifest"):
+        load_deployed(tmp_path)
+
+
+def test_missing_backend_names_the_pip_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = runtime_module.importlib.util.find_spec
+
+    def find_spec(name: str, *args: object) -> object:
+        return None if name == "openvino" else real(name, *args)
+
+    monkeypatch.setattr(runtime_module.importlib.util, "find_spec", find_spec)
+    with pytest.raises(BackendUnavailableError, match=r"torchslim\[openvino\]"):
+        deploy(tiny_convnet(), _calibration(), DeployConfig(backend="openvino", **FAST))
+    # auto skips it and says so
+    config = DeployConfig(candidates=("onnxruntime", "openvino"), activation_type="uint8", **FAST)
+    deployed = deploy(tiny_convnet(), _calibration(), config)
+    assert "openvino" in deployed.decision["not_built"]
+    assert deployed.backend == "onnxruntime"
+
+
+@pytest.mark.parametrize(
+    "batches, message",
+    [
+        ([], "got none"),
+        ([(torch.full((4, 1, 8, 8), float("nan")),)], "NaN or Inf"),
+        ([(torch.empty(0, 1, 8, 8),)], "empty"),
+        (["not a tensor"], "not a tensor"),
+    ],
+)
+def test_bad_calibration_is_refused(batches: list, message: str) -> None:
+    with pytest.raises(CalibrationError, match=message):
+        deploy(tiny_convnet(), batches, DeployConfig(backend="onnxruntime", **FAST))
+
+
+def test_model_is_untouched() -> None:
+    model = tiny_convnet()
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deploy(
+        model, _calibration(), DeployConfig(backend="onnxruntime", activation_type="int8", **FAST)
+    )
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(CalibrationError):
+        deploy(model, [], DeployConfig(backend="onnxruntime"))
+    assert all(torch.equal(before[k], model.state_dict()[k]) for k in before)
+
+
+def test_config_validation_and_round_trip() -> None:
+    config = DeployConfig(backend="auto", candidates=("openvino",), batch_size=16)
+    assert DeployConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="backend"):
+        DeployConfig(backend="tensorrt")
+    with pytest.raises(ConfigError, match="Did you mean"):
+        DeployConfig.from_dict({"batchsize": 4})
+    with pytest.raises(ConfigError, match="min_cosine"):
+        DeployConfig(min_cosine=1.5)
+
+
+def test_evaluate_reports_the_deployed_artifact() -> None:
+    entry = zoo.get("tiny-resnet8")
+    model = entry.load()
+    config = DeployConfig(backend="onnxruntime", activation_type="uint8", **FAST)
+    deployed = deploy(model, entry.calibration_batches(2), config)
+    before, after = evaluate(model, entry, repeats=3), evaluate(deployed, entry, repeats=3)
+    assert after.size_bytes == len(deployed.artifact["model.onnx"])
+    assert after.size_bytes < before.size_bytes / 2  # int8 weights vs fp32 safetensors
+    assert after.params == before.params
+    assert set(after.metrics) == set(before.metrics)

@@ -1,0 +1,132 @@
+"""Each deploy backend runs the tiny CNN in int8 and agrees with fp32 and with fake-quant."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models import tiny_convnet, tiny_images
+from torchslim.deploy import DeployConfig, deploy
+from torchslim.quantize.apply import quantize_
+from torchslim.quantize.config import QuantConfig
+
+
+def _calibration(n_batches: int = 4) -> list[tuple[torch.Tensor, ...]]:
+    images, _ = tiny_images(16 * n_batches, seed=1)
+    return [(chunk,) for chunk in images.split(16)]
+
+
+def _trained_convnet() -> nn.Module:
+    """The tiny CNN after a few seeded steps, so its top-1 is not a coin toss."""
+    model = tiny_convnet(seed=0)
+    images, labels = tiny_images(128, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _close_to(reference: nn.Module, deployed: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    with torch.inference_mode():
+        expected, actual = reference(x), deployed(x)
+    cosine = F.cosine_similarity(expected, actual, dim=1).mean().item()
+    agreement = (expected.argmax(1) == actual.argmax(1)).float().mean().item()
+    return cosine, agreement
+
+
+@pytest.mark.parametrize("activation, label", [("uint8", "u8s8"), ("int8", "s8s8")])
+def test_onnxruntime_int8_matches_fp32(activation: str, label: str) -> None:
+    model = _trained_convnet()
+    config = DeployConfig(
+        backend="onnxruntime",
+        activation_type=activation,
+        weight_granularity="channel",
+        rounds=3,
+        warmup=1,
+    )
+    deployed = deploy(model, _calibration(), config)
+    x, _ = tiny_images(64, seed=5)
+    cosine, agreement = _close_to(model, deployed, x)
+    assert deployed.backend == "onnxruntime" and deployed.candidate == f"onnxruntime-{label}"
+    assert cosine > 0.99 and agreement >= 0.95
+    assert deployed.settings["activation_type"] == activation and deployed.settings["per_channel"]
+    # the artifact stores the conv and linear weights as int8 (not fp32 fake-quant)
+    graph = onnx.load_from_string(deployed.artifact["model.onnx"]).graph
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sorted(int(np.prod(t.dims)) for t in int8_weights)[-2:] == [36, 48]  # conv, linear
+    assert deployed.saved_size_bytes() == len(deployed.artifact["model.onnx"])
+
+
+def test_deployed_agrees_with_fake_quant_model() -> None:
+    model = _trained_convnet()
+    simulated = copy.deepcopy(model)
+    quantize_(
+        simulated, QuantConfig(weight="int8", activation="uint8", observer="minmax"), _calibration()
+    )
+    config = DeployConfig(
+        backend="onnxruntime",
+        activation_type="uint8",
+        weight_granularity="channel",
+        rounds=3,
+        warmup=1,
+    )
+    deployed = deploy(model, _calibration(), config)
+    x, _ = tiny_images(64, seed=6)
+    cosine, agreement = _close_to(simulated, deployed, x)
+    assert cosine > 0.99 and agreement >= 0.95
+
+
+def test_mlp_deploys_and_lists_fp32_ops() -> None:
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    config = DeployConfig(
+        backend="onnxruntime",
+        activation_type="uint8",
+        weight_granularity="channel",
+        rounds=3,
+        warmup=1,
+    )
+    deployed = deploy(mlp, _calibration(), config)
+    x, _ = tiny_images(32, seed=2)
+    cosine, _ = _close_to(mlp, deployed, x)
+    assert cosine > 0.99
+    assert isinstance(deployed.fp32_ops, list)
+    assert all(" " in op or op for op in deployed.fp32_ops)  # "<op type> <name>" entries
+
+
+def test_openvino_candidates_run_int8() -> None:
+    pytest.importorskip("openvino", reason="openvino extra not installed")
+    model = _trained_convnet()
+    config = DeployConfig(
+        backend="openvino",
+        activation_type="uint8",
+        weight_granularity="channel",
+        rounds=3,
+        warmup=1,
+    )
+    deployed = deploy(model, _calibration(), config)
+    x, _ = tiny_images(64, seed=3)
+    cosine, agreement = _close_to(model, deployed, x)
+    assert deployed.backend == "openvino"
+    assert set(deployed.decision["candidates"]) == {"openvino-nncf", "openvino-u8s8"}
+    assert cosine > 0.99 and agreement >= 0.95
+
+
+@pytest.mark.slow
+def test_torch_pt2e_inductor_runs_int8() -> None:
+    pytest.importorskip("torchao", reason="torchao extra not installed")
+    model = _trained_convnet()
+    deployed = deploy(model, _calibration(), DeployConfig(backend="torch", rounds=3, warmup=1))
+    x, _ = tiny_images(16, seed=4)
+    cosine, agreement = _close_to(model, deployed, x)
+    assert deployed.candidate == "torch-pt2e-x86-inductor"
+    assert cosine > 0.99 and agreement >= 0.9
+    assert deployed.saved_size_bytes() > 0

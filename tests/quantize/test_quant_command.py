@@ -1,0 +1,70 @@
+"""``torchslim quantize``: the JSON contract per execution kind, the artifacts, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import torchslim.zoo as zoo
+from torchslim.cli import app
+from torchslim.quantize.storage import load_quantized
+
+
+def _invoke(*args: str) -> tuple[int, str, str]:
+    """Exit code, stdout, and the output plus any error raised (``main`` prints it in red)."""
+    result = CliRunner().invoke(app, ["quantize", *args, "--repeats", "3"])
+    return result.exit_code, result.stdout, f"{result.output}{result.exception or ''}"
+
+
+def _json(*args: str) -> dict[str, object]:
+    code, stdout, output = _invoke(*args, "--json")
+    assert code == 0, output
+    payload: dict[str, object] = json.loads(stdout)
+    return payload
+
+
+def test_simulated_scheme_reports_packed_size_and_says_it_is_simulated(tmp_path: Path) -> None:
+    out = tmp_path / "w4"
+    report = _json(
+        "tiny-cnn", "--scheme", "w4-weight", "--calibration-batches", "2", "--out", str(out)
+    )
+    assert set(report) == {"model", "technique", "before", "after", "artifact", "details"}
+    before, after, details = report["before"], report["after"], report["details"]
+    assert isinstance(before, dict) and isinstance(after, dict) and isinstance(details, dict)
+    assert details["execution"] == "simulated" and "not a low-precision speed-up" in details["note"]
+    assert after["size_bytes"] < before["size_bytes"] / 5  # int4 codes packed two per byte
+    assert set(after["latency_ms"]) >= {"median", "p90"}
+    entry = zoo.get("tiny-cnn")
+    reloaded = load_quantized(entry.load(), out / "model.quantized.safetensors")
+    metric = next(iter(after["metrics"]))
+    assert entry.evaluate(reloaded)[metric] == pytest.approx(after["metrics"][metric], abs=1e-5)
+
+
+def test_w8a8_is_deployed_on_a_real_backend_that_agrees_with_fp32(tmp_path: Path) -> None:
+    out = tmp_path / "w8a8"
+    report = _json(
+        "tiny-cnn", "--scheme", "w8a8", "--deploy", "onnxruntime", "--calibration-batches", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    details = report["details"]
+    assert isinstance(details, dict) and details["execution"] == "deployed"
+    assert details["deploy"]["backend"] == "onnxruntime"
+    assert any(p.suffix == ".onnx" for p in out.iterdir())
+    after = report["after"]
+    assert isinstance(after, dict)
+    assert after["metrics"]["cosine_vs_reference"] > 0.98
+
+
+def test_unknown_scheme_is_one_clear_error_with_a_hint(tmp_path: Path) -> None:
+    code, _, output = _invoke("tiny-cnn", "--scheme", "w8a9", "--out", str(tmp_path / "x"))
+    assert code != 0
+    assert "did you mean" in output.lower() and "w8a8" in output
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_deploy_backend_is_rejected_before_any_work(tmp_path: Path) -> None:
+    code, _, output = _invoke("tiny-cnn", "--deploy", "tensorrt", "--out", str(tmp_path / "x"))
+    assert code != 0 and "onnxruntime" in output
