@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -48,7 +47,6 @@ def _run(args):
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-@pytest.mark.slow
 def test_distillation_under_torchrun_keeps_student_and_adapters_in_step(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)

@@ -224,3 +224,13 @@ def test_calibration_does_not_touch_batchnorm_statistics(images: torch.Tensor) -
     quantize_(model, QuantConfig(weight="int8", activation="uint8"), [images])
     assert torch.equal(model[1].running_mean, running_mean)
     assert model.training and model[1].training  # the caller's mode is restored
+
+
+def test_an_activation_override_alone_still_needs_calibration(images: torch.Tensor) -> None:
+    model = tiny_convnet().eval()
+    config = QuantConfig(weight="int8", activation_overrides={"5": "uint8"})
+    with pytest.raises(CalibrationError, match="needs calibration"):
+        quantize_(model, config)
+    assert type(model[5]) is nn.Linear
+    result = quantize_(model, config, [images])
+    assert [layer.activation_format for layer in result.layers] == [None, "uint8-tensor"]

@@ -8,7 +8,6 @@ import sys
 import textwrap
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -75,7 +74,7 @@ def _assert_close(a, b, atol):
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=0, msg=name)
 
 
-@pytest.mark.slow
+# Not marked slow: the acceptance tests for DDP and resume (~10 s each, quiet CPU).
 def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     script = _worker(tmp_path)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
@@ -108,7 +107,6 @@ def _position(run):
     return None
 
 
-@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
     script = _worker(tmp_path)
     reference, killed = tmp_path / "reference", tmp_path / "killed"

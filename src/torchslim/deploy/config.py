@@ -49,7 +49,10 @@ class DeployConfig:
     Args:
         backend: "auto" (build every available candidate, check, measure, keep the fastest),
             or one of "onnxruntime", "openvino", "torch" (PT2E x86-inductor).
-        candidates: the backends "auto" considers (those not installed are skipped and listed).
+        candidates: the backends "auto" considers (those not installed are skipped and listed);
+            default onnxruntime and openvino, whose result is a saveable model.onnx. Add
+            "torch" to let PT2E x86-inductor compete (in-process only: it cannot be saved, and
+            it compiles once per batch size).
         activation_type: ONNX Runtime activations "uint8" (U8S8), "int8" (S8S8) or "auto"
             (build both and let the measurement decide). Weights are always int8.
         weight_granularity: int8 weight scales per output "channel", per "tensor", or "auto"

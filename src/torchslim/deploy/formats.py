@@ -163,7 +163,7 @@ def check_format(
     hardware = _hardware(fmt)
     message = (
         f"{fmt} runs {speedup:.2f}x "
-        + ("faster" if faster else "the speed of")
+        + ("faster than" if speedup > 1 else "the speed of")
         + f" fp32 here ({fmt_ms:.3f} vs {fp32_ms:.3f} ms median, {threads} threads; "
         f"hardware: {hardware})"
     )

@@ -20,8 +20,9 @@ _NOT_COMPUTE = ("Const", "Input", "Output", "Reorder", "Reshape", "FakeQuantize"
 
 
 class OpenVinoRunner:
-    """A model compiled for OpenVINO's CPU plugin: latency hint, one stream, fixed threads,
-    fp32 for the ops left unquantized (the plugin would pick bf16 on AVX512-BF16 CPUs)."""
+    """A model compiled for OpenVINO's CPU plugin: latency hint, one stream, fixed threads, no
+    thread pinning, fp32 for the ops left unquantized (the plugin would pick bf16 on
+    AVX512-BF16 CPUs)."""
 
     def __init__(self, path: Path, threads: int) -> None:
         import openvino as ov
@@ -32,6 +33,9 @@ class OpenVinoRunner:
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
+            # pinned worker threads cannot move off a core another process is busy on; on a
+            # shared machine that made OpenVINO's latency swing more than ONNX Runtime's
+            "ENABLE_CPU_PINNING": False,
         }
         self.compiled = core.compile_model(core.read_model(str(path)), "CPU", properties)
         self.request = self.compiled.create_infer_request()
@@ -101,6 +105,7 @@ def build(
         settings = {
             **settings,
             "engine": "openvino",
+            "cpu_pinning": False,
             "inference_precision": "f32",
             "inference_threads": config.threads,
             "streams": 1,

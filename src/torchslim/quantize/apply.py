@@ -176,14 +176,16 @@ def quantize_(
     start = time.perf_counter()
     with untouched_on_failure(model):
         layers = select_layers(model, config)
-        static = config.activation is not None and not config.dynamic
-        batches = check_batches(calibration) if static or calibration is not None else []
+        if calibration is not None:  # bad data fails before any layer is swapped
+            calibration = check_batches(calibration)
         swapped = {name: swap_layer(model, name, m, config) for name, m in layers.items()}
         inputs = {
             name: module.input_quantizer
             for name, module in swapped.items()
             if isinstance(module.input_quantizer, ActivationQuantizer)
         }
+        static = any(not q.dynamic and q.fmt.kind != "float" for q in inputs.values())
+        batches = check_batches(calibration) if static else []
         calibrated = calibrate_activations(model, inputs, batches, config.observer)
     decisions = tuple(_decision(n, m, calibrated.get(n)) for n, m in swapped.items())
     left = tuple(n for n in quantizable_layers_after(model) if n not in swapped)

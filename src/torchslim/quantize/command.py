@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,6 +46,12 @@ def quantize_command(
 
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
+    if deploy == "torch":
+        raise ConfigError(
+            "--deploy torch: the PT2E x86-inductor model has no file form (it recompiles per "
+            "batch size), so it cannot be written to --out; use onnxruntime/openvino/auto here, "
+            "or torchslim.deploy.deploy(model, batches, DeployConfig(backend='torch')) in Python."
+        )
     chosen = get_scheme(scheme)
     if chosen.config is not None:
         overrides: dict[str, Any] = {"observer": observer, "ignore": tuple(ignore or ())}
@@ -52,7 +60,9 @@ def quantize_command(
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
     entry = resolve_model(model)
     options = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
-    outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
+    # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
     print_outcome(outcome, as_json)
 
 

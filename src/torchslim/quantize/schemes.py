@@ -20,7 +20,7 @@ from torch import nn
 
 from torchslim.errors import ConfigError, did_you_mean
 from torchslim.quantize.config import QuantConfig
-from torchslim.quantize.modules import quant_modules
+from torchslim.quantize.modules import quant_modules, to_float
 
 
 @dataclass(frozen=True)
@@ -85,14 +85,7 @@ def dequantized_copy(model: nn.Module) -> nn.Module:
     plain = copy.deepcopy(model)
     for name, module in quant_modules(plain).items():
         with torch.no_grad():
-            weight = module.quantized_weight().detach().clone()
-        float_class = next(c for c in type(module).__mro__ if c in (nn.Linear, nn.Conv2d))
-        replacement = copy.copy(module)
-        replacement.__class__ = float_class  # type: ignore[assignment]
-        replacement._modules = {}  # drop the quantizers
-        replacement._parameters = dict(module._parameters)
-        replacement._buffers = dict(module._buffers)
-        replacement.weight = nn.Parameter(weight, requires_grad=False)
+            replacement = to_float(module)  # keeps subclasses such as a padding Conv2d
         parent_name, _, child = name.rpartition(".")
         parent = plain.get_submodule(parent_name) if parent_name else plain
         setattr(parent, child, replacement)

@@ -26,7 +26,9 @@ MINILM_MAX_TOKENS = 256  # sentence_bert_config.json: max_seq_length
 
 
 def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's weights are; CPU for a wrapper around an external runtime (no weights)."""
+    first = next(iter(model.parameters()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _batches(rows: torch.Tensor, n: int, batch_size: int, what: str) -> list[Batch]:
