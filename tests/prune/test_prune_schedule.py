@@ -25,13 +25,7 @@ from torchslim.prune import (
 from torchslim.prune.schedule import GradualPruner, cubic_schedule, prune_gradually_
 from torchslim.prune.sensitivity import allocate, load_scan, scan_sensitivity
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_cubic_schedule_front_loaded_and_exact() -> None:

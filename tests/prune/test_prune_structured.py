@@ -14,14 +14,7 @@ from torchslim.profile import profile
 from torchslim.prune import PruneError, StructuredPruneConfig, build_plan, prune_
 from torchslim.zoo.architectures import resnet20
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    """Tiny convs are slower with many threads on a busy machine; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _resnet20() -> tuple[nn.Module, torch.Tensor]:

@@ -30,12 +30,7 @@ HF = {"tiny-bert", "tiny-llama", "tiny-gpt2", "tiny-vit", "tiny-resnet", "tiny-m
       "convnext"}  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _convnext() -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,3 +68,11 @@ def require(backend: str) -> None:
 def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
     return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]
+
+
+def file_digests(artifact: dict[str, bytes]) -> dict[str, dict[str, Any]]:
+    """Bytes and sha256 of every artifact file, for the manifest (``load`` checks them)."""
+    return {
+        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in artifact.items()
+    }

@@ -14,7 +14,7 @@ from torch import nn
 
 from torchslim._io import atomic_directory, write_json
 from torchslim.deploy import onnxruntime_backend, openvino_backend
-from torchslim.deploy._runtime import Candidate, Runtime
+from torchslim.deploy._runtime import Candidate, Runtime, file_digests
 from torchslim.deploy.config import DeployError
 
 ARTIFACT_FORMAT = "torchslim-deployed-v1"
@@ -71,10 +71,7 @@ class DeployedModel(nn.Module):
     def manifest(self) -> dict[str, Any]:
         from torchslim._compress import versions
 
-        files = {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in self.artifact.items()
-        }
+        files = file_digests(self.artifact)
         return {
             "format": ARTIFACT_FORMAT,
             "backend": self.backend,

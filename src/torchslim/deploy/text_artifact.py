@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from torchslim._io import atomic_directory, write_json
+from torchslim.deploy._runtime import file_digests
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_config import TextDeployConfig
 
@@ -105,10 +106,7 @@ class DeployedTextModel(nn.Module):
     def manifest(self) -> dict[str, Any]:
         from torchslim._compress import versions
 
-        files = {
-            name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            for name, data in self.artifact.items()
-        }
+        files = file_digests(self.artifact)
         return {
             "format": ARTIFACT_FORMAT,
             "candidate": self.candidate,
