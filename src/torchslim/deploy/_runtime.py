@@ -76,3 +76,37 @@ def file_digests(artifact: dict[str, bytes]) -> dict[str, dict[str, Any]]:
         name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
         for name, data in artifact.items()
     }
+
+
+def write_artifact(out: str | Path, artifact: dict[str, bytes], manifest: dict[str, Any]) -> Path:
+    """Write the deployable files and ``manifest.json`` to the directory ``out``, atomically."""
+    from torchslim._io import atomic_directory, write_json
+
+    target = Path(out)
+    with atomic_directory(target) as tmp:
+        for name, data in artifact.items():
+            (tmp / name).write_bytes(data)
+        write_json(tmp / "manifest.json", manifest)
+    return target
+
+
+def read_artifact(path: str | Path, what: str) -> tuple[Path, dict[str, Any], dict[str, bytes]]:
+    """(directory, manifest, files) of an artifact directory, every file checked against its
+    sha256 in the manifest. Raises ``DeployError`` naming the missing or altered file."""
+    import json
+
+    from torchslim.deploy.config import DeployError
+
+    directory = Path(path)
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.is_file():
+        raise DeployError(f"{directory} has no manifest.json; it is not {what}.")
+    manifest = json.loads(manifest_path.read_text())
+    artifact = {}
+    for name, info in manifest.get("files", {}).items():
+        file = directory / name
+        data = file.read_bytes() if file.is_file() else b""
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise DeployError(f"{file} is missing or does not match its checksum in the manifest.")
+        artifact[name] = data
+    return directory, manifest, artifact

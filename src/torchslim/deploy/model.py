@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._io import atomic_directory, write_json
 from torchslim.deploy import onnxruntime_backend, openvino_backend
-from torchslim.deploy._runtime import Candidate, Runtime, file_digests
+from torchslim.deploy._runtime import (
+    Candidate,
+    Runtime,
+    file_digests,
+    read_artifact,
+    write_artifact,
+)
 from torchslim.deploy.config import DeployError
 
 ARTIFACT_FORMAT = "torchslim-deployed-v1"
@@ -91,12 +94,7 @@ class DeployedModel(nn.Module):
                 f"the {self.backend!r} backend's program is compiled in this process and has no "
                 "file form; deploy with backend='onnxruntime' or 'openvino' to get an artifact."
             )
-        out = Path(out)
-        with atomic_directory(out) as tmp:
-            for name, data in self.artifact.items():
-                (tmp / name).write_bytes(data)
-            write_json(tmp / "manifest.json", self.manifest())
-        return out
+        return write_artifact(out, self.artifact, self.manifest())
 
     def extra_repr(self) -> str:
         return f"backend={self.backend!r}, candidate={self.candidate!r}"
@@ -107,22 +105,12 @@ def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel
 
     ``threads`` overrides the intra-op thread count recorded at deployment.
     """
-    directory = Path(path)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise DeployError(f"{directory} has no manifest.json; it is not a deployed artifact.")
-    manifest = json.loads(manifest_path.read_text())
+    directory, manifest, artifact = read_artifact(path, "a deployed artifact")
     if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("backend") not in _LOADERS:
         raise DeployError(
-            f"{manifest_path} is not a {ARTIFACT_FORMAT} artifact of a saveable backend "
-            f"(format={manifest.get('format')!r}, backend={manifest.get('backend')!r})."
+            f"{directory / 'manifest.json'} is not a {ARTIFACT_FORMAT} artifact of a saveable "
+            f"backend (format={manifest.get('format')!r}, backend={manifest.get('backend')!r})."
         )
-    artifact = {}
-    for name, info in manifest["files"].items():
-        data = (directory / name).read_bytes()
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise DeployError(f"{directory / name} does not match its checksum in the manifest.")
-        artifact[name] = data
     settings = manifest["settings"]
     count = threads or int(settings.get("intra_op_threads", settings.get("inference_threads", 1)))
     runtime = _LOADERS[manifest["backend"]](directory, settings, count)

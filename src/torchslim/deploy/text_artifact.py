@@ -3,8 +3,6 @@ output, and its artifact (ONNX or OpenVINO IR + ``manifest.json``; atomic, no pi
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,8 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from torchslim._io import atomic_directory, write_json
-from torchslim.deploy._runtime import file_digests
+from torchslim.deploy._runtime import file_digests, read_artifact, write_artifact
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_config import TextDeployConfig
 
@@ -122,12 +119,7 @@ class DeployedTextModel(nn.Module):
 
     def save(self, out: str | Path) -> Path:
         """Write the artifact directory ``out`` (model files + ``manifest.json``), atomically."""
-        out = Path(out)
-        with atomic_directory(out) as tmp:
-            for name, data in self.artifact.items():
-                (tmp / name).write_bytes(data)
-            write_json(tmp / "manifest.json", self.manifest())
-        return out
+        return write_artifact(out, self.artifact, self.manifest())
 
     def extra_repr(self) -> str:
         return f"candidate={self.candidate!r}, inputs={self.input_names}"
@@ -141,23 +133,12 @@ def load_text_int8(path: str | Path, threads: int | None = None) -> DeployedText
     """
     from torchslim.deploy.text_candidates import load_runner
 
-    directory = Path(path)
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise DeployError(f"{directory} has no manifest.json; it is not a deployed text model.")
-    manifest = json.loads(manifest_path.read_text())
+    directory, manifest, artifact = read_artifact(path, "a deployed text model")
     if manifest.get("format") != ARTIFACT_FORMAT:
         raise DeployError(
-            f"{manifest_path} is not a {ARTIFACT_FORMAT} artifact "
+            f"{directory / 'manifest.json'} is not a {ARTIFACT_FORMAT} artifact "
             f"(format={manifest.get('format')!r}); load it with the loader that wrote it."
         )
-    artifact = {}
-    for name, info in manifest["files"].items():
-        file = directory / name
-        data = file.read_bytes() if file.is_file() else b""
-        if hashlib.sha256(data).hexdigest() != info["sha256"]:
-            raise DeployError(f"{file} is missing or does not match its manifest checksum.")
-        artifact[name] = data
     settings = manifest["settings"]
     count = threads or int(settings.get("intra_op_threads", settings.get("inference_threads", 1)))
     runner = load_runner(manifest["candidate"], directory, manifest["input_names"], settings, count)
