@@ -42,16 +42,21 @@ def _close_to(reference: nn.Module, deployed: nn.Module, x: torch.Tensor) -> tup
     return cosine, agreement
 
 
-@pytest.mark.parametrize("activation, label", [("uint8", "u8s8"), ("int8", "s8s8")])
-def test_onnxruntime_int8_matches_fp32(activation: str, label: str) -> None:
-    model = _trained_convnet()
-    config = DeployConfig(
-        backend="onnxruntime",
+def _quick_config(backend: str, activation: str) -> DeployConfig:
+    """One backend, per-channel int8 weights, few timing rounds (tests check outputs, not speed)."""
+    return DeployConfig(
+        backend=backend,
         activation_type=activation,
         weight_granularity="channel",
         rounds=3,
         warmup=1,
     )
+
+
+@pytest.mark.parametrize("activation, label", [("uint8", "u8s8"), ("int8", "s8s8")])
+def test_onnxruntime_int8_matches_fp32(activation: str, label: str) -> None:
+    model = _trained_convnet()
+    config = _quick_config("onnxruntime", activation)
     deployed = deploy(model, _calibration(), config)
     x, _ = tiny_images(64, seed=5)
     cosine, agreement = _close_to(model, deployed, x)
@@ -71,13 +76,7 @@ def test_deployed_agrees_with_fake_quant_model() -> None:
     quantize_(
         simulated, QuantConfig(weight="int8", activation="uint8", observer="minmax"), _calibration()
     )
-    config = DeployConfig(
-        backend="onnxruntime",
-        activation_type="uint8",
-        weight_granularity="channel",
-        rounds=3,
-        warmup=1,
-    )
+    config = _quick_config("onnxruntime", "uint8")
     deployed = deploy(model, _calibration(), config)
     x, _ = tiny_images(64, seed=6)
     cosine, agreement = _close_to(simulated, deployed, x)
@@ -87,13 +86,7 @@ def test_deployed_agrees_with_fake_quant_model() -> None:
 def test_mlp_deploys_and_lists_fp32_ops() -> None:
     torch.manual_seed(0)
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
-    config = DeployConfig(
-        backend="onnxruntime",
-        activation_type="uint8",
-        weight_granularity="channel",
-        rounds=3,
-        warmup=1,
-    )
+    config = _quick_config("onnxruntime", "uint8")
     deployed = deploy(mlp, _calibration(), config)
     x, _ = tiny_images(32, seed=2)
     cosine, _ = _close_to(mlp, deployed, x)
@@ -105,13 +98,7 @@ def test_mlp_deploys_and_lists_fp32_ops() -> None:
 def test_openvino_candidates_run_int8() -> None:
     pytest.importorskip("openvino", reason="openvino extra not installed")
     model = _trained_convnet()
-    config = DeployConfig(
-        backend="openvino",
-        activation_type="uint8",
-        weight_granularity="channel",
-        rounds=3,
-        warmup=1,
-    )
+    config = _quick_config("openvino", "uint8")
     deployed = deploy(model, _calibration(), config)
     x, _ = tiny_images(64, seed=3)
     cosine, agreement = _close_to(model, deployed, x)

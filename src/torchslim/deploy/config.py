@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from torchslim.errors import ConfigError, TorchslimError, reject_unknown_keys
+
+T = TypeVar("T")
 
 BACKENDS = ("onnxruntime", "openvino", "torch")
 ACTIVATION_TYPES = ("auto", "uint8", "int8")
@@ -105,13 +107,20 @@ class DeployConfig:
         return self.candidates if self.backend == "auto" else (self.backend,)
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeployConfig:
-        reject_unknown_keys(cls, values)
-        fixed: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-        }
-        return cls(**fixed)
+        return config_from_dict(cls, values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A frozen config dataclass as a plain dict (tuples become lists, for JSON/YAML)."""
+    values = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def config_from_dict(cls: type[T], values: dict[str, Any]) -> T:
+    """Build ``cls`` from :func:`config_to_dict` output; unknown keys raise with a hint."""
+    reject_unknown_keys(cls, values)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

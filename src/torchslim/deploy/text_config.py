@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from torchslim.errors import ConfigError, reject_unknown_keys
+from torchslim.deploy.config import config_from_dict, config_to_dict
+from torchslim.errors import ConfigError
 
 TEXT_BACKENDS = ("onnxruntime", "openvino")
 # Every candidate deploy_text_int8 can build, by backend (what backend="auto" tries).
@@ -93,16 +93,11 @@ class TextDeployConfig:
         return tuple(name for backend in backends for name in TEXT_CANDIDATES[backend])
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TextDeployConfig:
-        reject_unknown_keys(cls, values)
-        fixed: dict[str, Any] = {
-            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
-        }
-        return cls(**fixed)
+        return config_from_dict(cls, values)
 
 
 def _check_int(name: str, value: Any, low: int) -> None:
