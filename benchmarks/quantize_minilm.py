@@ -4,11 +4,14 @@
     python benchmarks/quantize_minilm.py --quick    # fewer timed rounds (a smoke run)
 
 Variants, timed interleaved per batch size with the same real sentences (lee.cor, padded to 128
-tokens), 2 threads each, ONNX Runtime spinning off: torch fp32 eager (baseline), ONNX Runtime
-fp32, the peers as their docs use them (ONNX Runtime ``quantize_dynamic`` with its defaults,
-torch.ao ``quantize_dynamic`` of every Linear, OpenVINO + NNCF ``quantize`` in transformer mode
-with the plugin's default precision), torchslim's ``deploy_text_int8`` choice, and that choice
-with padding trimmed (same outputs, less work: shown apart, never compared as like for like).
+tokens), 2 threads each, ONNX Runtime spinning off, each loaded alone in its own worker process
+(``--timing isolated``, the default; runtimes sharing one process slow each other down): torch
+fp32 eager (baseline), ONNX Runtime fp32, the peers as their docs use them (ONNX Runtime
+``quantize_dynamic`` with its defaults, torch.ao ``quantize_dynamic`` of every Linear, OpenVINO +
+NNCF ``quantize`` in transformer mode with the plugin's default precision), torchslim's
+``deploy_text_int8`` choice (deployed once per batch size, timed by deploy at that size), and
+that choice with padding trimmed (same outputs, less work: shown apart, never compared as like
+for like).
 Each variant's WordSim-353 / SimLex-999 Spearman, mean cosine to fp32 on the 148 held-out
 sentences and size on disk are measured too. Writes benchmarks/results/quantize_minilm.json.
 """
@@ -17,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import io
 import os
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,13 @@ from torch import nn
 import torchslim.zoo
 from torchslim._io import save_tensors
 from torchslim._machine import machine_facts
-from torchslim.benchmark import BenchmarkConfig, compare, write_result_json
+from torchslim.benchmark import (
+    BenchmarkConfig,
+    WorkerVariant,
+    compare,
+    compare_isolated,
+    write_result_json,
+)
 from torchslim.deploy import text_onnx
 from torchslim.deploy.text_config import TextDeployConfig
 from torchslim.deploy.text_int8 import deploy_text_int8
@@ -64,9 +75,72 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=30, help="timed rounds per variant, at most")
     parser.add_argument("--max-seconds", type=float, default=40.0, help="budget per variant")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timing",
+        choices=("isolated", "in-process"),
+        default="isolated",
+        help="time each variant in its own worker process (default) or all in this one",
+    )
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     return parser.parse_args()
+
+
+# ---------------------------------------------------------------- worker factories
+# Each rebuilds one variant alone in a fresh process (files, or the zoo for torch variants) and
+# returns the call to time on the inputs saved at ``inputs`` (see --timing).
+
+
+def _inputs(path: str) -> tuple[torch.Tensor, ...]:
+    from torchslim._io import load_tensors
+
+    tensors = load_tensors(path)
+    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
+
+
+def eager_worker(inputs: str, threads: int) -> Callable[[], Any]:
+    model, batch = torchslim.zoo.get("minilm").load().eval(), _inputs(inputs)
+    return lambda: model(*batch)
+
+
+def torch_ao_worker(inputs: str, threads: int) -> Callable[[], Any]:
+    model, batch = torch_ao_dynamic(torchslim.zoo.get("minilm").load().eval()), _inputs(inputs)
+    return lambda: model(*batch)
+
+
+def ort_worker(path: str, inputs: str, threads: int) -> Callable[[], Any]:
+    runner, batch = onnxruntime_session(Path(path), threads), _inputs(inputs)
+    return lambda: runner(*batch)
+
+
+def openvino_worker(xml: str, inputs: str, threads: int) -> Callable[[], Any]:
+    run, batch = openvino_request(Path(xml), threads), _inputs(inputs)
+    return lambda: run(*batch)
+
+
+def deployed_worker(directory: str, inputs: str, threads: int, trim: bool) -> Callable[[], Any]:
+    import dataclasses
+
+    from torchslim.deploy.text_artifact import load_text_int8
+
+    deployed, batch = load_text_int8(directory, threads), _inputs(inputs)
+    if trim:
+        deployed.config = dataclasses.replace(deployed.config, trim_padding=True)
+    return lambda: deployed(*batch)
+
+
+def _spec(factory: Callable[..., Any], **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+    return f"quantize_minilm:{factory.__name__}", values
+
+
+def torch_ao_dynamic(model: nn.Module) -> nn.Module:
+    """torch.ao's documented dynamic quantization of every Linear (qint8)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated and says so
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
+        )
 
 
 def onnxruntime_session(path: Path, threads: int) -> Callable[..., torch.Tensor]:
@@ -97,6 +171,13 @@ def peer_openvino(fp32: Path, entry: Any, workdir: Path, threads: int) -> tuple[
     )
     xml = workdir / "peer-openvino-nncf.xml"
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    return openvino_request(xml, threads), [xml, xml.with_suffix(".bin")]
+
+
+def openvino_request(xml: Path, threads: int) -> Callable[..., torch.Tensor]:
+    """The peer's IR compiled for the CPU plugin: its default precision, fixed threads."""
+    import openvino as ov
+
     core = ov.Core()
     compiled = core.compile_model(
         core.read_model(str(xml)), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
@@ -107,7 +188,7 @@ def peer_openvino(fp32: Path, entry: Any, workdir: Path, threads: int) -> tuple[
         result = request.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
         return torch.from_numpy(result[0].copy())
 
-    return run, [xml, xml.with_suffix(".bin")]
+    return run
 
 
 def torch_bytes(model: nn.Module) -> int:
@@ -117,77 +198,113 @@ def torch_bytes(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
+@dataclass
+class Variants:
+    """Every variant: its module (accuracy, in-process timing), build facts, and the worker spec
+    that rebuilds it alone in a fresh process (isolated timing); the skipped ones, with why."""
+
+    modules: dict[str, nn.Module] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(
+        self, name: str, module: nn.Module, size: int, worker: tuple[str, dict[str, Any]]
+    ) -> None:
+        self.modules[name] = module
+        self.info[name] = {"size_bytes": size}
+        self.workers[name] = worker
+
+
 def build_variants(
     entry: Any, model: nn.Module, workdir: Path, args: argparse.Namespace
-) -> tuple[dict[str, nn.Module], dict[str, Any], dict[str, str]]:
-    """Every variant as a module, its size on disk and build facts, and skipped ones."""
-    variants: dict[str, nn.Module] = {BASELINE: model}
-    info: dict[str, Any] = {}
-    skipped: dict[str, str] = {}
+) -> Variants:
+    """torch fp32, ONNX Runtime fp32 and the three peers, each as its docs use it."""
+    found = Variants()
     fp32_path = workdir / "fp32.onnx"
     safetensors = workdir / "fp32.safetensors"
     save_tensors(safetensors, model.state_dict())
-    info[BASELINE] = {"size_bytes": safetensors.stat().st_size}
+    found.add(BASELINE, model, safetensors.stat().st_size, _spec(eager_worker))
     text_onnx.export_text_onnx(
         model, entry.example_inputs(2), ["input_ids", "attention_mask"], fp32_path
     )
-    variants["onnxruntime-fp32"] = CallableModel(onnxruntime_session(fp32_path, args.threads))
-    info["onnxruntime-fp32"] = {"size_bytes": fp32_path.stat().st_size}
-    peer_path = peer_onnxruntime(fp32_path, workdir)
-    variants["peer-onnxruntime-quantize_dynamic"] = CallableModel(
-        onnxruntime_session(peer_path, args.threads)
+    runner = CallableModel(onnxruntime_session(fp32_path, args.threads))
+    found.add(
+        "onnxruntime-fp32", runner, fp32_path.stat().st_size, _spec(ort_worker, path=fp32_path)
     )
-    info["peer-onnxruntime-quantize_dynamic"] = {"size_bytes": peer_path.stat().st_size}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated and says so
-        ao = torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8
-        )
-    variants["peer-torch.ao-quantize_dynamic"] = ao
-    info["peer-torch.ao-quantize_dynamic"] = {"size_bytes": torch_bytes(ao)}
+    peer_path = peer_onnxruntime(fp32_path, workdir)
+    found.add(
+        "peer-onnxruntime-quantize_dynamic",
+        CallableModel(onnxruntime_session(peer_path, args.threads)),
+        peer_path.stat().st_size,
+        _spec(ort_worker, path=peer_path),
+    )
+    ao = torch_ao_dynamic(model)
+    found.add("peer-torch.ao-quantize_dynamic", ao, torch_bytes(ao), _spec(torch_ao_worker))
     try:
         run, files = peer_openvino(fp32_path, entry, workdir, args.threads)
-        variants["peer-openvino-nncf"] = CallableModel(run)
-        info["peer-openvino-nncf"] = {"size_bytes": sum(f.stat().st_size for f in files)}
+        size = sum(f.stat().st_size for f in files)
+        found.add(
+            "peer-openvino-nncf", CallableModel(run), size, _spec(openvino_worker, xml=files[0])
+        )
     except ImportError as error:
-        skipped["peer-openvino-nncf"] = f"not installed: {error}"
-    return variants, info, skipped
+        found.skipped["peer-openvino-nncf"] = f"not installed: {error}"
+    return found
 
 
 def add_torchslim(
-    entry: Any, model: nn.Module, variants: dict[str, nn.Module], info: dict[str, Any], args: Any
+    entry: Any, model: nn.Module, found: Variants, workdir: Path, args: argparse.Namespace
 ) -> None:
-    """torchslim's measured choice (timed by deploy_text_int8 at the benchmark's batch sizes),
-    and the same choice with padding trimmed."""
-    config = TextDeployConfig(
-        batch_sizes=tuple(sorted(set(args.batch_sizes))), threads=args.threads,
-        rounds=3 if args.quick else 20,
-    )  # fmt: skip
-    started = time.perf_counter()
-    deployed = deploy_text_int8(model, entry, config=config)
-    seconds = time.perf_counter() - started
-    variants["torchslim-int8"] = deployed
-    info["torchslim-int8"] = {
-        "size_bytes": deployed.saved_size_bytes(),
-        "chosen": deployed.candidate,
-        "deploy_seconds": seconds,
-        "decision": deployed.decision,
-        "settings": deployed.settings,
-        "fp32_ops": deployed.fp32_ops,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        trimmed_config = TextDeployConfig.from_dict(
-            {**config.to_dict(), "backend": deployed.backend, "trim_padding": True}
+    """torchslim's measured choice for each benchmark batch size (deploy_text_int8 timed at that
+    batch size only: a deployment serves the batch size it is built for), and the same choice
+    with padding trimmed (less work than the others: shown apart, never compared)."""
+    for batch in args.batch_sizes:
+        config = TextDeployConfig(
+            batch_sizes=(batch,), threads=args.threads, rounds=3 if args.quick else 20
         )
+        started = time.perf_counter()
+        deployed = deploy_text_int8(model, entry, config=config)
+        seconds = time.perf_counter() - started
+        directory = deployed.save(workdir / f"torchslim-b{batch}")
+        name = f"torchslim-int8-b{batch}"
+        found.add(name, deployed, deployed.saved_size_bytes(),
+                  _spec(deployed_worker, directory=directory, trim=False))  # fmt: skip
+        found.info[name] |= {
+            "chosen": deployed.candidate,
+            "deploy_seconds": seconds,
+            "decision": deployed.decision,
+            "settings": deployed.settings,
+            "fp32_ops": deployed.fp32_ops,
+            "artifact_files": sorted(p.name for p in Path(directory).rglob("*.*")),
+        }
         trimmed = copy.copy(deployed)  # same runner and files; only forward's trimming differs
-        trimmed.config = trimmed_config
-        deployed.save(Path(tmp) / "artifact")
-        info["torchslim-int8"]["artifact_files"] = sorted(p.name for p in Path(tmp).rglob("*.*"))
-    variants["torchslim-int8+trim-padding"] = trimmed
-    info["torchslim-int8+trim-padding"] = {
-        "size_bytes": deployed.saved_size_bytes(),
-        "note": "same runner; trailing all-padding columns dropped: less work than the others",
-    }
+        trimmed.config = dataclasses.replace(deployed.config, trim_padding=True)
+        found.add(f"{name}+trim-padding", trimmed, deployed.saved_size_bytes(),
+                  _spec(deployed_worker, directory=directory, trim=True))  # fmt: skip
+        found.info[f"{name}+trim-padding"]["note"] = (
+            "same files; trailing all-padding columns dropped: less work than the others"
+        )
+
+
+def time_batch(found: Variants, batch: int, entry: Any, args: argparse.Namespace) -> Any:
+    """One comparison at ``batch``: the variants it concerns (torchslim's build for this batch
+    size), each in its own worker process (default) or all in this one."""
+    names = [n for n in found.modules if not n.startswith("torchslim") or f"-b{batch}" in n]
+    bench = BenchmarkConfig(1 if args.quick else 3, args.rounds, args.threads, args.max_seconds, 0)
+    inputs = entry.example_inputs(batch)
+    if args.timing == "in-process":
+        calls = {n: (lambda m=found.modules[n], x=inputs: m(*x)) for n in names}
+        return compare(calls, BASELINE, bench)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inputs.safetensors"
+        save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+        workers = {}
+        for n in names:
+            factory, kwargs = found.workers[n]
+            workers[n] = WorkerVariant(
+                factory, {**kwargs, "inputs": str(path), "threads": args.threads}
+            )
+        return compare_isolated(workers, BASELINE, bench)
 
 
 def main() -> None:
@@ -200,23 +317,18 @@ def main() -> None:
     model = entry.load()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        variants, info, skipped = build_variants(entry, model, Path(tmp), args)
-        add_torchslim(entry, model, variants, info, args)
-        bench = BenchmarkConfig(
-            1 if args.quick else 3, args.rounds, args.threads, args.max_seconds, 0
-        )
+        found = build_variants(entry, model, Path(tmp), args)
+        add_torchslim(entry, model, found, Path(tmp), args)
         per_batch: dict[str, Any] = {}
         for batch_size in args.batch_sizes:
-            inputs = entry.example_inputs(batch_size)
-            calls = {name: (lambda m=m, x=inputs: m(*x)) for name, m in variants.items()}
-            result = compare(calls, BASELINE, bench)
-            result.skipped.update(skipped)
-            per_batch[str(batch_size)] = result.to_dict()
+            result = time_batch(found, batch_size, entry, args)
+            result.skipped.update(found.skipped)
+            per_batch[str(batch_size)] = {"timing": args.timing, **result.to_dict()}
             console.print(result.to_table(title=f"minilm, batch {batch_size} x seq 128"))
-        for name, module in variants.items():
+        for name, module in found.modules.items():
             started = time.perf_counter()
-            info[name]["metrics"] = entry.evaluate(module)
-            info[name]["evaluate_seconds"] = time.perf_counter() - started
+            found.info[name]["metrics"] = entry.evaluate(module)
+            found.info[name]["evaluate_seconds"] = time.perf_counter() - started
     payload = {
         "benchmark": "quantize_minilm",
         "model": "minilm",
@@ -224,12 +336,13 @@ def main() -> None:
         "note": args.note,
         "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "threads": args.threads,
+        "timing": args.timing,
         "quick": args.quick,
         "machine": machine_facts(),
-        "variants": info,
-        "skipped": skipped,
+        "variants": found.info,
+        "skipped": found.skipped,
         "batch_sizes": per_batch,
-        "summary": summary(info, per_batch),
+        "summary": summary(found.info, per_batch),
     }
     console.print(f"wrote {write_result_json('quantize_minilm', payload, args.out_dir)}")
     console.print(summary_table(payload["summary"]["rows"]))
@@ -254,7 +367,7 @@ def summary(info: dict[str, Any], per_batch: dict[str, Any]) -> dict[str, Any]:
         key = f"b{size}_median_ms"
         peers = {n: r[key] for n, r in rows.items() if n.startswith("peer-") and key in r}
         accurate = {n: t for n, t in peers.items() if rows[n].get("cosine_vs_fp32", 0) >= 0.99}
-        ours = rows["torchslim-int8"][key]
+        ours = rows[f"torchslim-int8-b{size}"][key]
         versus[f"batch_{size}"] = {
             label: _versus(group, ours)
             for label, group in (("fastest_peer", peers), ("fastest_accurate_peer", accurate))

@@ -9,7 +9,10 @@ U8S8 and S8S8 (its defaults: per-tensor weights, MinMax), OpenVINO + NNCF INT8 (
 X86InductorQuantizer + torch.compile) and torchslim ``deploy(backend="auto")`` (built per batch
 size, since it measures at the batch size it is asked for). Every variant: 2 threads (ONNX
 Runtime intra_op_num_threads=2, spinning off; OpenVINO INFERENCE_NUM_THREADS=2), the same
-calibration batches, latency median/p90 interleaved with fp32 eager, speed-up vs fp32 eager,
+calibration batches, latency median/p90 interleaved with fp32 eager, each variant loaded alone
+in its own worker process (``--timing isolated``, the default: in one shared process the
+runtimes' thread pools slow each other down; inductor-compiled code brings its own OpenMP pool
+that made OpenVINO 1.6x slower next to it), speed-up vs fp32 eager,
 top-1 accuracy on the zoo eval set, size on disk. Then mnist-cnn: accuracy of every INT8 peer on
 the 5 000 real digits. Writes benchmarks/results/quantize_peers.json.
 """
@@ -34,8 +37,15 @@ from rich.console import Console
 from torch import nn
 
 import torchslim.zoo
+from torchslim._io import save_tensors
 from torchslim._machine import machine_facts
-from torchslim.benchmark import BenchmarkConfig, compare, write_result_json
+from torchslim.benchmark import (
+    BenchmarkConfig,
+    WorkerVariant,
+    compare,
+    compare_isolated,
+    write_result_json,
+)
 from torchslim.deploy import DeployConfig, deploy
 from torchslim.deploy._onnx import export_onnx, input_names
 from torchslim.deploy._runtime import missing_module, to_numpy
@@ -60,9 +70,58 @@ class RuntimeModule(nn.Module):
 
 @dataclass
 class Variant:
+    """A peer or torchslim result: the in-process module (accuracy, in-process timing), its size,
+    and ``worker``: the factory + kwargs that rebuild it alone in a fresh process (timing)."""
+
     module: nn.Module
     size_bytes: int
     info: dict[str, Any] = field(default_factory=dict)
+    worker: tuple[str, dict[str, Any]] | None = None
+
+
+# ---------------------------------------------------------------- worker factories
+# Each rebuilds one variant in a fresh process from files (or, for PT2E, which has no file form,
+# from the zoo entry and the same calibration batches) and returns the call to time on the
+# inputs saved at ``inputs``.
+
+
+def _inputs(path: str) -> tuple[torch.Tensor, ...]:
+    from torchslim._io import load_tensors
+
+    tensors = load_tensors(path)
+    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
+
+
+def eager_worker(model_name: str, inputs: str) -> Callable[[], Any]:
+    model, batch = torchslim.zoo.get(model_name).load().eval(), _inputs(inputs)
+    return lambda: model(*batch)
+
+
+def ort_worker(path: str, inputs: str) -> Callable[[], Any]:
+    runner, batch = OnnxRuntimeRunner(Path(path), THREADS), _inputs(inputs)
+    return lambda: runner(*batch)
+
+
+def openvino_worker(xml: str, inputs: str) -> Callable[[], Any]:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_NUM_THREADS": THREADS})
+    request, arrays = compiled.create_infer_request(), to_numpy(_inputs(inputs))
+    return lambda: request.infer(dict(enumerate(arrays)))
+
+
+def pt2e_worker(model_name: str, calibration_batches: int, inputs: str) -> Callable[[], Any]:
+    entry = torchslim.zoo.get(model_name)
+    variant = torch_pt2e(entry.load().eval(), entry.calibration_batches(calibration_batches))
+    batch = _inputs(inputs)
+    return lambda: variant.module(*batch)
+
+
+def deployed_worker(directory: str, inputs: str) -> Callable[[], Any]:
+    from torchslim.deploy import load_deployed
+
+    deployed, batch = load_deployed(directory, threads=THREADS), _inputs(inputs)
+    return lambda: deployed(*batch)
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,6 +129,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", action="append", help="zoo entry (repeatable)")
     parser.add_argument("--batch-sizes", default="1,16", help="comma-separated")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no mnist-cnn part")
+    parser.add_argument(
+        "--timing",
+        choices=("isolated", "in-process"),
+        default="isolated",
+        help="time each variant in its own process (default) or all in this one",
+    )
     parser.add_argument("--calibration-batches", type=int, default=8, help="of 32 images")
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -88,7 +153,8 @@ def ort_fp32(model: nn.Module, calibration: list[Any], workdir: Path) -> Variant
     path = workdir / "fp32.onnx"
     exporter = export_onnx(model, calibration[0], path)
     runner = OnnxRuntimeRunner(path, THREADS)
-    return Variant(RuntimeModule(runner), path.stat().st_size, {"exporter": exporter})
+    info = {"exporter": exporter}
+    return Variant(RuntimeModule(runner), path.stat().st_size, info, _spec(ort_worker, path=path))
 
 
 def ort_quantize_static(calibration: list[Any], workdir: Path, activation: str) -> Variant:
@@ -119,7 +185,7 @@ def ort_quantize_static(calibration: list[Any], workdir: Path, activation: str) 
     )
     runner = OnnxRuntimeRunner(out, THREADS)
     settings = {"format": "QDQ", "per_channel": False, "calibration": "MinMax"}
-    return Variant(RuntimeModule(runner), out.stat().st_size, settings)
+    return Variant(RuntimeModule(runner), out.stat().st_size, settings, _spec(ort_worker, path=out))
 
 
 def openvino_nncf(model: nn.Module, calibration: list[Any], workdir: Path) -> Variant:
@@ -145,7 +211,8 @@ def openvino_nncf(model: nn.Module, calibration: list[Any], workdir: Path) -> Va
         return torch.from_numpy(result[0].copy())
 
     size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-    return Variant(RuntimeModule(run), size, {"openvino": ov.__version__, "nncf": nncf.__version__})
+    info = {"openvino": ov.__version__, "nncf": nncf.__version__}
+    return Variant(RuntimeModule(run), size, info, _spec(openvino_worker, xml=xml))
 
 
 def torch_pt2e(model: nn.Module, calibration: list[Any]) -> Variant:
@@ -164,6 +231,12 @@ def torch_pt2e(model: nn.Module, calibration: list[Any]) -> Variant:
     )
     runner = TorchInductorRunner(converted)
     return Variant(RuntimeModule(runner), _constant_bytes(converted), {"note": note})
+
+
+def _spec(factory: Callable[..., Any], **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """A worker spec: ``quantize_peers:<factory>`` and its kwargs (paths as strings)."""
+    values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
+    return f"quantize_peers:{factory.__name__}", values
 
 
 def build_peers(
@@ -196,7 +269,9 @@ def build_peers(
 # ---------------------------------------------------------------- measurement
 
 
-def deployed_variant(model: nn.Module, calibration: list[Any], batch_size: int) -> Variant:
+def deployed_variant(
+    model: nn.Module, calibration: list[Any], batch_size: int, workdir: Path
+) -> Variant:
     config = DeployConfig(batch_size=batch_size, threads=THREADS)
     start = time.perf_counter()
     deployed = deploy(model, calibration, config)
@@ -206,7 +281,9 @@ def deployed_variant(model: nn.Module, calibration: list[Any], batch_size: int) 
         "fp32_ops": deployed.fp32_ops,
         "build_s": round(time.perf_counter() - start, 2),
     }
-    return Variant(deployed, deployed.saved_size_bytes(), info)
+    directory = deployed.save(workdir / f"torchslim-b{batch_size}")
+    worker = _spec(deployed_worker, directory=directory)
+    return Variant(deployed, deployed.saved_size_bytes(), info, worker)
 
 
 def ptq_seconds(entry: Any, model: nn.Module) -> dict[str, Any]:
@@ -228,12 +305,24 @@ def accuracy_of(entry: Any, variants: dict[str, Variant]) -> dict[str, float | s
 
 
 def time_batch(
-    variants: dict[str, Variant], inputs: tuple[torch.Tensor, ...], rounds: int
+    variants: dict[str, Variant], inputs: tuple[torch.Tensor, ...], args: argparse.Namespace
 ) -> dict[str, Any]:
-    calls = {name: (lambda m=v.module: m(*inputs)) for name, v in variants.items()}
-    config = BenchmarkConfig(warmup=5, rounds=rounds, threads=THREADS, max_seconds=20.0)
-    result = compare(calls, BASELINE, config)
-    return result.to_dict()
+    """Medians of every variant at one batch size: each in its own worker process (default;
+    what a user running one model sees) or all in this process (``--timing in-process``)."""
+    config = BenchmarkConfig(warmup=5, rounds=args.rounds, threads=THREADS, max_seconds=20.0)
+    if args.timing == "in-process":
+        calls = {name: (lambda m=v.module: m(*inputs)) for name, v in variants.items()}
+        return {"timing": "in-process", **compare(calls, BASELINE, config).to_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "inputs.safetensors"
+        save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+        workers = {
+            name: WorkerVariant(v.worker[0], {**v.worker[1], "inputs": str(path)})
+            for name, v in variants.items()
+            if v.worker is not None
+        }
+        result = compare_isolated(workers, BASELINE, config)
+    return {"timing": "isolated (one worker process per variant)", **result.to_dict()}
 
 
 def summarize(
@@ -271,12 +360,17 @@ def run_model(name: str, args: argparse.Namespace, console: Console) -> dict[str
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        variants = {BASELINE: Variant(model, saved_size_bytes(model))}
+        eager = _spec(eager_worker, model_name=name)
+        variants = {BASELINE: Variant(model, saved_size_bytes(model), {}, eager)}
         variants |= build_peers(model, calibration, Path(tmp), skipped)
+        if "torch-pt2e-x86-inductor" in variants:
+            variants["torch-pt2e-x86-inductor"].worker = _spec(
+                pt2e_worker, model_name=name, calibration_batches=args.calibration_batches
+            )
         for batch in batch_sizes:
             console.print(f"{name}: deploy(auto) at batch {batch} ...")
             variants[f"torchslim-deploy-auto-b{batch}"] = deployed_variant(
-                model, calibration, batch
+                model, calibration, batch, Path(tmp)
             )
         console.print(f"{name}: accuracy of {len(variants)} variants ...")
         accuracy = accuracy_of(entry, variants)
@@ -287,7 +381,7 @@ def run_model(name: str, args: argparse.Namespace, console: Console) -> dict[str
                 for n, v in variants.items()
                 if not n.startswith("torchslim") or n.endswith(f"-b{batch}")
             }
-            per_batch[str(batch)] = time_batch(timed, entry.example_inputs(batch), args.rounds)
+            per_batch[str(batch)] = time_batch(timed, entry.example_inputs(batch), args)
             _print_batch(console, name, batch, per_batch[str(batch)], accuracy)
     sizes = {n: v.size_bytes for n, v in variants.items()}
     return {
@@ -323,7 +417,7 @@ def run_mnist(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         variants = {BASELINE: Variant(model, saved_size_bytes(model))}
         variants |= build_peers(model, calibration, Path(tmp), skipped)
-        variants["torchslim-deploy-auto-b16"] = deployed_variant(model, calibration, 16)
+        variants["torchslim-deploy-auto-b16"] = deployed_variant(model, calibration, 16, Path(tmp))
         accuracy = accuracy_of(entry, variants)
     for name, value in accuracy.items():
         console.print(f"  mnist-cnn {name:32s} {value}")

@@ -23,7 +23,7 @@ from torchslim.evaluate import evaluate
 from torchslim.evaluate.size import parameter_count, saved_size_bytes
 from torchslim.quantize.observers import CalibrationError
 
-FAST = {"rounds": 3, "warmup": 1}
+FAST = {"rounds": 3, "warmup": 1, "timing": "in-process"}
 
 
 def _calibration() -> list[tuple[torch.Tensor, ...]]:
@@ -33,7 +33,7 @@ def _calibration() -> list[tuple[torch.Tensor, ...]]:
 
 def test_auto_picks_the_fastest_measured_candidate_and_says_why() -> None:
     model = tiny_convnet()
-    config = DeployConfig(candidates=("onnxruntime",), batch_size=4, **FAST)
+    config = DeployConfig(candidates=("onnxruntime",), batch_size=4, rounds=3, warmup=1)
     deployed = deploy(model, _calibration(), config)
     decision = deployed.decision
     table = decision["candidates"]
@@ -44,8 +44,13 @@ def test_auto_picks_the_fastest_measured_candidate_and_says_why() -> None:
         "onnxruntime-s8s8-per-tensor",
     }
     assert decision["chosen"] == deployed.candidate
-    fastest = min(table, key=lambda name: table[name]["median_ms"])
-    assert deployed.candidate == fastest
+    # the finalists were re-timed each in its own process; the fastest there wins
+    alone = {name: f["isolated"]["median_ms"] for name, f in table.items() if "isolated" in f}
+    if alone:
+        assert deployed.candidate == min(alone, key=alone.__getitem__)
+        assert "own process" in decision["reason"] and decision["timing"].endswith("own process")
+    else:  # one finalist only: the in-process race decided
+        assert deployed.candidate == min(table, key=lambda name: table[name]["median_ms"])
     for figures in table.values():
         assert figures["accepted"] and figures["median_ms"] > 0 and figures["p90_ms"] > 0
         assert 0.0 <= figures["top1_agreement"] <= 1.0 and figures["cosine"] > 0.9

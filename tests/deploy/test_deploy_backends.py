@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import tiny_convnet, tiny_images
-from torchslim.deploy import DeployConfig, deploy
+from torchslim.deploy import DeployConfig, deploy, load_deployed
 from torchslim.quantize.apply import quantize_
 from torchslim.quantize.config import QuantConfig
 
@@ -108,7 +109,7 @@ def test_openvino_candidates_run_int8() -> None:
 
 
 @pytest.mark.slow
-def test_torch_pt2e_inductor_runs_int8() -> None:
+def test_torch_pt2e_inductor_runs_int8_and_round_trips_as_pt2(tmp_path: Path) -> None:
     pytest.importorskip("torchao", reason="torchao extra not installed")
     model = _trained_convnet()
     deployed = deploy(model, _calibration(), DeployConfig(backend="torch", rounds=3, warmup=1))
@@ -116,4 +117,7 @@ def test_torch_pt2e_inductor_runs_int8() -> None:
     cosine, agreement = _close_to(model, deployed, x)
     assert deployed.candidate == "torch-pt2e-x86-inductor"
     assert cosine > 0.99 and agreement >= 0.9
-    assert deployed.saved_size_bytes() > 0
+    assert set(deployed.artifact) == {"model.pt2"} and deployed.saved_size_bytes() > 0
+    loaded = load_deployed(deployed.save(tmp_path / "pt2e"))
+    with torch.inference_mode():
+        assert torch.equal(loaded(x), deployed(x))

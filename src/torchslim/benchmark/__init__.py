@@ -1,4 +1,5 @@
-"""The benchmark harness: variants timed interleaved in one process, medians and speed-ups as JSON.
+"""The benchmark harness: variants timed interleaved (in one process, or one worker process each
+with ``compare_isolated``), medians and speed-ups as JSON.
 
 >>> result = compare({"eager": lambda: model(x), "compiled": lambda: compiled(x)}, baseline="eager")
 >>> result.speedup("compiled")
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from torchslim.benchmark.config import BenchmarkConfig
 from torchslim.benchmark.harness import compare, max_abs_diff
+from torchslim.benchmark.isolated import WorkerError, WorkerVariant, compare_isolated
 from torchslim.benchmark.result import (
     BenchmarkResult,
     Spread,
@@ -22,7 +24,10 @@ __all__ = [
     "BenchmarkResult",
     "Spread",
     "VariantResult",
+    "WorkerError",
+    "WorkerVariant",
     "compare",
+    "compare_isolated",
     "max_abs_diff",
     "write_result_json",
 ]

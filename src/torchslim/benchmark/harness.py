@@ -71,8 +71,9 @@ def compare(
     with fixed_threads(config.threads), torch.inference_mode():
         threads = torch.get_num_threads()
         outputs = _warm_up(variants, config.warmup, rng, keep_outputs=check is not None)
-        with _gc_paused():
-            samples, call_order = _timed_rounds(variants, config, rng)
+        with gc_paused():
+            timer = lambda name: time_call(variants[name], config.torch_device)  # noqa: E731
+            samples, call_order = timed_rounds(list(variants), timer, config, rng)
         machine = machine_facts()
         diffs = (
             {name: check(outputs[baseline], out) for name, out in outputs.items()} if check else {}
@@ -143,19 +144,23 @@ def _warm_up(
     return outputs if keep_outputs else {}
 
 
-def _timed_rounds(
-    variants: Mapping[str, Variant], config: BenchmarkConfig, rng: random.Random
+def timed_rounds(
+    names: list[str],
+    timer: Callable[[str], float],
+    config: BenchmarkConfig,
+    rng: random.Random,
 ) -> tuple[dict[str, list[float]], list[str]]:
-    """Per-variant samples (ms) and the order of every timed call."""
-    samples: dict[str, list[float]] = {name: [] for name in variants}
-    spent_seconds = dict.fromkeys(variants, 0.0)
+    """Per-variant samples (ms) and the order of every timed call; ``timer(name)`` times one
+    call of that variant (in this process or in its worker)."""
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    spent_seconds = dict.fromkeys(names, 0.0)
     minimum = min(3, config.rounds)
     call_order: list[str] = []
-    active = list(variants)
+    active = list(names)
     for _ in range(config.rounds):
         _shuffle_avoiding(active, call_order[-1] if call_order else None, rng)
         for name in active:
-            elapsed_ms = time_call(variants[name], config.torch_device)
+            elapsed_ms = timer(name)
             samples[name].append(elapsed_ms)
             spent_seconds[name] += elapsed_ms / 1e3
             call_order.append(name)
@@ -178,7 +183,7 @@ def _shuffle_avoiding(names: list[str], previous: str | None, rng: random.Random
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Collect once, then keep the cyclic garbage collector out of the timed calls (as timeit)."""
     gc.collect()
     was_enabled = gc.isenabled()

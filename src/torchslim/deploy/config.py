@@ -18,6 +18,7 @@ WEIGHT_GRANULARITIES = ("auto", "channel", "tensor")
 # candidates=(..., "torch") or backend="torch".
 DEFAULT_CANDIDATES = ("onnxruntime", "openvino")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+TIMINGS = ("isolated", "in-process")
 # The pip extra that installs each backend (pyproject.toml [project.optional-dependencies]).
 PIP_EXTRAS = {
     "onnxruntime": "pip install 'torchslim' (onnxruntime is a core dependency)",
@@ -70,6 +71,11 @@ class DeployConfig:
             >= 1); fp32 runs on them once.
         rounds: timed interleaved rounds per candidate when "auto" measures (>= 3).
         warmup: untimed calls per candidate before timing (>= 1).
+        timing: "isolated" (default): after the in-process race, the ``finalists`` fastest
+            candidates are re-timed each loaded from its files in its own process, as a user
+            runs them, and the fastest there wins; "in-process": the race alone decides
+            (quicker; runtimes sharing a process disturb each other's thread pools).
+        finalists: candidates re-timed in isolation (>= 1; those within 1.5x of the best).
     """
 
     backend: str = "auto"
@@ -84,9 +90,12 @@ class DeployConfig:
     agreement_samples: int = 256
     rounds: int = 30
     warmup: int = 5
+    timing: str = "isolated"
+    finalists: int = 3
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
+        _check_choice("timing", self.timing, TIMINGS)
         if not isinstance(self.candidates, tuple) or not self.candidates:
             raise ConfigError(f"candidates must be a non-empty tuple of {BACKENDS}")
         for name in self.candidates:
@@ -94,7 +103,14 @@ class DeployConfig:
         _check_choice("activation_type", self.activation_type, ACTIVATION_TYPES)
         _check_choice("calibration_method", self.calibration_method, CALIBRATION_METHODS)
         _check_choice("weight_granularity", self.weight_granularity, WEIGHT_GRANULARITIES)
-        minimums = {"batch_size": 1, "threads": 1, "agreement_samples": 1, "rounds": 3, "warmup": 1}
+        minimums = {
+            "batch_size": 1,
+            "threads": 1,
+            "agreement_samples": 1,
+            "rounds": 3,
+            "warmup": 1,
+            "finalists": 1,
+        }
         for name, low in minimums.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

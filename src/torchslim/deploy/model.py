@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.deploy import onnxruntime_backend, openvino_backend
+from torchslim.deploy import onnxruntime_backend, openvino_backend, torch_backend
 from torchslim.deploy._runtime import (
     Candidate,
     Runtime,
@@ -24,6 +24,7 @@ ARTIFACT_FORMAT = "torchslim-deployed-v1"
 _LOADERS: dict[str, Callable[[Path, dict[str, Any], int], Runtime]] = {
     "onnxruntime": onnxruntime_backend.load,
     "openvino": openvino_backend.load,
+    "torch": torch_backend.load,
 }
 
 
@@ -37,7 +38,8 @@ class DeployedModel(nn.Module):
         settings: how it was built and how its runtime is configured.
         fp32_ops: ops that stayed in fp32 (the backend could not run them in int8).
         decision: what ``backend="auto"`` measured for every candidate and why this one won.
-        artifact: file name -> bytes of the deployable files (empty for the torch backend).
+        artifact: file name -> bytes of the deployable files (``model.onnx``; ``model.pt2``
+            for the torch backend).
     """
 
     def __init__(
@@ -61,11 +63,8 @@ class DeployedModel(nn.Module):
         return self.runtime(*inputs)
 
     def saved_size_bytes(self) -> int:
-        """Bytes on disk of the deployable files (what ``save`` writes besides the manifest);
-        for the unsaveable torch backend, the bytes of its int8/fp32 constants."""
-        if self.artifact:
-            return sum(len(data) for data in self.artifact.values())
-        return int(self.settings.get("constant_bytes", 0))
+        """Bytes on disk of the deployable files (what ``save`` writes besides the manifest)."""
+        return sum(len(data) for data in self.artifact.values())
 
     def parameter_count(self) -> int:
         """Parameters of the model that was deployed (the same weights, now int8)."""
@@ -89,11 +88,6 @@ class DeployedModel(nn.Module):
 
     def save(self, out: str | Path) -> Path:
         """Write the artifact directory ``out`` (files + ``manifest.json``), atomically."""
-        if not self.artifact:
-            raise DeployError(
-                f"the {self.backend!r} backend's program is compiled in this process and has no "
-                "file form; deploy with backend='onnxruntime' or 'openvino' to get an artifact."
-            )
         return write_artifact(out, self.artifact, self.manifest())
 
     def extra_repr(self) -> str:
@@ -101,7 +95,8 @@ class DeployedModel(nn.Module):
 
 
 def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel:
-    """Load a directory written by :meth:`DeployedModel.save` (no pickle: ONNX + JSON).
+    """Load a directory written by :meth:`DeployedModel.save` (no pickle: ONNX, a checked PT2
+    archive, JSON).
 
     ``threads`` overrides the intra-op thread count recorded at deployment.
     """

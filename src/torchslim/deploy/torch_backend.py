@@ -1,18 +1,27 @@
 """torch backend: PT2E static quantization with torchao's X86InductorQuantizer, lowered by
-``torch.compile`` (inductor, freezing on) to oneDNN int8 kernels. Lives in this process only:
-a compiled program is not a file, so this backend's deployments cannot be saved."""
+``torch.compile`` (inductor, freezing on) to oneDNN int8 kernels.
+
+The file form is the converted (quantize/dequantize) program as a ``torch.export`` PT2 archive,
+``model.pt2``: graph as JSON, weights as raw bytes. Loading it compiles again in the loading
+process (inductor caches the compiled kernels on disk). ``torch.export.load`` would fall back to
+unpickling a weight it cannot read safely; :func:`check_archive` refuses such a file first."""
 
 from __future__ import annotations
 
 import copy
+import io
+import json
+import pickle
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
 
 from torchslim.deploy._runtime import Candidate, require
-from torchslim.deploy.config import DeployConfig
+from torchslim.deploy.config import DeployConfig, DeployError
 
 _QDQ_NAMES = (
     "quantize_per_tensor",
@@ -93,12 +102,56 @@ def _constant_bytes(graph_module: fx.GraphModule) -> int:
     return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
+def save_program(converted: fx.GraphModule, example: tuple[torch.Tensor, ...], path: Path) -> Path:
+    """The converted graph as a PT2 archive (dynamic batch), loadable by :func:`load`."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    shapes = tuple({0: batch} for _ in example)
+    program = torch.export.export(converted, tuple(example), dynamic_shapes=shapes)
+    torch.export.save(program, str(path))
+    return path
+
+
+def check_archive(path: Path) -> None:
+    """Refuse a PT2 archive that would make ``torch.export.load`` unpickle anything: weights or
+    constants stored as pickles, or sample inputs that are not plain tensors."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in (n for n in archive.namelist() if n.endswith("_config.json")):
+                entries = json.loads(archive.read(name)).get("config", {}).values()
+                if any(entry.get("use_pickle", True) for entry in entries):
+                    raise DeployError(f"{path}: {name} stores pickled objects; not loading it.")
+            for name in (n for n in archive.namelist() if "/sample_inputs/" in n):
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+    except (zipfile.BadZipFile, OSError, RuntimeError, KeyError, ValueError) as error:
+        raise DeployError(f"{path} is not a readable torch.export PT2 archive: {error}") from error
+    except pickle.UnpicklingError as error:
+        raise DeployError(f"{path}: its sample inputs are not plain tensors: {error}") from error
+
+
+def load(directory: Path, settings: dict[str, Any], threads: int) -> TorchInductorRunner:
+    """The runner of a saved torch deployment (``model.pt2``), compiled in this process."""
+    require("torch")
+    path = directory / "model.pt2"
+    if not path.is_file():
+        raise DeployError(f"{directory} has no model.pt2; it is not a torch PT2E deployment.")
+    check_archive(path)
+    program = torch.export.load(str(path))
+    module = program.module()
+    assert isinstance(module, fx.GraphModule)
+    return TorchInductorRunner(module)
+
+
 def build(
-    model: nn.Module, calibration: Sequence[tuple[torch.Tensor, ...]], config: DeployConfig
+    model: nn.Module,
+    calibration: Sequence[tuple[torch.Tensor, ...]],
+    config: DeployConfig,
+    workdir: Path,
 ) -> Candidate:
-    """The PT2E x86-inductor candidate, compiled for the calibration and measuring shapes."""
+    """The PT2E x86-inductor candidate, compiled for the calibration and measuring shapes, and
+    its ``model.pt2``."""
     require("torch")
     converted = quantize_pt2e(model, calibration)
+    saved = save_program(converted, calibration[0], workdir / "torch-pt2e.pt2")
     runner = TorchInductorRunner(converted)
     settings: dict[str, Any] = {
         "engine": "torch-inductor",
@@ -107,4 +160,7 @@ def build(
         "freezing": True,
         "constant_bytes": _constant_bytes(converted),
     }
-    return Candidate("torch-pt2e-x86-inductor", "torch", runner, settings, {}, fp32_ops(converted))
+    files = {"model.pt2": saved}
+    return Candidate(
+        "torch-pt2e-x86-inductor", "torch", runner, settings, files, fp32_ops(converted)
+    )

@@ -1,0 +1,218 @@
+"""Compare variants each running in its own worker process, interleaved call by call.
+
+Runtimes that share a process disturb each other: torch's OpenMP pool, the separate OpenMP
+pool of inductor-compiled code, OpenVINO's TBB arena and ONNX Runtime's threads all keep worker
+threads that can spin or hold cores after a call, so whichever variant runs next pays for them.
+On a 2-core machine that reordered the INT8 backends (OpenVINO measured 1.6x slower next to an
+inductor-compiled model than alone). A user runs one model per process; :func:`compare_isolated`
+measures that: every :class:`WorkerVariant` is built in a fresh ``spawn`` process, warmed up, and
+then timed *inside* that process, one call per turn, the turns interleaved in a shuffled order
+exactly as :func:`torchslim.benchmark.compare` does, so machine drift still spreads over all.
+Plain callables may be mixed in; they run in this (otherwise idle) process.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import multiprocessing
+import random
+import statistics
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from torchslim._machine import machine_facts
+from torchslim.benchmark.config import BenchmarkConfig
+from torchslim.benchmark.harness import Variant, _ratio, gc_paused, timed_rounds
+from torchslim.benchmark.result import BenchmarkResult, VariantResult
+from torchslim.errors import TorchslimError, did_you_mean
+from torchslim.evaluate.latency import fixed_threads, time_call
+
+
+class WorkerError(TorchslimError):
+    """A worker process could not build its variant, crashed, or stopped answering."""
+
+
+@dataclass(frozen=True)
+class WorkerVariant:
+    """A variant built in its own process: ``factory(**kwargs)`` returns the callable to time.
+
+    Attributes:
+        factory: ``"package.module:function"``, importable in a fresh interpreter (a benchmark
+            script's functions qualify when its folder is on ``sys.path``).
+        kwargs: picklable keyword arguments (paths, names, sizes; not models).
+    """
+
+    factory: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Variant:
+        """Import the factory and call it (in the worker)."""
+        module_name, _, function_name = self.factory.partition(":")
+        if not function_name:
+            raise ValueError(f"factory must be 'module:function', got {self.factory!r}")
+        factory = getattr(importlib.import_module(module_name), function_name)
+        return factory(**self.kwargs)
+
+
+def compare_isolated(
+    variants: Mapping[str, WorkerVariant | Variant],
+    baseline: str,
+    config: BenchmarkConfig | None = None,
+    start_timeout_s: float = 600.0,
+) -> BenchmarkResult:
+    """Time every variant, one process each, interleaved; like :func:`compare` otherwise.
+
+    Workers are started one after another (so builds do not compete), each warmed up with
+    ``config.warmup`` calls in its process with ``config.threads`` torch threads. A worker that
+    fails to build is left out and listed in ``result.skipped`` with the error; it never stops
+    the others.
+
+    Raises:
+        ValueError: no variants, or ``baseline`` is not one of them.
+        WorkerError: the baseline could not be built, or a worker died mid-measurement.
+    """
+    if baseline not in variants:
+        raise ValueError(
+            f"baseline {baseline!r} is not one of the variants {list(variants)}."
+            f"{did_you_mean(baseline, variants)}"
+        )
+    config = config or BenchmarkConfig()
+    rng = random.Random(config.seed)
+    skipped: dict[str, str] = {}
+    with _workers(variants, config, start_timeout_s, skipped) as timers:
+        if baseline not in timers:
+            raise WorkerError(f"the baseline {baseline!r} did not start: {skipped[baseline]}")
+        with fixed_threads(config.threads), torch.inference_mode(), gc_paused():
+            threads = torch.get_num_threads()
+            samples, call_order = timed_rounds(list(timers), lambda n: timers[n](), config, rng)
+    baseline_median = statistics.median(samples[baseline])
+    results = {
+        name: VariantResult(name, samples[name], _ratio(baseline_median, statistics.median(s)))
+        for name, s in samples.items()
+    }
+    return BenchmarkResult(
+        baseline=baseline,
+        variants=results,
+        config=config,
+        threads=threads,
+        machine={**machine_facts(), "isolation": "one worker process per WorkerVariant"},
+        timestamp_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        call_order=call_order,
+        skipped=skipped,
+    )
+
+
+@contextmanager
+def _workers(
+    variants: Mapping[str, WorkerVariant | Variant],
+    config: BenchmarkConfig,
+    start_timeout_s: float,
+    skipped: dict[str, str],
+) -> Iterator[dict[str, Callable[[], float]]]:
+    """name -> a timer returning one call's milliseconds; the workers stop on exit."""
+    context = multiprocessing.get_context("spawn")
+    processes: list[tuple[Any, Connection]] = []
+    timers: dict[str, Callable[[], float]] = {}
+    try:
+        for name, variant in variants.items():
+            if not isinstance(variant, WorkerVariant):
+                timers[name] = _local_timer(variant, config)
+                continue
+            parent, child = context.Pipe()
+            process = context.Process(
+                target=_worker_main, args=(child, variant, config), name=f"bench-{name}"
+            )
+            process.start()
+            child.close()
+            processes.append((process, parent))
+            status, detail = _receive(parent, start_timeout_s, name)
+            if status == "ready":
+                timers[name] = _remote_timer(parent, name)
+            else:
+                skipped[name] = detail
+        yield timers
+    finally:
+        for process, connection in processes:
+            with suppress(BrokenPipeError, OSError):
+                connection.send(("stop", None))
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+def _local_timer(variant: Variant, config: BenchmarkConfig) -> Callable[[], float]:
+    with fixed_threads(config.threads), torch.inference_mode():
+        for _ in range(config.warmup):
+            variant()
+    return lambda: time_call(variant, config.torch_device)
+
+
+def _remote_timer(connection: Connection, name: str) -> Callable[[], float]:
+    def timer() -> float:
+        connection.send(("time", None))
+        status, value = _receive(connection, 600.0, name)
+        if status != "ms":
+            raise WorkerError(f"benchmark worker {name!r} failed while timing: {value}")
+        return float(value)
+
+    return timer
+
+
+def _receive(connection: Connection, timeout_s: float, name: str) -> tuple[str, Any]:
+    try:
+        if not connection.poll(timeout_s):
+            return "error", f"worker {name!r} gave no answer within {timeout_s:.0f} s"
+        return connection.recv()
+    except (EOFError, OSError) as error:
+        return "error", f"worker {name!r} died ({type(error).__name__})"
+
+
+def _worker_main(connection: Connection, variant: WorkerVariant, config: BenchmarkConfig) -> None:
+    """Build, warm up, then answer ``time`` requests with one timed call each until ``stop``."""
+    try:
+        if config.threads is not None:
+            torch.set_num_threads(config.threads)
+        with torch.inference_mode():
+            call = variant.build()
+            for _ in range(config.warmup):
+                call()
+    except BaseException as error:  # reported to the parent, which lists the variant as skipped
+        detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+        connection.send(("error", f"build failed: {detail[:500]}"))
+        return
+    connection.send(("ready", None))
+    gc.collect()
+    gc.disable()
+    with torch.inference_mode():
+        while True:
+            command, _ = connection.recv()
+            if command == "stop":
+                return
+            try:
+                connection.send(("ms", time_call(call, config.torch_device)))
+            except BaseException as error:  # the parent raises WorkerError with this text
+                connection.send(("error", f"{type(error).__name__}: {str(error)[:300]}"))
+                return
+
+
+def zoo_model_call(name: str, batch_size: int, weights: str | None = None) -> Variant:
+    """Factory for :class:`WorkerVariant`: zoo model ``name`` in fp32 eager on its example
+    inputs of ``batch_size`` (``weights``: an optional safetensors file to load into it)."""
+    import torchslim.zoo
+    from torchslim._io import load_tensors
+
+    entry = torchslim.zoo.get(name)
+    model = entry.load().eval()
+    if weights is not None:
+        model.load_state_dict(load_tensors(weights))
+    inputs = entry.example_inputs(batch_size)
+    return lambda: model(*inputs)

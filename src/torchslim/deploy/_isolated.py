@@ -1,0 +1,122 @@
+"""The final timing of deployment candidates: each loaded from its files in its own process.
+
+Candidates first race in the deploying process (cheap, and enough to drop the clearly slow
+ones). The few finalists are then re-timed as a user runs them: the artifact loaded in a fresh
+process, nothing else in it (:func:`torchslim.benchmark.compare_isolated`). In one shared process
+the runtimes' thread pools disturb each other and reorder close candidates on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._io import load_tensors, save_tensors
+from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_isolated
+from torchslim.deploy._runtime import Candidate
+from torchslim.deploy.config import DeployConfig
+
+FP32 = "torch-fp32-eager"
+
+
+def candidate_call(
+    directory: str, backend: str, settings: dict[str, Any], threads: int, inputs: str
+) -> Callable[[], torch.Tensor]:
+    """Worker factory: the candidate's runtime loaded from ``directory``, on saved inputs."""
+    from torchslim.deploy.model import _LOADERS
+
+    runtime, batch = _LOADERS[backend](Path(directory), settings, threads), load_inputs(inputs)
+    return lambda: runtime(*batch)
+
+
+def text_candidate_call(
+    candidate: str,
+    directory: str,
+    names: list[str],
+    settings: dict[str, Any],
+    threads: int,
+    inputs: str,
+) -> Callable[[], torch.Tensor]:
+    """Worker factory: a text candidate's runner rebuilt from its files, on saved inputs."""
+    from torchslim.deploy.text_candidates import load_runner
+
+    runner = load_runner(candidate, Path(directory), names, settings, threads)
+    batch = load_inputs(inputs)
+    return lambda: runner(*batch)
+
+
+def save_inputs(inputs: tuple[torch.Tensor, ...], path: Path) -> str:
+    """Write model inputs for the workers (safetensors: ``input0``, ``input1``, ...)."""
+    save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+    return str(path)
+
+
+def load_inputs(path: str) -> tuple[torch.Tensor, ...]:
+    tensors = load_tensors(path)
+    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
+
+
+def stage_files(files: dict[str, bytes] | dict[str, Path], directory: Path) -> str:
+    """Copy a candidate's artifact files (name -> bytes or path) into ``directory``."""
+    directory.mkdir(parents=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data if isinstance(data, bytes) else data.read_bytes())
+    return str(directory)
+
+
+def finalists(
+    accepted: list[Candidate], timings: dict[str, dict[str, float]], count: int
+) -> list[Candidate]:
+    """The ``count`` fastest accepted candidates of the in-process race, within 1.5x of the best
+    (a wider gap is not reordered by thread interference)."""
+    ranked = sorted(accepted, key=lambda c: timings[c.name]["median_ms"])
+    best = timings[ranked[0].name]["median_ms"]
+    return [c for c in ranked[:count] if timings[c.name]["median_ms"] <= 1.5 * best]
+
+
+def time_isolated(
+    reference: nn.Module,
+    candidates: list[Candidate],
+    artifacts: dict[str, dict[str, bytes]],
+    inputs: tuple[torch.Tensor, ...],
+    config: DeployConfig,
+) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Median/p90 ms and speed-up vs fp32 eager of each candidate in its own process; the
+    candidates whose worker failed, with why. fp32 eager runs in this process, interleaved."""
+    bench = BenchmarkConfig(
+        warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
+    )
+    with tempfile.TemporaryDirectory(prefix="torchslim-isolated-") as tmp:
+        inputs_path = save_inputs(inputs, Path(tmp) / "inputs.safetensors")
+        variants: dict[str, Any] = {FP32: lambda: reference(*inputs)}
+        for candidate in candidates:
+            files = artifacts.get(candidate.name)
+            if not files:  # no file form (torch PT2E): it can only run in this process
+                variants[candidate.name] = lambda c=candidate: c.runtime(*inputs)
+                continue
+            variants[candidate.name] = WorkerVariant(
+                "torchslim.deploy._isolated:candidate_call",
+                {
+                    "directory": stage_files(files, Path(tmp) / candidate.name),
+                    "backend": candidate.backend,
+                    "settings": candidate.settings,
+                    "threads": config.threads,
+                    "inputs": inputs_path,
+                },
+            )
+        result = compare_isolated(variants, FP32, bench)
+    timings = {
+        name: {
+            "median_ms": statistics.median(v.samples_ms),
+            "p90_ms": v.stats.p90,
+            "speedup_vs_fp32_eager": v.speedup,
+        }
+        for name, v in result.variants.items()
+    }
+    return timings, dict(result.skipped)

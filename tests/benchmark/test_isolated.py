@@ -1,0 +1,68 @@
+"""compare_isolated: each WorkerVariant runs and is timed in its own process."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_isolated
+from torchslim.benchmark.isolated import zoo_model_call
+
+QUICK = BenchmarkConfig(warmup=1, rounds=4, threads=1, max_seconds=5.0)
+
+
+def not_in_process(parent_pid: int) -> object:
+    """Factory that refuses to build in the parent process (proves it ran in a worker)."""
+    if os.getpid() == parent_pid:
+        raise AssertionError("built in the parent process")
+    return os.getpid
+
+
+def failing_factory() -> object:
+    raise RuntimeError("cannot build this variant")
+
+
+def test_workers_run_in_their_own_processes_interleaved_with_local_variants() -> None:
+    model = torch.nn.Linear(8, 8)
+    x = torch.randn(4, 8)
+    variants = {
+        "local": lambda: model(x),
+        "worker": WorkerVariant("test_isolated:not_in_process", {"parent_pid": os.getpid()}),
+        "zoo": WorkerVariant(
+            "torchslim.benchmark.isolated:zoo_model_call",
+            {
+                "name": "tiny-cnn",
+                "batch_size": 2,
+            },
+        ),
+    }
+    result = compare_isolated(variants, "local", QUICK)
+    assert set(result.variants) == {"local", "worker", "zoo"}
+    assert all(len(v.samples_ms) == 4 for v in result.variants.values())
+    assert all(s > 0 for v in result.variants.values() for s in v.samples_ms)
+    # interleaved: no variant runs all its calls in one block
+    assert result.call_order[:3] != [result.call_order[0]] * 3
+    assert result.variants["local"].speedup == 1.0
+    assert result.machine["isolation"].startswith("one worker process")
+
+
+def test_a_variant_that_fails_to_build_is_skipped_with_its_error() -> None:
+    variants = {
+        "local": lambda: None,
+        "broken": WorkerVariant("test_isolated:failing_factory"),
+    }
+    result = compare_isolated(variants, "local", QUICK)
+    assert set(result.variants) == {"local"}
+    assert "cannot build this variant" in result.skipped["broken"]
+
+
+def test_unknown_baseline_is_refused() -> None:
+    with pytest.raises(ValueError, match="baseline 'eagre'"):
+        compare_isolated({"eager": lambda: None}, "eagre", QUICK)
+
+
+def test_zoo_factory_builds_the_eager_model() -> None:
+    call = zoo_model_call("tiny-cnn", 3)
+    assert call().shape[0] == 3
