@@ -201,24 +201,146 @@ def section_qat(quick: bool) -> dict[str, Any]:
     }
 
 
+def _efficientnet_crops() -> torch.Tensor:
+    """More held-out crops than the zoo's 80: the 16 eval photos (never calibrated on), short
+    side resized to 256 and to 320, centre + 4 corner 224 crops, each also mirrored: (320, 3,
+    224, 224), normalised as the zoo entry does."""
+    import numpy as np
+    from PIL import Image
+
+    from torchslim.zoo import efficientnet as effnet
+    from torchslim.zoo._assets import debian_file
+
+    crops = []
+    size = effnet.IMAGE_SIZE
+    for name in effnet.EVAL_PHOTOS:
+        image = Image.open(debian_file(f"opencv-photos/{name}")).convert("RGB")
+        for short_side in (256, 320):
+            scale = short_side / min(image.size)
+            resized = image.resize(
+                (round(image.width * scale), round(image.height * scale)),
+                Image.Resampling.BICUBIC,
+            )
+            pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32)).permute(2, 0, 1)
+            pixels = (pixels - effnet.PIXEL_MEAN) / effnet.PIXEL_STD  # (3, H, W)
+            _, h, w = pixels.shape
+            corners = [((h - size) // 2, (w - size) // 2), (0, 0), (0, w - size),
+                       (h - size, 0), (h - size, w - size)]  # fmt: skip
+            for y, x in corners:
+                crop = pixels[:, y : y + size, x : x + size]  # (3, 224, 224)
+                crops += [crop, crop.flip(-1)]
+    return torch.stack(crops)
+
+
+def _agreement(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> dict[str, Any]:
+    """Top-1 agreement and mean KL(fp32 || model) of the logits, as the zoo entry computes."""
+    import torch.nn.functional as F
+
+    from torchslim.zoo.efficientnet import _logits
+
+    logits = _logits(model.eval(), images)  # (N, 1000)
+    log_p, log_q = F.log_softmax(reference, -1), F.log_softmax(logits, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (N,)
+    agree = (logits.argmax(-1) == reference.argmax(-1)).float().mean()
+    return {"top1_agreement": float(agree), "kl_vs_fp32": float(kl.mean()), "images": len(images)}
+
+
+def _auto_summary(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """What quantize_ chose per layer: formats, observers, escalations, worst output SQNR."""
+    count: dict[str, int] = {}
+    for layer in layers:
+        key = f"weight {layer['weight_format']} ({layer['weight_observer']}), input "
+        key += f"{layer['activation_format']} ({layer['observer']})"
+        count[key] = count.get(key, 0) + 1
+    outputs = [layer for layer in layers if isinstance(layer.get("output_sqnr_db"), float)]
+    worst = min(outputs, key=lambda layer: layer["output_sqnr_db"]) if outputs else None
+    weakest = min(layers, key=lambda layer: layer["weight_sqnr_db"])
+    escalated = {layer["name"]: layer["escalation"] for layer in layers if layer["escalation"]}
+    return {
+        "formats_and_observers": count,
+        "escalated_layers": len(escalated),
+        "escalated": escalated,
+        "worst_layer_output_sqnr_db": None
+        if worst is None
+        else {"name": worst["name"], "output_sqnr_db": worst["output_sqnr_db"]},
+        "worst_weight_layer": {k: weakest[k] for k in ("name", "weight_sqnr_db")},
+    }
+
+
+def _bias_corrected_rows(
+    model: nn.Module, calibration: list[Any], crops: torch.Tensor, reference: torch.Tensor
+) -> dict[str, Any]:
+    """The auto per-tensor model after empirical bias correction on 20 and on 100 images."""
+    import copy
+
+    from torchslim.quantize.bias_correction import correct_bias_one_pass_
+
+    entry, rows = zoo.get("efficientnet-lite0"), {}
+    for batches in sorted({2, len(calibration)}):
+        corrected = copy.deepcopy(model)
+        start = time.perf_counter()
+        corrections = correct_bias_one_pass_(corrected, calibration[:batches])
+        rows[f"auto_w8tensor_a8_bias_corrected_{10 * batches}img"] = {
+            "zoo_80": entry.evaluate(corrected),
+            "held_out_320": _agreement(corrected, crops, reference),
+            "bias_correction_seconds": round(time.perf_counter() - start, 1),
+            "largest_correction": round(max(corrections.values()), 4),
+        }
+    return rows
+
+
 def section_efficientnet(quick: bool) -> dict[str, Any]:
-    """W8A8 with per-channel weights (the default) and with per-tensor weights (where BN-folded
-    depthwise convs are the usual victims), each with observer minmax vs auto."""
+    """W8A8 (uint8 inputs) on EfficientNet-Lite0, BN folded: the textbook naive min-max
+    (per-tensor weights and inputs), per-channel min-max, and observer "auto" (inputs by layer
+    output SQNR) with per-tensor and per-channel weight requests, with and without escalation of
+    collapsing layers, plus CLE and bias correction; each vs fp32 on the zoo's 80 crops and on
+    320 held-out crops."""
+    from torchslim.quantize import QuantFormat
+    from torchslim.quantize.equalize import equalize_
+    from torchslim.zoo.efficientnet import _logits
+
     entry = zoo.get("efficientnet-lite0")
     calibration = entry.calibration_batches(4 if quick else 10)  # 10 images each
-    rows: dict[str, Any] = {"fp32": entry.evaluate(entry.load())}
-    for weight in ("int8", "int8-tensor"):
-        for observer in ("minmax", "auto"):
-            config = QuantConfig(weight=weight, activation="uint8", observer=observer)
-            model, info = ptq("efficientnet-lite0", config, calibration, fold=True)
-            chosen: dict[str, int] = {}
-            for layer in info["layers"]:
-                key = f"weight {layer['weight_observer']}, input {layer['observer']}"
-                chosen[key] = chosen.get(key, 0) + 1
-            info["observers_chosen"] = chosen
-            worst = min(info["layers"], key=lambda layer: layer["weight_sqnr_db"])
-            info["worst_weight_layer"] = {k: worst[k] for k in ("name", "weight_sqnr_db")}
-            rows[f"w{weight.removeprefix('int')}a8_{observer}"] = {**entry.evaluate(model), **info}
+    crops = _efficientnet_crops()
+    reference_logits = _logits(entry.load(), crops)  # (320, 1000)
+    variants: dict[str, tuple[dict[str, Any], bool]] = {
+        "naive_minmax_w8tensor_a8": ({"weight": "int8-tensor", "observer": "minmax"}, False),
+        "minmax_w8channel_a8": ({"weight": "int8", "observer": "minmax"}, False),
+        "auto_w8tensor_a8_no_escalation": ({"weight": "int8-tensor"}, False),
+        "auto_w8tensor_a8": ({"weight": "int8-tensor", "escalate": True}, False),
+        "auto_w8channel_a8": ({"weight": "int8", "escalate": True}, False),
+        "auto_w8tensor_a8_cle": ({"weight": "int8-tensor", "escalate": True}, True),
+    }
+    if quick:
+        variants.pop("auto_w8tensor_a8_cle")
+    rows: dict[str, Any] = {
+        "fp32": entry.evaluate(entry.load()),
+        "eval_sets": "zoo_80: the entry's 80 crops (16 photos x 5); held_out_320: the same 16 "
+        "photos at short side 256 and 320, 5 crops each, plus mirrors (never calibrated on)",
+        "calibration_images": 10 * len(calibration),
+        "collapse_floor_db_at_8_bits": QuantConfig().collapse_floor_db(QuantFormat.parse("int8")),
+    }
+    for key, (options, equalize) in variants.items():
+        config = QuantConfig(activation="uint8", **options)
+        model = entry.load()
+        start = time.perf_counter()
+        fold_batchnorm_(model)
+        chains = equalize_(model) if equalize else []
+        result = quantize_(model, config, calibration)
+        seconds = time.perf_counter() - start
+        layers = result.to_dict()["layers"]
+        rows[key] = {
+            "config": config.to_dict(),
+            "zoo_80": entry.evaluate(model),
+            "held_out_320": _agreement(model, crops, reference_logits),
+            "ptq_seconds": round(seconds, 1),
+            **({"equalized_pairs": [[c.producer, c.consumer] for c in chains]} if equalize else {}),
+            **_auto_summary(layers),
+            "layers": layers,
+        }
+        print(key, rows[key]["zoo_80"], rows[key]["held_out_320"], flush=True)
+        if key == "auto_w8tensor_a8":
+            rows.update(_bias_corrected_rows(model, calibration, crops, reference_logits))
     return rows
 
 

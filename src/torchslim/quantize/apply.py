@@ -2,35 +2,70 @@
 
 The registry style of torchao (``quantize_(model, config)``), with llm-compressor's targeting
 (exact names or ``"re:<regex>"``, an ignore list, strict validation).
+
+With ``observer="auto"`` each input's observer is chosen by the layer's output SQNR
+(``calibrate``). With ``escalate=True`` as well, no layer is left collapsed: a layer whose
+per-tensor int weights lose some output channel (its weights' SQNR below the floor: typically a
+BatchNorm-folded depthwise conv whose small channels round to zero) or damage the layer's output
+below the floor on calibration data gets per-channel weights, an input that every observer
+collapses stays in float; each change is recorded in the layer's ``LayerDecision``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError, TorchslimError
-from torchslim.quantize.calibrate import Calibrated, calibrate_activations, check_batches
+from torchslim.quantize.calibrate import (
+    MAX_SCORING_BATCHES,
+    Batch,
+    Calibrated,
+    NoiseMeter,
+    calibrate_activations,
+    check_batches,
+    layer_output,
+    quantized_weight,
+    visit_layer_inputs,
+    without_bias,
+)
 from torchslim.quantize.config import QuantConfig, matches
 from torchslim.quantize.modules import (
     ActivationQuantizer,
     QuantConv2d,
     QuantLinear,
+    WeightQuantizer,
     is_quantizable,
     quant_modules,
     to_quant,
 )
 
 
+def _finite(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return None if value is None else round(value, 2)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class LayerDecision:
-    """What ``quantize_`` did to one layer."""
+    """What ``quantize_`` did to one layer.
+
+    Attributes:
+        escalation: with ``observer="auto"``, why and how the requested weight format was
+            changed (e.g. per-tensor -> per-channel for a collapsing layer); None when kept.
+        output_sqnr_db: with "auto" and calibration: SQNR (dB) of the layer's output (quantized
+            weight and input) against the float layer on the calibration inputs.
+        observer_scores: with "auto": the output SQNR (dB) of every input-observer candidate.
+    """
 
     name: str
     module_type: str
@@ -41,19 +76,19 @@ class LayerDecision:
     weight_sqnr_db: float
     activation_sqnr_db: float | None
     params: int
+    escalation: str | None = None
+    output_sqnr_db: float | None = None
+    observer_scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        def finite(value: float | None) -> float | str | None:
-            if value is None or math.isfinite(value):
-                return None if value is None else round(value, 2)
-            return str(value)
-
         return {
             "name": self.name, "type": self.module_type, "weight_format": self.weight_format,
             "weight_observer": self.weight_observer,
             "activation_format": self.activation_format, "observer": self.observer,
-            "weight_sqnr_db": finite(self.weight_sqnr_db),
-            "activation_sqnr_db": finite(self.activation_sqnr_db), "params": self.params,
+            "weight_sqnr_db": _finite(self.weight_sqnr_db),
+            "activation_sqnr_db": _finite(self.activation_sqnr_db), "params": self.params,
+            "escalation": self.escalation, "output_sqnr_db": _finite(self.output_sqnr_db),
+            "observer_scores": {k: _finite(v) for k, v in self.observer_scores.items()},
         }  # fmt: skip
 
 
@@ -81,7 +116,9 @@ class QuantizeResult:
             act += f"{layer.activation_sqnr_db:.1f} dB)" if layer.activation_sqnr_db else ")"
             lines.append(
                 f"  {layer.name}: {layer.weight_format} ({layer.weight_observer or '-'}, "
-                f"{layer.weight_sqnr_db:.1f} dB)" + (act if layer.activation_format else "")
+                f"{layer.weight_sqnr_db:.1f} dB)"
+                + (act if layer.activation_format else "")
+                + (f"  [escalated: {layer.escalation}]" if layer.escalation else "")
             )
         return "\n".join(lines)
 
@@ -185,9 +222,17 @@ def quantize_(
             if isinstance(module.input_quantizer, ActivationQuantizer)
         }
         static = any(not q.dynamic and q.fmt.kind != "float" for q in inputs.values())
-        batches = check_batches(calibration) if static else []
-        calibrated = calibrate_activations(model, inputs, batches, config.observer)
-    decisions = tuple(_decision(n, m, calibrated.get(n)) for n, m in swapped.items())
+        batches = check_batches(calibration) if static or calibration is not None else []
+        escalations: dict[str, str] = {}
+        if config.escalate:
+            escalations = escalate_collapsed_(model, swapped, batches, config)
+        calibrated = calibrate_activations(model, inputs, batches, config.observer, swapped)
+        if config.escalate:
+            for name, text in float_collapsed_inputs_(swapped, calibrated, config).items():
+                escalations[name] = "; ".join(filter(None, (escalations.get(name), text)))
+    decisions = tuple(
+        _decision(n, m, calibrated.get(n), escalations.get(n)) for n, m in swapped.items()
+    )
     left = tuple(n for n in quantizable_layers_after(model) if n not in swapped)
     return QuantizeResult(config, decisions, left, time.perf_counter() - start)
 
@@ -197,10 +242,120 @@ def quantizable_layers_after(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if is_quantizable(m)]
 
 
-def _decision(name: str, module: nn.Module, calibrated: Calibrated | None) -> LayerDecision:
+def channel_sqnr_db(weight: Tensor, quantized: Tensor) -> Tensor:
+    """SQNR (dB) of each output channel (dim 0) of a quantized weight; all-zero channels (dead in
+    float too) are left out: (C_live,)."""
+    reference = weight.detach().double().reshape(weight.shape[0], -1)  # (C, K)
+    noise = (reference - quantized.detach().double().reshape_as(reference)).pow(2).sum(1)  # (C,)
+    signal = reference.pow(2).sum(1)  # (C,)
+    sqnr = 10 * torch.log10(signal / noise.clamp(min=1e-300))  # (C,)
+    return torch.where(noise == 0, math.inf, sqnr)[signal > 0]  # (C_live,)
+
+
+def worst_channel_sqnr_db(module: nn.Module) -> float:
+    """The lowest per-output-channel SQNR (dB) of the layer's quantized weight (inf if none)."""
+    assert isinstance(module, (QuantConv2d, QuantLinear))
+    sqnr = channel_sqnr_db(module.weight, quantized_weight(module))  # (C_live,)
+    return float(sqnr.min()) if sqnr.numel() else math.inf
+
+
+def weight_output_sqnr_db(
+    model: nn.Module, layers: Mapping[str, nn.Module], batches: Sequence[Batch]
+) -> dict[str, float]:
+    """Per layer: SQNR (dB) of its output with the quantized weight against the float weight,
+    both on the float model's inputs (first ``MAX_SCORING_BATCHES`` batches; bias left out)."""
+    meter = NoiseMeter()
+    weights = {name: quantized_weight(module) for name, module in layers.items()}
+
+    def visit(name: str, module: nn.Module, x: Tensor) -> None:
+        reference = layer_output(module, x)
+        noise = reference - layer_output(module, x, weights[name])
+        meter.add(name, without_bias(module, reference), noise)
+
+    visit_layer_inputs(model, layers, batches[:MAX_SCORING_BATCHES], visit)
+    return {name: meter.sqnr_db(name) for name in layers}
+
+
+def escalate_collapsed_(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    batches: Sequence[Batch],
+    config: QuantConfig,
+) -> dict[str, str]:
+    """Give per-channel weights to every per-tensor int layer that collapses (see the module
+    docstring); returns per escalated layer what was measured and what changed."""
+    per_tensor = {
+        name: module
+        for name, module in layers.items()
+        if isinstance(module, (QuantConv2d, QuantLinear))
+        and module.weight_quantizer.fmt.kind == "int"
+        and module.weight_quantizer.fmt.granularity == "tensor"
+    }
+    if not per_tensor:
+        return {}
+    outputs = weight_output_sqnr_db(model, per_tensor, batches) if batches else {}
+    escalations: dict[str, str] = {}
+    worst_before: dict[str, float] = {}
+    for name, module in per_tensor.items():
+        assert isinstance(module, (QuantConv2d, QuantLinear))
+        fmt = module.weight_quantizer.fmt
+        floor = config.collapse_floor_db(fmt)
+        worst = worst_channel_sqnr_db(module)
+        if worst >= floor and outputs.get(name, math.inf) >= floor:
+            continue
+        channel_fmt = dataclasses.replace(fmt, granularity="channel", channel_axis=0)
+        module.weight_quantizer = WeightQuantizer(channel_fmt, module.weight.detach(), "auto")
+        escalations[name] = f"{fmt.short_name} -> {channel_fmt.short_name}"
+        worst_before[name] = worst
+    escalated = {name: per_tensor[name] for name in escalations}
+    after = weight_output_sqnr_db(model, escalated, batches) if batches and escalated else {}
+    for name, change in escalations.items():
+        module = per_tensor[name]
+        assert isinstance(module, (QuantConv2d, QuantLinear))
+        floor = config.collapse_floor_db(module.weight_quantizer.fmt)
+        worst = worst_channel_sqnr_db(module)
+        measured = f"worst output channel {worst_before[name]:.1f} -> {worst:.1f} dB"
+        if name in outputs:
+            measured += f", layer output {outputs[name]:.1f} -> {after[name]:.1f} dB"
+        escalations[name] = f"{change}: {measured} (floor {floor:.1f} dB)"
+    return escalations
+
+
+def float_collapsed_inputs_(
+    layers: Mapping[str, nn.Module], calibrated: Mapping[str, Calibrated], config: QuantConfig
+) -> dict[str, str]:
+    """Leave in float the input of every layer that even the best observer collapses (output
+    SQNR below the floor) while its quantized weights alone do not: the per-layer fallback of
+    accuracy-aware PTQ tools. Returns per such layer what was measured."""
+    fallbacks = {}
+    for name, decided in calibrated.items():
+        module = layers[name]
+        assert isinstance(module, (QuantConv2d, QuantLinear))
+        quantizer = module.input_quantizer
+        if quantizer is None or decided.output_sqnr_db is None:
+            continue
+        floor = config.collapse_floor_db(quantizer.fmt)
+        weight_only = decided.weight_only_sqnr_db
+        if decided.output_sqnr_db >= floor or weight_only is None or weight_only < floor:
+            continue
+        module.input_quantizer = None
+        fallbacks[name] = (
+            f"input {quantizer.fmt.short_name} -> float: best observer {decided.observer} "
+            f"gives layer output {decided.output_sqnr_db:.1f} dB < floor {floor:.1f} dB "
+            f"(float input: {weight_only:.1f} dB)"
+        )
+    return fallbacks
+
+
+def _decision(
+    name: str, module: nn.Module, calibrated: Calibrated | None, escalation: str | None = None
+) -> LayerDecision:
     assert isinstance(module, (QuantLinear, QuantConv2d))
     quantizer = module.input_quantizer
     observer = None if quantizer is None else quantizer.observer_name or quantizer.fmt.kind
+    output_sqnr = None if calibrated is None else calibrated.output_sqnr_db
+    if calibrated is not None and quantizer is None:  # input left in float by the fallback
+        output_sqnr = calibrated.weight_only_sqnr_db
     return LayerDecision(
         name=name,
         module_type=type(module).__name__.removeprefix("Quant"),
@@ -209,6 +364,9 @@ def _decision(name: str, module: nn.Module, calibrated: Calibrated | None) -> La
         activation_format=None if quantizer is None else quantizer.fmt.short_name,
         observer=observer,
         weight_sqnr_db=module.weight_sqnr_db(),
-        activation_sqnr_db=None if calibrated is None else calibrated.sqnr_db,
+        activation_sqnr_db=None if calibrated is None or quantizer is None else calibrated.sqnr_db,
         params=module.weight.numel(),
+        escalation=escalation,
+        output_sqnr_db=output_sqnr,
+        observer_scores={} if calibrated is None else dict(calibrated.scores),
     )

@@ -4,12 +4,13 @@ Quantization error is not zero-mean per output channel: E[W~ x~] != E[W x] shift
 output. Layer by layer in model order, the mean output per channel of the float model minus that
 of the quantized model (over the calibration batches) is added to the layer's bias; later layers
 are corrected with the earlier corrections in place, so the error that reaches them through the
-earlier layers (and their ReLUs) is corrected too.
+earlier layers (and their ReLUs) is corrected too. ``correct_bias_one_pass_`` computes the same
+corrections for one (concatenated) batch in two forward passes instead of one pass per layer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -85,4 +86,62 @@ def correct_bias_(model: nn.Module, calibration: Iterable[Any]) -> dict[str, flo
                 else:
                     module.bias.add_(error)
             corrections[name] = float(error.abs().max())
+    return corrections
+
+
+def _concatenated(batches: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The batches as one: tensor arguments concatenated along dim 0, others from batch 0."""
+    columns = zip(*batches, strict=True)  # argument position -> its value in every batch
+    return tuple(torch.cat(c) if isinstance(c[0], Tensor) else c[0] for c in columns)
+
+
+def correct_bias_one_pass_(
+    model: nn.Module, calibration: Iterable[Any], names: Iterable[str] | None = None
+) -> dict[str, float]:
+    """Bias correction of ``names`` (default: every fake-quant layer) in two forward passes.
+
+    The calibration batches are concatenated into one; a float pass takes every layer's mean
+    output per channel, then one quantized pass corrects the layers in execution order: a
+    forward hook adds the error to the layer's bias and to the output it passes on, so later
+    layers see the corrected model, as in :func:`correct_bias_`'s layer-by-layer loop (whose
+    result this equals on a single batch). A layer called twice is corrected at its first call.
+
+    Returns:
+        Per layer: the largest absolute correction added to its bias.
+
+    Raises:
+        CalibrationError: empty or non-finite calibration data (the model is left untouched).
+    """
+    with untouched_on_failure(model):
+        batch = _concatenated(check_batches(calibration))
+        layers = quant_modules(model)
+        chosen = list(layers) if names is None else list(names)
+        with quantization_disabled(model):
+            expected = mean_outputs(model, chosen, [batch])
+        corrections: dict[str, float] = {}
+
+        def hook(name: str) -> Callable[[nn.Module, Any, Tensor], Tensor | None]:
+            layer = layers[name]
+
+            def correct(module: nn.Module, args: Any, output: Tensor) -> Tensor | None:
+                if name in corrections:
+                    return None
+                error = expected[name] - _channel_mean(output.detach())  # (C_out,)
+                with torch.no_grad():
+                    if layer.bias is None:
+                        layer.bias = nn.Parameter(error.clone())
+                    else:
+                        layer.bias.add_(error)
+                corrections[name] = float(error.abs().max())
+                return output + (error.view(-1, 1, 1) if output.ndim == 4 else error)
+
+            return correct
+
+        handles = [layers[name].register_forward_hook(hook(name)) for name in chosen]
+        try:
+            with torch.no_grad(), eval_mode(model):
+                model(*batch)
+        finally:
+            for handle in handles:
+                handle.remove()
     return corrections

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,8 +73,10 @@ class QuantConfig:
         activation: format of every quantized layer's input, or None for weight-only. Always
             one scale per tensor: "uint8" (asymmetric), "int8" (symmetric), "fp8-e4m3", "bf16".
         dynamic: compute activation ranges from each input at run time instead of calibrating.
-        observer: activation observer: "auto" (per layer, the one with the best SQNR on the
-            calibration data), or "minmax", "moving_average", "percentile", "mse", "kl".
+        observer: "auto" chooses per layer each input's observer by the SQNR of the layer's
+            *output* on calibration data (candidates minmax, moving_average, percentile, mse,
+            kl) and each int weight's clipping by its MSE; or a fixed "minmax",
+            "moving_average", "percentile", "mse" or "kl".
         targets: modules to quantize by exact name or "re:<regex>"; empty = every Linear/Conv2d.
             A pattern that matches no Linear/Conv2d is an error.
         ignore: modules left in float (same pattern syntax).
@@ -81,6 +84,15 @@ class QuantConfig:
             matching pattern wins.
         activation_overrides: pattern -> activation format, or None to leave that layer's input
             in float (e.g. a first conv fed raw pixels at 4-bit activations).
+        escalate: with ``observer="auto"``, never leave a layer collapsed: per-tensor int
+            weights that lose an output channel or the layer's output (SQNR below
+            ``sqnr_floor_db``) become per-channel, and an input that every observer collapses
+            while the weights alone do not stays in float; each change is recorded in
+            ``LayerDecision.escalation``. On by default with ``observer="auto"``; set False to
+            keep the requested formats exactly (sensitivity analysis does, and per-tensor-only
+            backends need it).
+        sqnr_floor_db: below this SQNR (dB) a layer counts as collapsed for ``escalate``; None =
+            half the format's bits (3.01 dB per bit: 24.1 dB at 8 bits); 0 never escalates.
     """
 
     weight: str = "int8"
@@ -91,8 +103,27 @@ class QuantConfig:
     ignore: tuple[str, ...] = ()
     overrides: tuple[tuple[str, str | None], ...] = field(default=())
     activation_overrides: tuple[tuple[str, str | None], ...] = field(default=())
+    escalate: bool | None = None
+    sqnr_floor_db: float | None = None
 
     def __post_init__(self) -> None:
+        if self.escalate is None:  # the default: part of "auto", never of a fixed observer
+            object.__setattr__(self, "escalate", self.observer == "auto")
+        if not isinstance(self.escalate, bool):
+            raise ConfigError(f"QuantConfig.escalate={self.escalate!r}; allowed: True, False.")
+        if self.escalate and self.observer != "auto":
+            raise ConfigError(
+                f"QuantConfig.escalate=True with observer={self.observer!r}; escalation is part "
+                "of observer='auto' (a fixed observer keeps every format as requested)."
+            )
+        floor = self.sqnr_floor_db
+        if floor is not None and (
+            isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 100
+        ):
+            raise ConfigError(
+                f"QuantConfig.sqnr_floor_db={floor!r}; allowed: None (half the bits) or a number "
+                "of dB in [0, 100]."
+            )
         QuantFormat.parse(self.weight)
         if self.activation is not None:
             parse_activation_format(self.activation)
@@ -145,6 +176,12 @@ class QuantConfig:
         """The input format of layer ``layer``, or None when its input stays in float."""
         name = _first_match(layer, self.activation_overrides, self.activation)
         return None if name is None else parse_activation_format(name)
+
+    def collapse_floor_db(self, fmt: QuantFormat) -> float:
+        """The SQNR (dB) below which a layer quantized to ``fmt`` counts as collapsed."""
+        if self.sqnr_floor_db is not None:
+            return float(self.sqnr_floor_db)
+        return 10 * math.log10(4.0) * fmt.bits / 2  # half the bits: 6.02 dB per bit / 2
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML friendly); ``QuantConfig.from_dict(c.to_dict()) == c``."""

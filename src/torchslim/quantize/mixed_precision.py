@@ -40,7 +40,7 @@ class MixedPrecisionPlan:
         return QuantConfig(
             weight=base.weight, activation=base.activation, dynamic=base.dynamic,
             observer=base.observer, targets=tuple(self.formats),
-            overrides=tuple(self.formats.items()),
+            overrides=tuple(self.formats.items()), escalate=False,  # the plan, exactly
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

@@ -128,7 +128,7 @@ def analyze_sensitivity(
             trial = copy.deepcopy(model)
             config = QuantConfig(
                 weight=fmt_name, activation=base.activation, dynamic=base.dynamic,
-                observer=base.observer, targets=(name,),
+                observer=base.observer, targets=(name,), escalate=False,
             )  # fmt: skip
             quantize_(trial, config, batches)
             value = None if metric is None else metric(trial)
