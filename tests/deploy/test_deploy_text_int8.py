@@ -22,7 +22,7 @@ from torchslim.zoo.text import SentenceEncoder
 
 # min_speedup=0: on a busy shared machine a tiny model's timing is noise; the slower-than-fp32
 # rule itself is tested on fixed figures (test_slower_than_fp32_is_rejected_not_chosen)
-FAST = {"rounds": 3, "warmup": 1, "threads": 1, "min_speedup": 0.0}
+FAST = {"rounds": 3, "warmup": 1, "threads": 1, "min_speedup": 0.0, "timing": "in-process"}
 
 
 def _tiny_encoder() -> nn.Module:
@@ -49,8 +49,44 @@ def _inputs(batch: int = 6, seq: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def deployed_onnxruntime() -> tuple[nn.Module, nn.Module]:
     model = _tiny_encoder()
-    config = TextDeployConfig(backend="onnxruntime", **FAST)
+    config = TextDeployConfig(backend="onnxruntime", **{**FAST, "timing": "isolated"})
     return model, deploy_text_int8(model, _inputs(), config=config)
+
+
+def test_finalists_retimed_alone_decide_the_choice(deployed_onnxruntime):
+    _, deployed = deployed_onnxruntime
+    figures = deployed.decision["candidates"]
+    alone = {n: f for n, f in figures.items() if "isolated_latency" in f}
+    chosen = deployed.decision["chosen"]
+    if len(alone) >= 2:  # the in-process race left two or more within 1.5x: they were re-timed
+        scores = {n: f["isolated_score_geomean_min_speedup"] for n, f in alone.items()}
+        assert chosen == max(scores, key=scores.__getitem__)
+        assert "own process" in figures[chosen]["reason"]
+        assert all(
+            t["median_ms"] > 0 for f in alone.values() for t in f["isolated_latency"].values()
+        )
+    else:
+        assert figures[chosen]["status"] == "chosen"
+
+
+def test_choose_alone_moves_the_choice_to_the_best_isolated_score():
+    from torchslim.deploy.text_int8 import _choose_alone, _finalists
+
+    def timed(speedup: float) -> dict:
+        return {"1": {"min_speedup_vs_torch_fp32": speedup}}
+
+    figures = {
+        "a": {"status": "chosen", "score_geomean_min_speedup": 3.0, "reason": "race"},
+        "b": {"status": "accepted", "score_geomean_min_speedup": 2.5},
+        "c": {"status": "accepted", "score_geomean_min_speedup": 1.0},
+        "d": {"status": "rejected", "score_geomean_min_speedup": 9.0},
+    }
+    assert _finalists(figures, 3) == ["a", "b"]  # c is > 1.5x behind, d was rejected
+    figures["a"]["isolated_latency"] = timed(2.0)
+    figures["b"]["isolated_latency"] = timed(2.8)
+    _choose_alone(figures, ["a", "b"], sizes=1)
+    assert figures["b"]["status"] == "chosen" and "own process" in figures["b"]["reason"]
+    assert figures["a"]["status"] == "accepted" and "reason" not in figures["a"]
 
 
 def test_outputs_close_to_fp32_on_unseen_inputs(deployed_onnxruntime):
@@ -240,6 +276,8 @@ def test_openvino_candidates_on_the_zoo_tiny_bert(tmp_path: Path):
         "openvino-nncf-bf16",
         "openvino-nncf-f32",
         "openvino-nncf-bf16-2streams",
+        "openvino-nncf-bf16-static",
+        "openvino-nncf-f32-static",
     }
     # the 2-stream runner splits a batch over two requests and joins it back in order
     out = deployed.save(tmp_path / "ov")
@@ -251,6 +289,12 @@ def test_openvino_candidates_on_the_zoo_tiny_bert(tmp_path: Path):
     one = OpenVinoTextRunner(xml, names, 2, "f32", streams=1)
     two = OpenVinoTextRunner(xml, names, 2, "f32", streams=2)
     torch.testing.assert_close(two(*batch), one(*batch), atol=1e-5, rtol=1e-5)
+    # the shape-specialized runner compiles once per shape and gives the dynamic one's outputs
+    static = OpenVinoTextRunner(xml, names, 2, "f32", static_shapes=True)
+    for size in (6, 6, 3):
+        batch = entry.example_inputs(size)
+        torch.testing.assert_close(static(*batch), one(*batch), atol=1e-5, rtol=1e-5)
+    assert sorted(shape[0][0] for shape in static.by_shape) == [3, 6]
 
 
 def test_ranking_uses_the_fastest_calls_not_load_inflated_medians():

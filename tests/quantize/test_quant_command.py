@@ -58,6 +58,27 @@ def test_w8a8_is_deployed_on_a_real_backend_that_agrees_with_fp32(tmp_path: Path
     assert after["metrics"]["cosine_vs_reference"] > 0.98
 
 
+@pytest.mark.slow
+@pytest.mark.assets
+def test_w8a8_deployed_on_torch_pt2e_writes_a_loadable_pt2(tmp_path: Path) -> None:
+    # a trained model: tiny-cnn's random logits are too close for the top-1 agreement check
+    pytest.importorskip("torchao", reason="torchao extra not installed")
+    from torchslim.deploy import load_deployed
+
+    out = tmp_path / "pt2e"
+    report = _json(
+        "mnist-cnn", "--scheme", "w8a8", "--deploy", "torch", "--calibration-batches", "2",
+        "--out", str(out),
+    )  # fmt: skip
+    details = report["details"]
+    assert isinstance(details, dict) and details["deploy"]["backend"] == "torch"
+    assert (out / "model.pt2").is_file()
+    entry = zoo.get("mnist-cnn")
+    metric = next(iter(report["after"]["metrics"]))  # type: ignore[index]
+    loaded = entry.evaluate(load_deployed(out))[metric]
+    assert loaded == pytest.approx(report["after"]["metrics"][metric], abs=1e-4)  # type: ignore[index]
+
+
 def test_unknown_scheme_is_one_clear_error_with_a_hint(tmp_path: Path) -> None:
     code, _, output = _invoke("tiny-cnn", "--scheme", "w8a9", "--out", str(tmp_path / "x"))
     assert code != 0

@@ -18,6 +18,11 @@ _LAZY = {
     "TextDeployConfig": "torchslim.deploy.text_config",
     "DeployedTextModel": "torchslim.deploy.text_artifact",
     "load_text_int8": "torchslim.deploy.text_artifact",
+    "Int8Linear": "torchslim.deploy.torch_int8",
+    "Int8MMConfig": "torchslim.deploy.torch_int8",
+    "to_int8_mm": "torchslim.deploy.torch_int8",
+    "save_int8_mm": "torchslim.deploy.torch_int8",
+    "load_int8_mm": "torchslim.deploy.torch_int8",
 }
 
 
@@ -36,11 +41,16 @@ __all__ = [
     "DeployedTextModel",
     "FormatCheck",
     "FormatSlowerError",
+    "Int8Linear",
+    "Int8MMConfig",
     "TextDeployConfig",
     "check_format",
     "checked_calibration",
     "deploy",
     "deploy_text_int8",
     "load_deployed",
+    "load_int8_mm",
     "load_text_int8",
+    "save_int8_mm",
+    "to_int8_mm",
 ]

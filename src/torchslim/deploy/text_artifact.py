@@ -37,12 +37,13 @@ def trim_padding(inputs: Sequence[torch.Tensor], names: Sequence[str]) -> tuple[
 
 
 class DeployedTextModel(nn.Module):
-    """An int8 text encoder running on ONNX Runtime or OpenVINO; ``forward`` takes and returns
-    torch tensors like the fp32 model, so ``entry.evaluate(deployed)`` works unchanged.
+    """An int8 text encoder running on ONNX Runtime, OpenVINO or ``torch._int_mm``; ``forward``
+    takes and returns torch tensors like the fp32 model, so ``entry.evaluate(deployed)`` works
+    unchanged.
 
     Attributes:
         candidate: the variant that runs (e.g. ``"openvino-nncf-bf16"``).
-        backend: ``"onnxruntime"`` or ``"openvino"``.
+        backend: ``"onnxruntime"``, ``"openvino"`` or ``"torch-int8"``.
         input_names: the positional inputs, in order.
         settings: how the runtime is configured (threads, precision of the leftover ops).
         fp32_ops: compute ops that stayed in floating point.

@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from torchslim.deploy import text_onnx, text_openvino
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_config import TextDeployConfig
 from torchslim.deploy.text_onnx import OnnxRuntimeTextRunner
 from torchslim.deploy.text_openvino import Feeds, OpenVinoTextRunner
+from torchslim.deploy.text_torch import TorchInt8TextRunner, build_torch_int8, load_torch_int8
 
-TextRunner = OnnxRuntimeTextRunner | OpenVinoTextRunner
+TextRunner = OnnxRuntimeTextRunner | OpenVinoTextRunner | TorchInt8TextRunner
 
 
 @dataclass
@@ -48,6 +51,7 @@ class BuildContext:
     workdir: Path
     config: TextDeployConfig
     exporter: str
+    model: nn.Module | None = None  # the fp32 torch model (torch candidates start from it)
 
 
 def _onnxruntime(context: BuildContext, fusion: str, name: str) -> TextCandidate:
@@ -90,8 +94,24 @@ def _openvino(context: BuildContext, precision: str, streams: int, name: str) ->
     threads = context.config.threads
     if streams > threads:
         raise DeployError(f"{streams} streams need at least {streams} threads, got {threads}")
-    runner = OpenVinoTextRunner(xml, context.names, threads, precision, streams)
+    static = name.endswith("-static")
+    runner = OpenVinoTextRunner(xml, context.names, threads, precision, streams, static)
     files = {"model.xml": xml, "model.bin": xml.with_suffix(".bin")}
+    return TextCandidate(name, runner, files, build)
+
+
+def _torch_int8(context: BuildContext, name: str) -> TextCandidate:
+    if context.model is None:
+        raise DeployError("torch-int-mm needs the fp32 torch model in BuildContext.model")
+    runner = build_torch_int8(context.model, context.workdir, context.config.threads)
+    files = {"model.safetensors": context.workdir / "model.safetensors"}
+    files["architecture.json"] = context.workdir / "architecture.json"
+    build = {
+        "quantizer": "torchslim.deploy.torch_int8.to_int8_mm (every nn.Linear)",
+        "weights": "int8 per-channel",
+        "activations": "int8 symmetric, dynamic per token",
+        "kernel": "torch._int_mm",
+    }
     return TextCandidate(name, runner, files, build)
 
 
@@ -102,6 +122,9 @@ BUILDERS: dict[str, Callable[[BuildContext, str], TextCandidate]] = {
     "openvino-nncf-bf16": lambda c, n: _openvino(c, "bf16", 1, n),
     "openvino-nncf-f32": lambda c, n: _openvino(c, "f32", 1, n),
     "openvino-nncf-bf16-2streams": lambda c, n: _openvino(c, "bf16", 2, n),
+    "openvino-nncf-bf16-static": lambda c, n: _openvino(c, "bf16", 1, n),
+    "openvino-nncf-f32-static": lambda c, n: _openvino(c, "f32", 1, n),
+    "torch-int-mm": _torch_int8,
 }
 
 
@@ -122,11 +145,16 @@ def build_candidates(
 def load_runner(
     candidate: str, directory: Path, names: list[str], settings: dict[str, Any], threads: int
 ) -> TextRunner:
-    """Rebuild the runner of a saved candidate from its files (ONNX or OpenVINO IR)."""
+    """Rebuild the runner of a saved candidate from its files (ONNX, OpenVINO IR, or
+    safetensors + JSON for torch)."""
     if candidate.startswith("onnxruntime"):
         return OnnxRuntimeTextRunner(directory / "model.onnx", names, threads)
     if candidate.startswith("openvino"):
         precision = str(settings.get("inference_precision", "f32"))
         streams = min(int(settings.get("streams", 1)), threads)
-        return OpenVinoTextRunner(directory / "model.xml", names, threads, precision, streams)
+        static = bool(settings.get("static_shapes", False))
+        xml = directory / "model.xml"
+        return OpenVinoTextRunner(xml, names, threads, precision, streams, static)
+    if candidate.startswith("torch"):
+        return load_torch_int8(directory, settings, threads)
     raise DeployError(f"unknown text deployment candidate {candidate!r} in {directory}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torchslim.deploy.config import config_from_dict, config_to_dict
+from torchslim.deploy.config import TIMINGS, config_from_dict, config_to_dict
 from torchslim.errors import ConfigError
 
-TEXT_BACKENDS = ("onnxruntime", "openvino")
+TEXT_BACKENDS = ("onnxruntime", "openvino", "torch")
 # Every candidate deploy_text_int8 can build, by backend (what backend="auto" tries).
 TEXT_CANDIDATES = {
     "onnxruntime": (
@@ -16,7 +16,14 @@ TEXT_CANDIDATES = {
         "onnxruntime-fused-noattention-dynamic",
         "onnxruntime-dynamic",
     ),
-    "openvino": ("openvino-nncf-bf16", "openvino-nncf-f32", "openvino-nncf-bf16-2streams"),
+    "openvino": (
+        "openvino-nncf-bf16",
+        "openvino-nncf-f32",
+        "openvino-nncf-bf16-2streams",
+        "openvino-nncf-bf16-static",  # compiled once per input shape met (first 8 shapes)
+        "openvino-nncf-f32-static",
+    ),
+    "torch": ("torch-int-mm",),  # torch._int_mm Linear layers (torchslim.deploy.torch_int8)
 }
 
 
@@ -26,7 +33,8 @@ class TextDeployConfig:
 
     Args:
         backend: "auto" (build every installed candidate, check, measure, keep the fastest), or
-            "onnxruntime" / "openvino" (only that backend's candidates).
+            "onnxruntime" / "openvino" / "torch" (only that backend's candidates; "torch" is
+            ``torch-int-mm``, the Linear layers on ``torch._int_mm``).
         per_channel: per-output-channel int8 weight scales (per-tensor loses MiniLM's accuracy:
             measured mean cosine 0.957 vs 0.992 with ONNX Runtime dynamic quantization).
         calibration_batches: batches of the zoo entry's calibration data for static
@@ -49,6 +57,12 @@ class TextDeployConfig:
         trim_padding: drop trailing all-padding columns (attention_mask == 0 in every row) before
             running. Exact only for outputs that ignore padded positions (a pooled embedding);
             checked at deployment, refused otherwise.
+        timing: "isolated" (default): after the in-process race, the ``finalists`` best
+            accepted candidates (score within 1.5x of the best) are re-timed at every batch
+            size, each loaded from its files alone in its own process, and the best score there
+            wins; "in-process": the race alone decides (runtimes sharing a process disturb
+            each other's thread pools).
+        finalists: candidates re-timed in isolation (>= 1).
     """
 
     backend: str = "auto"
@@ -62,8 +76,12 @@ class TextDeployConfig:
     seconds_per_candidate: float = 4.0
     warmup: int = 2
     trim_padding: bool = False
+    timing: str = "isolated"
+    finalists: int = 3
 
     def __post_init__(self) -> None:
+        if self.timing not in TIMINGS:
+            raise ConfigError(f"timing must be one of {TIMINGS}, got {self.timing!r}")
         if self.backend not in ("auto", *TEXT_BACKENDS):
             raise ConfigError(
                 f"backend must be one of {('auto', *TEXT_BACKENDS)}, got {self.backend!r}"
@@ -71,7 +89,14 @@ class TextDeployConfig:
         for name in ("per_channel", "trim_padding"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name, low in (("calibration_batches", 1), ("threads", 1), ("rounds", 3), ("warmup", 1)):
+        minimums = {
+            "calibration_batches": 1,
+            "threads": 1,
+            "rounds": 3,
+            "warmup": 1,
+            "finalists": 1,
+        }
+        for name, low in minimums.items():
             _check_int(name, getattr(self, name), low)
         if not isinstance(self.batch_sizes, tuple) or not self.batch_sizes:
             raise ConfigError(f"batch_sizes must be a non-empty tuple, got {self.batch_sizes!r}")

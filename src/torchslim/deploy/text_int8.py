@@ -13,7 +13,9 @@ bf16 or f32, in one stream or (bf16) in two streams that each take half of a lar
 Each must keep the mean cosine of its outputs to fp32 >= ``min_cosine`` on real samples and be
 faster than torch fp32 eager at every measured batch size (a "quantized" model slower than
 fp32 is a trap, never handed back); the fastest wins (geometric mean over batch sizes of the
-fastest-call speed-up vs torch fp32 eager).
+fastest-call speed-up vs torch fp32 eager). With ``timing="isolated"`` (default) the best few
+of that in-process race are re-timed each rebuilt from its files alone in its own process, as a
+user runs them, and that decides.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim._machine import machine_facts
-from torchslim.benchmark import BenchmarkConfig, compare
-from torchslim.deploy import _runtime, text_onnx
+from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare, compare_isolated
+from torchslim.deploy import _isolated, _runtime, text_onnx
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_artifact import DeployedTextModel, trim_padding
 from torchslim.deploy.text_candidates import BuildContext, TextCandidate, build_candidates
@@ -74,9 +76,10 @@ def _backends(config: TextDeployConfig) -> tuple[list[str], dict[str, str]]:
     """The candidates whose backend is installed; the others with the reason. A backend asked
     for by name that is missing raises BackendUnavailableError naming the pip extra."""
     if config.backend != "auto":
-        _runtime.require(config.backend)
+        if config.backend != "torch":  # torch-int-mm needs torch alone (not torchao)
+            _runtime.require(config.backend)
         return list(config.candidates()), {}
-    missing = {b: _runtime.missing_module(b) for b in TEXT_BACKENDS}
+    missing = {b: None if b == "torch" else _runtime.missing_module(b) for b in TEXT_BACKENDS}
     names, skipped = [], {}
     for name in config.candidates():
         module = missing[name.split("-")[0]]
@@ -178,6 +181,81 @@ def _decide(
     return figures
 
 
+def _finalists(figures: dict[str, dict[str, Any]], count: int) -> list[str]:
+    """The ``count`` best-scoring accepted candidates, within 1.5x of the best score."""
+    scored = [
+        (f["score_geomean_min_speedup"], n)
+        for n, f in figures.items()
+        if f.get("status") in ("accepted", "chosen")
+    ]
+    ranked = sorted(scored, reverse=True)
+    return [n for score, n in ranked[:count] if ranked and score * 1.5 >= ranked[0][0]]
+
+
+def _retime_alone(
+    model: nn.Module,
+    candidates: list[TextCandidate],
+    figures: dict[str, dict[str, Any]],
+    data: _Data,
+    names: list[str],
+    config: TextDeployConfig,
+) -> None:
+    """Re-time the finalists at every batch size, each rebuilt from its files alone in its own
+    process (fp32 eager in this one, interleaved), and hand "chosen" to the best score there."""
+    finalists = _finalists(figures, config.finalists)
+    if len(finalists) < 2:
+        return
+    built = {c.name: c for c in candidates}
+    bench = BenchmarkConfig(
+        config.warmup, config.rounds, config.threads, config.seconds_per_candidate, 0
+    )
+    with tempfile.TemporaryDirectory(prefix="torchslim-text-alone-") as tmp:
+        folders = {n: _isolated.stage_files(built[n].files, Path(tmp) / n) for n in finalists}
+        for size, inputs in data.timing.items():
+            path = _isolated.save_inputs(inputs, Path(tmp) / f"inputs-{size}.safetensors")
+            variants: dict[str, Any] = {BASELINE: partial(model, *inputs)}
+            for n in finalists:
+                settings = built[n].runner.settings()
+                variants[n] = WorkerVariant(
+                    "torchslim.deploy._isolated:text_candidate_call",
+                    {"candidate": n, "directory": folders[n], "names": names,
+                     "settings": settings, "threads": config.threads, "inputs": path},
+                )  # fmt: skip
+            result = compare_isolated(variants, BASELINE, bench)
+            fastest_fp32 = result.variants[BASELINE].stats.min
+            for n in finalists:
+                timed = result.variants.get(n)
+                figures[n].setdefault("isolated_latency", {})[str(size)] = (
+                    {"median_ms": timed.stats.median, "min_ms": timed.stats.min,
+                     "speedup_vs_torch_fp32": timed.speedup,
+                     "min_speedup_vs_torch_fp32": fastest_fp32 / timed.stats.min}
+                    if timed else {"failed": result.skipped.get(n, "not timed")}
+                )  # fmt: skip
+    _choose_alone(figures, finalists, len(data.timing))
+
+
+def _choose_alone(figures: dict[str, dict[str, Any]], finalists: list[str], sizes: int) -> None:
+    scores: dict[str, float] = {}
+    for n in finalists:
+        times = [t for t in figures[n]["isolated_latency"].values() if "failed" not in t]
+        if len(times) == sizes:
+            speedups = [t["min_speedup_vs_torch_fp32"] for t in times]
+            scores[n] = math.exp(sum(map(math.log, speedups)) / len(speedups))
+            figures[n]["isolated_score_geomean_min_speedup"] = scores[n]
+    if not scores:
+        return
+    best = max(scores, key=scores.__getitem__)
+    for n in finalists:
+        if figures[n]["status"] == "chosen":
+            figures[n]["status"] = "accepted"
+            figures[n].pop("reason", None)
+    figures[best]["status"] = "chosen"
+    figures[best]["reason"] = (
+        f"best of {len(scores)} finalists re-timed each alone in its own process (geometric mean "
+        "over batch sizes of the speed-up of the fastest call vs torch fp32 eager's)"
+    )
+
+
 def deploy_text_int8(
     model: nn.Module,
     entry_or_inputs: ZooEntry | Sequence[torch.Tensor],
@@ -218,6 +296,8 @@ def deploy_text_int8(
             passing = [c for c in candidates if "rejected" not in checks[c.name]]
             timing = _time(model, passing, data, config)
             figures = _decide(candidates, checks, timing, config.min_speedup)
+            if config.timing == "isolated":
+                _retime_alone(model, candidates, figures, data, input_names, config)
             figures |= {n: {"status": "failed", "reason": r} for n, r in failed.items()}
             figures |= {n: {"status": "skipped", "reason": r} for n, r in skipped.items()}
             chosen = next((c for c in candidates if figures[c.name]["status"] == "chosen"), None)
@@ -251,7 +331,9 @@ def _context(
         {n: x.contiguous().numpy() for n, x in zip(input_names, batch, strict=True)}
         for batch in data.calibration
     ]
-    return BuildContext(fp32_onnx, input_names, heads, hidden, feeds, workdir, config, exporter)
+    return BuildContext(
+        fp32_onnx, input_names, heads, hidden, feeds, workdir, config, exporter, model
+    )
 
 
 def _check_trim(model: nn.Module, sample: Batch, names: list[str]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ sensitivity and mixed precision)."""
 
 from torchslim.quantize.adaround import AdaRoundConfig, adaround_
 from torchslim.quantize.apply import LayerDecision, QuantizeResult, quantize_
+from torchslim.quantize.awq import AWQConfig, awq_
 from torchslim.quantize.bias_correction import correct_bias_
 from torchslim.quantize.config import QuantConfig
 from torchslim.quantize.equalize import equalize_
@@ -74,10 +75,12 @@ from torchslim.quantize.primitives import (
 from torchslim.quantize.qat import enable_lsq_, prepare_qat_, train_qat
 from torchslim.quantize.sensitivity import LayerSensitivity, SensitivityReport, analyze_sensitivity
 from torchslim.quantize.simulate import quantize_dequantize
+from torchslim.quantize.smoothquant import SmoothQuantConfig, SmoothQuantResult, smooth_quant_
 from torchslim.quantize.storage import load_quantized, quantized_state_dict, save_quantized
 
 __all__ = [
     "OBSERVERS",
+    "AWQConfig",
     "ActivationQuantizer",
     "AdaRoundConfig",
     "CalibrationError",
@@ -97,9 +100,12 @@ __all__ = [
     "QuantLinear",
     "QuantizeResult",
     "SensitivityReport",
+    "SmoothQuantConfig",
+    "SmoothQuantResult",
     "WeightQuantizer",
     "adaround_",
     "analyze_sensitivity",
+    "awq_",
     "binary_dequantize",
     "binary_quantize",
     "cast_round_trip",
@@ -140,6 +146,7 @@ __all__ = [
     "round_trip",
     "save_pareto",
     "save_quantized",
+    "smooth_quant_",
     "sqnr_db",
     "ternary_dequantize",
     "ternary_quantize",

@@ -13,9 +13,10 @@ from typing import Annotated, Any
 import typer
 from torch import nn
 
-from torchslim.quantize.schemes import Scheme, get_scheme
+from torchslim.quantize.schemes import SCHEMES, Scheme, get_scheme
 
 DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
+METHODS = ("rtn", "gptq", "awq")  # how weight-only int schemes choose their codes
 TEXT_TASKS = ("sentence-embedding",)
 
 
@@ -38,6 +39,9 @@ def quantize_command(
     threads: Annotated[int | None, typer.Option(min=1)] = None,
     repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
     allow_slower: Annotated[bool, typer.Option(help="Keep bf16/fp16 even if slower.")] = False,
+    method: Annotated[
+        str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
+    ] = "rtn",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Quantize MODEL, deploy it on the fastest real backend here, and print before/after."""
@@ -46,24 +50,70 @@ def quantize_command(
 
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
-    if deploy == "torch":
-        raise ConfigError(
-            "--deploy torch: the PT2E x86-inductor model has no file form (it recompiles per "
-            "batch size), so it cannot be written to --out; use onnxruntime/openvino/auto here, "
-            "or torchslim.deploy.deploy(model, batches, DeployConfig(backend='torch')) in Python."
-        )
     chosen = get_scheme(scheme)
     if chosen.config is not None:
         overrides: dict[str, Any] = {"observer": observer, "ignore": tuple(ignore or ())}
         if weight_format:
             overrides["weight"] = weight_format
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
+    check_method(method, chosen)
     entry = resolve_model(model)
-    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
+    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method}
     # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
     print_outcome(outcome, as_json)
+
+
+def check_method(method: str, scheme: Scheme) -> None:
+    """Refuse ``--method`` gptq/awq where it has no meaning: only weight-only "int" schemes.
+
+    Raises:
+        ConfigError: an unknown method, or gptq/awq with activations quantized or a non-int
+            weight format.
+    """
+    from torchslim.errors import ConfigError, did_you_mean
+
+    if method not in METHODS:
+        raise ConfigError(
+            f"--method {method!r}; allowed: {', '.join(METHODS)}.{did_you_mean(method, METHODS)}"
+        )
+    if method == "rtn":
+        return
+    config = scheme.config
+    if config is None or config.activation is not None or config.weight_format("").kind != "int":
+        weight_only = [
+            name for name, s in SCHEMES.items()
+            if s.config is not None and s.config.activation is None
+            and s.config.weight_format("").kind == "int"
+        ]  # fmt: skip
+        raise ConfigError(
+            f"--method {method} needs a weight-only int scheme (it sets weight codes from "
+            f"calibration data); --scheme {scheme.name} is not one. Use one of "
+            f"{', '.join(weight_only)} (optionally with --weight-format int4-g128), or "
+            "--method rtn."
+        )
+
+
+def _apply_method(model: nn.Module, method: str, batches: list[Any]) -> dict[str, Any]:
+    """Run GPTQ or AWQ on the fake-quant ``model``; a summary for the JSON details."""
+    import time
+
+    from torchslim.quantize.awq import awq_
+    from torchslim.quantize.gptq import gptq_
+
+    if method == "rtn":
+        return {"method": "rtn"}
+    start = time.perf_counter()
+    report = (awq_ if method == "awq" else gptq_)(model, batches)
+    key = "loss_awq" if method == "awq" else "loss_gptq"
+    ratios = sorted(v[key] / max(v["loss_nearest"], 1e-30) for v in report.values())
+    return {
+        "method": method,
+        "seconds": round(time.perf_counter() - start, 2),
+        "groups" if method == "awq" else "layers": len(report),
+        "loss_ratio_vs_rtn_median": ratios[len(ratios) // 2] if ratios else None,
+    }
 
 
 def run_scheme(
@@ -152,14 +202,18 @@ def _run_simulated(
 
     assert scheme.config is not None
     fake = copy.deepcopy(fp32)
-    result = quantize_(
-        fake, scheme.config, calibration=entry.calibration_batches(calibration_batches)
-    )
+    batches = entry.calibration_batches(calibration_batches)
+    result = quantize_(fake, scheme.config, calibration=batches)
+    method = _apply_method(fake, options.get("method", "rtn"), batches)
     metrics = entry.evaluate(fake.eval())
     with tempfile.TemporaryDirectory() as tmp:
         packed = save_quantized(fake, Path(tmp) / "model.quantized.safetensors")
         packed_size = packed.stat().st_size
-        manifest = {"technique": f"quantize {scheme.name}", "quantize": result.to_dict()}
+        manifest = {
+            "technique": f"quantize {scheme.name}",
+            "quantize": result.to_dict(),
+            "method": method,
+        }
         write_model_artifact(out, dequantized_copy(fake), manifest, {packed.name: packed})
     details = {
         "scheme": scheme.name,
@@ -167,6 +221,7 @@ def _run_simulated(
         "note": "metric of the fake-quant model; size of the packed weights; latency of the "
         "dequantized fp32 model (no low-precision kernel here): not a low-precision speed-up",
         "quantize": result.to_dict(),
+        "method": method,
     }
     outcome = measure_before_after(
         entry, fp32, dequantized_copy(fake), f"quantize {scheme.name}", out,
