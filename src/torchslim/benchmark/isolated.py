@@ -18,6 +18,7 @@ import importlib
 import multiprocessing
 import random
 import statistics
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -67,8 +68,13 @@ def compare_isolated(
     baseline: str,
     config: BenchmarkConfig | None = None,
     start_timeout_s: float = 600.0,
+    settle_s: float = 0.02,
 ) -> BenchmarkResult:
     """Time every variant, one process each, interleaved; like :func:`compare` otherwise.
+
+    Before each timed call the machine is left idle for ``settle_s`` seconds: the runtime that
+    ran last keeps its worker threads spinning for a while after its call (OpenVINO's TBB
+    arena, OpenMP pools), and in another process they would steal the cores of the next call.
 
     Workers are started one after another (so builds do not compete), each warmed up with
     ``config.warmup`` calls in its process with ``config.threads`` torch threads. A worker that
@@ -92,7 +98,8 @@ def compare_isolated(
             raise WorkerError(f"the baseline {baseline!r} did not start: {skipped[baseline]}")
         with fixed_threads(config.threads), torch.inference_mode(), gc_paused():
             threads = torch.get_num_threads()
-            samples, call_order = timed_rounds(list(timers), lambda n: timers[n](), config, rng)
+            timer = lambda name: _settled(timers[name], settle_s)  # noqa: E731
+            samples, call_order = timed_rounds(list(timers), timer, config, rng)
     baseline_median = statistics.median(samples[baseline])
     results = {
         name: VariantResult(name, samples[name], _ratio(baseline_median, statistics.median(s)))
@@ -147,6 +154,11 @@ def _workers(
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _settled(timer: Callable[[], float], seconds: float) -> float:
+    time.sleep(seconds)
+    return timer()
 
 
 def _local_timer(variant: Variant, config: BenchmarkConfig) -> Callable[[], float]:
