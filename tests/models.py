@@ -25,3 +25,26 @@ def tiny_images(n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     labels = torch.randint(0, 3, (n,), generator=g)
     images = torch.randn(n, 1, 8, 8, generator=g) * 0.3 + labels[:, None, None, None].float()
     return images, labels
+
+
+def tiny_sentence_encoder() -> nn.Module:
+    """A seeded 2-layer BERT (hidden 32, 2 heads) with mean pooling + L2 norm, like minilm."""
+    from transformers import BertConfig, BertModel
+
+    from torchslim.zoo.text import SentenceEncoder
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64,
+    )  # fmt: skip
+    return SentenceEncoder(BertModel(config, add_pooling_layer=False)).eval()
+
+
+def padded_tokens(batch: int = 6, seq: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and a mask whose rows have 5..seq-8 real tokens, then padding (id 0)."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 500, (batch, seq), generator=generator)  # (B, T)
+    lengths = torch.linspace(5, seq - 8, batch).long()  # (B,)
+    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
+    return ids * mask, mask

@@ -12,45 +12,24 @@ import torch.nn.functional as F
 from torch import nn
 
 import torchslim.zoo
+from models import padded_tokens, tiny_sentence_encoder
 from torchslim.deploy import _runtime
 from torchslim.deploy.config import BackendUnavailableError, DeployError
 from torchslim.deploy.text_artifact import load_text_int8, trim_padding
 from torchslim.deploy.text_config import TextDeployConfig
 from torchslim.deploy.text_int8 import _decide, deploy_text_int8
 from torchslim.errors import ConfigError
-from torchslim.zoo.text import SentenceEncoder
 
 # min_speedup=0: on a busy shared machine a tiny model's timing is noise; the slower-than-fp32
 # rule itself is tested on fixed figures (test_slower_than_fp32_is_rejected_not_chosen)
 FAST = {"rounds": 3, "warmup": 1, "threads": 1, "min_speedup": 0.0, "timing": "in-process"}
 
 
-def _tiny_encoder() -> nn.Module:
-    """A seeded 2-layer BERT (hidden 32, 2 heads) with mean pooling + L2 norm, like minilm."""
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False)).eval()
-
-
-def _inputs(batch: int = 6, seq: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and a mask whose rows have 5..seq-8 real tokens, then padding (id 0)."""
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 500, (batch, seq), generator=generator)  # (B, T)
-    lengths = torch.linspace(5, seq - 8, batch).long()  # (B,)
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
-    return ids * mask, mask
-
-
 @pytest.fixture(scope="module")
 def deployed_onnxruntime() -> tuple[nn.Module, nn.Module]:
-    model = _tiny_encoder()
+    model = tiny_sentence_encoder()
     config = TextDeployConfig(backend="onnxruntime", **{**FAST, "timing": "isolated"})
-    return model, deploy_text_int8(model, _inputs(), config=config)
+    return model, deploy_text_int8(model, padded_tokens(), config=config)
 
 
 def test_finalists_retimed_alone_decide_the_choice(deployed_onnxruntime):
@@ -91,7 +70,7 @@ def test_choose_alone_moves_the_choice_to_the_best_isolated_score():
 
 def test_outputs_close_to_fp32_on_unseen_inputs(deployed_onnxruntime):
     model, deployed = deployed_onnxruntime
-    ids, mask = _inputs(batch=4, seq=24)
+    ids, mask = padded_tokens(batch=4, seq=24)
     ids = (ids + 7) % 500 * mask  # other tokens than the ones it was checked on
     with torch.inference_mode():
         expected, actual = model(ids, mask), deployed(ids, mask)
@@ -134,7 +113,7 @@ def test_artifact_round_trip(deployed_onnxruntime, tmp_path: Path):
     assert manifest["format"] == "torchslim-deployed-text-v1"
     assert manifest["decision"]["chosen"] == deployed.candidate
     loaded = load_text_int8(out)
-    ids, mask = _inputs(batch=3)
+    ids, mask = padded_tokens(batch=3)
     with torch.inference_mode():
         assert torch.equal(loaded(ids, mask), deployed(ids, mask))
     assert (
@@ -161,10 +140,10 @@ def test_missing_backend_raises_with_install_hint(monkeypatch):
     monkeypatch.setattr(
         _runtime, "missing_module", lambda b: "openvino" if b == "openvino" else real(b)
     )
-    model = _tiny_encoder()
+    model = tiny_sentence_encoder()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(BackendUnavailableError, match=r"torchslim\[openvino\]"):
-        deploy_text_int8(model, _inputs(), backend="openvino")
+        deploy_text_int8(model, padded_tokens(), backend="openvino")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -173,7 +152,9 @@ def test_auto_lists_a_missing_backend_as_skipped(monkeypatch):
     monkeypatch.setattr(
         _runtime, "missing_module", lambda b: "openvino" if b == "openvino" else real(b)
     )
-    deployed = deploy_text_int8(_tiny_encoder(), _inputs(), config=TextDeployConfig(**FAST))
+    deployed = deploy_text_int8(
+        tiny_sentence_encoder(), padded_tokens(), config=TextDeployConfig(**FAST)
+    )
     candidates = deployed.decision["candidates"]
     assert candidates["openvino-nncf-bf16"]["status"] == "skipped"
     assert "not installed" in candidates["openvino-nncf-f32"]["reason"]
@@ -183,7 +164,7 @@ def test_auto_lists_a_missing_backend_as_skipped(monkeypatch):
 def test_no_candidate_passing_raises_with_reasons():
     config = TextDeployConfig(backend="onnxruntime", min_cosine=1.0, **FAST)
     with pytest.raises(DeployError, match="min_cosine"):
-        deploy_text_int8(_tiny_encoder(), _inputs(), config=config)
+        deploy_text_int8(tiny_sentence_encoder(), padded_tokens(), config=config)
 
 
 def test_slower_than_fp32_is_rejected_not_chosen():
@@ -203,8 +184,8 @@ def test_slower_than_fp32_is_rejected_not_chosen():
 
 
 def test_trim_padding_is_exact_for_pooled_embeddings():
-    model = _tiny_encoder()
-    ids, mask = _inputs(batch=3, seq=32)
+    model = tiny_sentence_encoder()
+    ids, mask = padded_tokens(batch=3, seq=32)
     trimmed = trim_padding((ids, mask), ["input_ids", "attention_mask"])
     assert trimmed[0].shape == (3, int(mask.sum(1).max()))
     with torch.inference_mode():

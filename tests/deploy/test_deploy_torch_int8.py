@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import padded_tokens, tiny_sentence_encoder
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_artifact import DeployedTextModel, load_text_int8
 from torchslim.deploy.text_candidates import BUILDERS, BuildContext
@@ -29,7 +30,6 @@ from torchslim.deploy.torch_int8 import (
 )
 from torchslim.errors import ConfigError
 from torchslim.quantize import CalibrationError, sqnr_db
-from torchslim.zoo.text import SentenceEncoder
 
 
 def _mlp(seed: int = 0) -> nn.Module:
@@ -126,34 +126,15 @@ def test_save_load_round_trip_is_bit_identical(tmp_path: Path):
         load_int8_mm(_mlp(), tmp_path)
 
 
-def _tiny_encoder() -> nn.Module:
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    return SentenceEncoder(BertModel(config, add_pooling_layer=False)).eval()
-
-
-def _inputs(batch: int = 6, seq: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(1, 500, (batch, seq), generator=generator)  # (B, T)
-    lengths = torch.linspace(5, seq - 8, batch).long()  # (B,)
-    mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
-    return ids * mask, mask
-
-
 def test_text_candidate_builds_saves_and_loads(tmp_path: Path):
-    model = _tiny_encoder()
+    model = tiny_sentence_encoder()
     config = TextDeployConfig(backend="torch", threads=1)
     context = BuildContext(
         tmp_path / "unused.onnx", ["input_ids", "attention_mask"], 2, 32, [], tmp_path, config,
         "none", model,
     )  # fmt: skip
     candidate = BUILDERS["torch-int-mm"](context, "torch-int-mm")
-    inputs = _inputs()
+    inputs = padded_tokens()
     with torch.inference_mode():
         expected, actual = model(*inputs), candidate.runner(*inputs)
     assert F.cosine_similarity(expected, actual, dim=1).min() > 0.99
@@ -185,10 +166,10 @@ def test_deploy_text_int8_with_torch_candidate(tmp_path: Path):
     from torchslim.deploy.text_int8 import deploy_text_int8
 
     assert "torch-int-mm" in TextDeployConfig().candidates()  # competes under backend="auto"
-    model = _tiny_encoder()
+    model = tiny_sentence_encoder()
     config = TextDeployConfig(backend="torch", rounds=3, warmup=1, threads=1, min_speedup=0.0)
     try:
-        deployed = deploy_text_int8(model, _inputs(), config=config)
+        deployed = deploy_text_int8(model, padded_tokens(), config=config)
     except DeployError as error:
         if "BuildContext.model" not in str(error):
             raise
@@ -199,4 +180,4 @@ def test_deploy_text_int8_with_torch_candidate(tmp_path: Path):
     assert figures["latency"]["6"]["median_ms"] > 0
     loaded = load_text_int8(deployed.save(tmp_path / "deployed"))
     with torch.inference_mode():
-        assert torch.equal(loaded(*_inputs(3)), deployed(*_inputs(3)))
+        assert torch.equal(loaded(*padded_tokens(3)), deployed(*padded_tokens(3)))

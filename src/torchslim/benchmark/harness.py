@@ -59,13 +59,7 @@ def compare(
     Raises:
         ValueError: no variants, or ``baseline`` is not one of them.
     """
-    if not variants:
-        raise ValueError("compare() needs at least one variant")
-    if baseline not in variants:
-        raise ValueError(
-            f"baseline {baseline!r} is not one of the variants {list(variants)}."
-            f"{did_you_mean(baseline, variants)}"
-        )
+    check_baseline(variants, baseline)
     config = config or BenchmarkConfig()
     rng = random.Random(config.seed)
     with fixed_threads(config.threads), torch.inference_mode():
@@ -97,6 +91,17 @@ def compare(
         timestamp_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         call_order=call_order,
     )
+
+
+def check_baseline(variants: Mapping[str, Any], baseline: str) -> None:
+    """Raise ValueError for no variants, or a baseline that is not one of them (with a hint)."""
+    if not variants:
+        raise ValueError("compare() needs at least one variant")
+    if baseline not in variants:
+        raise ValueError(
+            f"baseline {baseline!r} is not one of the variants {list(variants)}."
+            f"{did_you_mean(baseline, variants)}"
+        )
 
 
 def max_abs_diff(expected: Any, actual: Any) -> float:

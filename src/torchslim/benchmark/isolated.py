@@ -31,9 +31,9 @@ import torch
 
 from torchslim._machine import machine_facts
 from torchslim.benchmark.config import BenchmarkConfig
-from torchslim.benchmark.harness import Variant, _ratio, gc_paused, timed_rounds
+from torchslim.benchmark.harness import Variant, _ratio, check_baseline, gc_paused, timed_rounds
 from torchslim.benchmark.result import BenchmarkResult, VariantResult
-from torchslim.errors import TorchslimError, did_you_mean
+from torchslim.errors import TorchslimError
 from torchslim.evaluate.latency import fixed_threads, time_call
 
 
@@ -85,11 +85,7 @@ def compare_isolated(
         ValueError: no variants, or ``baseline`` is not one of them.
         WorkerError: the baseline could not be built, or a worker died mid-measurement.
     """
-    if baseline not in variants:
-        raise ValueError(
-            f"baseline {baseline!r} is not one of the variants {list(variants)}."
-            f"{did_you_mean(baseline, variants)}"
-        )
+    check_baseline(variants, baseline)
     config = config or BenchmarkConfig()
     rng = random.Random(config.seed)
     skipped: dict[str, str] = {}
