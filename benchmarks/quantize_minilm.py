@@ -48,6 +48,7 @@ from torchslim.benchmark import (
     write_result_json,
 )
 from torchslim.deploy import text_onnx
+from torchslim.deploy._isolated import load_inputs, save_inputs
 from torchslim.deploy.text_config import TextDeployConfig
 from torchslim.deploy.text_int8 import deploy_text_int8
 
@@ -91,30 +92,23 @@ def parse_args() -> argparse.Namespace:
 # returns the call to time on the inputs saved at ``inputs`` (see --timing).
 
 
-def _inputs(path: str) -> tuple[torch.Tensor, ...]:
-    from torchslim._io import load_tensors
-
-    tensors = load_tensors(path)
-    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
-
-
 def eager_worker(inputs: str, threads: int) -> Callable[[], Any]:
-    model, batch = torchslim.zoo.get("minilm").load().eval(), _inputs(inputs)
+    model, batch = torchslim.zoo.get("minilm").load().eval(), load_inputs(inputs)
     return lambda: model(*batch)
 
 
 def torch_ao_worker(inputs: str, threads: int) -> Callable[[], Any]:
-    model, batch = torch_ao_dynamic(torchslim.zoo.get("minilm").load().eval()), _inputs(inputs)
+    model, batch = torch_ao_dynamic(torchslim.zoo.get("minilm").load().eval()), load_inputs(inputs)
     return lambda: model(*batch)
 
 
 def ort_worker(path: str, inputs: str, threads: int) -> Callable[[], Any]:
-    runner, batch = onnxruntime_session(Path(path), threads), _inputs(inputs)
+    runner, batch = onnxruntime_session(Path(path), threads), load_inputs(inputs)
     return lambda: runner(*batch)
 
 
 def openvino_worker(xml: str, inputs: str, threads: int) -> Callable[[], Any]:
-    run, batch = openvino_request(Path(xml), threads), _inputs(inputs)
+    run, batch = openvino_request(Path(xml), threads), load_inputs(inputs)
     return lambda: run(*batch)
 
 
@@ -123,7 +117,7 @@ def deployed_worker(directory: str, inputs: str, threads: int, trim: bool) -> Ca
 
     from torchslim.deploy.text_artifact import load_text_int8
 
-    deployed, batch = load_text_int8(directory, threads), _inputs(inputs)
+    deployed, batch = load_text_int8(directory, threads), load_inputs(inputs)
     if trim:
         deployed.config = dataclasses.replace(deployed.config, trim_padding=True)
     return lambda: deployed(*batch)
@@ -297,7 +291,7 @@ def time_batch(found: Variants, batch: int, entry: Any, args: argparse.Namespace
         return compare(calls, BASELINE, bench)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "inputs.safetensors"
-        save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+        save_inputs(inputs, path)
         workers = {}
         for n in names:
             factory, kwargs = found.workers[n]

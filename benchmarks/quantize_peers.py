@@ -37,7 +37,6 @@ from rich.console import Console
 from torch import nn
 
 import torchslim.zoo
-from torchslim._io import save_tensors
 from torchslim._machine import machine_facts
 from torchslim.benchmark import (
     BenchmarkConfig,
@@ -47,6 +46,7 @@ from torchslim.benchmark import (
     write_result_json,
 )
 from torchslim.deploy import DeployConfig, deploy
+from torchslim.deploy._isolated import load_inputs, save_inputs
 from torchslim.deploy._onnx import export_onnx, input_names
 from torchslim.deploy._runtime import missing_module, to_numpy
 from torchslim.deploy.onnxruntime_backend import OnnxRuntimeRunner
@@ -85,20 +85,13 @@ class Variant:
 # inputs saved at ``inputs``.
 
 
-def _inputs(path: str) -> tuple[torch.Tensor, ...]:
-    from torchslim._io import load_tensors
-
-    tensors = load_tensors(path)
-    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
-
-
 def eager_worker(model_name: str, inputs: str) -> Callable[[], Any]:
-    model, batch = torchslim.zoo.get(model_name).load().eval(), _inputs(inputs)
+    model, batch = torchslim.zoo.get(model_name).load().eval(), load_inputs(inputs)
     return lambda: model(*batch)
 
 
 def ort_worker(path: str, inputs: str) -> Callable[[], Any]:
-    runner, batch = OnnxRuntimeRunner(Path(path), THREADS), _inputs(inputs)
+    runner, batch = OnnxRuntimeRunner(Path(path), THREADS), load_inputs(inputs)
     return lambda: runner(*batch)
 
 
@@ -106,21 +99,21 @@ def openvino_worker(xml: str, inputs: str) -> Callable[[], Any]:
     import openvino as ov
 
     compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_NUM_THREADS": THREADS})
-    request, arrays = compiled.create_infer_request(), to_numpy(_inputs(inputs))
+    request, arrays = compiled.create_infer_request(), to_numpy(load_inputs(inputs))
     return lambda: request.infer(dict(enumerate(arrays)))
 
 
 def pt2e_worker(model_name: str, calibration_batches: int, inputs: str) -> Callable[[], Any]:
     entry = torchslim.zoo.get(model_name)
     variant = torch_pt2e(entry.load().eval(), entry.calibration_batches(calibration_batches))
-    batch = _inputs(inputs)
+    batch = load_inputs(inputs)
     return lambda: variant.module(*batch)
 
 
 def deployed_worker(directory: str, inputs: str) -> Callable[[], Any]:
     from torchslim.deploy import load_deployed
 
-    deployed, batch = load_deployed(directory, threads=THREADS), _inputs(inputs)
+    deployed, batch = load_deployed(directory, threads=THREADS), load_inputs(inputs)
     return lambda: deployed(*batch)
 
 
@@ -315,7 +308,7 @@ def time_batch(
         return {"timing": "in-process", **compare(calls, BASELINE, config).to_dict()}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "inputs.safetensors"
-        save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+        save_inputs(inputs, path)
         workers = {
             name: WorkerVariant(v.worker[0], {**v.worker[1], "inputs": str(path)})
             for name, v in variants.items()

@@ -257,16 +257,26 @@ def calibrate_activations(
     chosen = {name: observer for name in static}
     if observer == "auto":
         samplers = {name: _Sampler(seed) for seed, name in enumerate(static)}
-        try:
-            for name, quantizer in static.items():
-                quantizer.observer = samplers[name]
-            _run(model, batches)
-        finally:
-            for quantizer in static.values():
-                quantizer.observer = None
+        _observe(model, static, samplers, batches)
         for name, quantizer in static.items():
             chosen[name] = choose_observer_by_sqnr(samplers[name].samples, quantizer.fmt)
     return _calibrate_with(model, static, batches, chosen)
+
+
+def _observe(
+    model: nn.Module,
+    static: dict[str, ActivationQuantizer],
+    observers: Mapping[str, Any],
+    batches: Sequence[Batch],
+) -> None:
+    """One float pass with each input quantizer observed by ``observers[name]`` (removed after)."""
+    try:
+        for name, quantizer in static.items():
+            quantizer.observer = observers[name]
+        _run(model, batches)
+    finally:
+        for quantizer in static.values():
+            quantizer.observer = None
 
 
 def _calibrate_with(
@@ -278,13 +288,7 @@ def _calibrate_with(
     """One float pass in which each input's ``chosen`` observer sees every batch; sets scales."""
     observers = {n: make_observer(chosen[n], q.fmt) for n, q in static.items()}
     samplers = {n: _Sampler(seed, then=observers[n]) for seed, n in enumerate(static)}
-    try:
-        for name, quantizer in static.items():
-            quantizer.observer = samplers[name]
-        _run(model, batches)
-    finally:
-        for quantizer in static.values():
-            quantizer.observer = None
+    _observe(model, static, samplers, batches)
     decided = {}
     for name, quantizer in static.items():
         scale, zero_point = observers[name].compute_qparams()
