@@ -44,11 +44,11 @@ from torchslim.benchmark import (
     BenchmarkConfig,
     WorkerVariant,
     compare,
-    compare_isolated,
+    compare_on_inputs,
+    load_inputs,
     write_result_json,
 )
 from torchslim.deploy import text_onnx
-from torchslim.deploy._isolated import load_inputs, save_inputs
 from torchslim.deploy.text_config import TextDeployConfig
 from torchslim.deploy.text_int8 import deploy_text_int8
 
@@ -123,9 +123,10 @@ def deployed_worker(directory: str, inputs: str, threads: int, trim: bool) -> Ca
     return lambda: deployed(*batch)
 
 
-def _spec(factory: Callable[..., Any], **kwargs: Any) -> tuple[str, dict[str, Any]]:
+def _spec(factory: Callable[..., Any], threads: int, **kwargs: Any) -> WorkerVariant:
+    """``quantize_minilm:<factory>`` with its kwargs (paths as strings); inputs come later."""
     values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
-    return f"quantize_minilm:{factory.__name__}", values
+    return WorkerVariant(f"quantize_minilm:{factory.__name__}", {**values, "threads": threads})
 
 
 def torch_ao_dynamic(model: nn.Module) -> nn.Module:
@@ -199,12 +200,10 @@ class Variants:
 
     modules: dict[str, nn.Module] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    workers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    workers: dict[str, WorkerVariant] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def add(
-        self, name: str, module: nn.Module, size: int, worker: tuple[str, dict[str, Any]]
-    ) -> None:
+    def add(self, name: str, module: nn.Module, size: int, worker: WorkerVariant) -> None:
         self.modules[name] = module
         self.info[name] = {"size_bytes": size}
         self.workers[name] = worker
@@ -214,32 +213,40 @@ def build_variants(
     entry: Any, model: nn.Module, workdir: Path, args: argparse.Namespace
 ) -> Variants:
     """torch fp32, ONNX Runtime fp32 and the three peers, each as its docs use it."""
-    found = Variants()
+    found, threads = Variants(), args.threads
     fp32_path = workdir / "fp32.onnx"
     safetensors = workdir / "fp32.safetensors"
     save_tensors(safetensors, model.state_dict())
-    found.add(BASELINE, model, safetensors.stat().st_size, _spec(eager_worker))
+    found.add(BASELINE, model, safetensors.stat().st_size, _spec(eager_worker, threads))
     text_onnx.export_text_onnx(
         model, entry.example_inputs(2), ["input_ids", "attention_mask"], fp32_path
     )
     runner = CallableModel(onnxruntime_session(fp32_path, args.threads))
     found.add(
-        "onnxruntime-fp32", runner, fp32_path.stat().st_size, _spec(ort_worker, path=fp32_path)
+        "onnxruntime-fp32",
+        runner,
+        fp32_path.stat().st_size,
+        _spec(ort_worker, threads, path=fp32_path),
     )
     peer_path = peer_onnxruntime(fp32_path, workdir)
     found.add(
         "peer-onnxruntime-quantize_dynamic",
         CallableModel(onnxruntime_session(peer_path, args.threads)),
         peer_path.stat().st_size,
-        _spec(ort_worker, path=peer_path),
+        _spec(ort_worker, threads, path=peer_path),
     )
     ao = torch_ao_dynamic(model)
-    found.add("peer-torch.ao-quantize_dynamic", ao, torch_bytes(ao), _spec(torch_ao_worker))
+    found.add(
+        "peer-torch.ao-quantize_dynamic", ao, torch_bytes(ao), _spec(torch_ao_worker, threads)
+    )
     try:
         run, files = peer_openvino(fp32_path, entry, workdir, args.threads)
         size = sum(f.stat().st_size for f in files)
         found.add(
-            "peer-openvino-nncf", CallableModel(run), size, _spec(openvino_worker, xml=files[0])
+            "peer-openvino-nncf",
+            CallableModel(run),
+            size,
+            _spec(openvino_worker, threads, xml=files[0]),
         )
     except ImportError as error:
         found.skipped["peer-openvino-nncf"] = f"not installed: {error}"
@@ -252,6 +259,7 @@ def add_torchslim(
     """torchslim's measured choice for each benchmark batch size (deploy_text_int8 timed at that
     batch size only: a deployment serves the batch size it is built for), and the same choice
     with padding trimmed (less work than the others: shown apart, never compared)."""
+    threads = args.threads
     for batch in args.batch_sizes:
         config = TextDeployConfig(
             batch_sizes=(batch,), threads=args.threads, rounds=3 if args.quick else 20
@@ -262,7 +270,7 @@ def add_torchslim(
         directory = deployed.save(workdir / f"torchslim-b{batch}")
         name = f"torchslim-int8-b{batch}"
         found.add(name, deployed, deployed.saved_size_bytes(),
-                  _spec(deployed_worker, directory=directory, trim=False))  # fmt: skip
+                  _spec(deployed_worker, threads, directory=directory, trim=False))  # fmt: skip
         found.info[name] |= {
             "chosen": deployed.candidate,
             "deploy_seconds": seconds,
@@ -274,7 +282,7 @@ def add_torchslim(
         trimmed = copy.copy(deployed)  # same runner and files; only forward's trimming differs
         trimmed.config = dataclasses.replace(deployed.config, trim_padding=True)
         found.add(f"{name}+trim-padding", trimmed, deployed.saved_size_bytes(),
-                  _spec(deployed_worker, directory=directory, trim=True))  # fmt: skip
+                  _spec(deployed_worker, threads, directory=directory, trim=True))  # fmt: skip
         found.info[f"{name}+trim-padding"]["note"] = (
             "same files; trailing all-padding columns dropped: less work than the others"
         )
@@ -289,16 +297,8 @@ def time_batch(found: Variants, batch: int, entry: Any, args: argparse.Namespace
     if args.timing == "in-process":
         calls = {n: (lambda m=found.modules[n], x=inputs: m(*x)) for n in names}
         return compare(calls, BASELINE, bench)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "inputs.safetensors"
-        save_inputs(inputs, path)
-        workers = {}
-        for n in names:
-            factory, kwargs = found.workers[n]
-            workers[n] = WorkerVariant(
-                factory, {**kwargs, "inputs": str(path), "threads": args.threads}
-            )
-        return compare_isolated(workers, BASELINE, bench)
+    workers = {n: found.workers[n] for n in names}
+    return compare_on_inputs(workers, inputs, BASELINE, bench)
 
 
 def main() -> None:

@@ -42,11 +42,11 @@ from torchslim.benchmark import (
     BenchmarkConfig,
     WorkerVariant,
     compare,
-    compare_isolated,
+    compare_on_inputs,
+    load_inputs,
     write_result_json,
 )
 from torchslim.deploy import DeployConfig, deploy
-from torchslim.deploy._isolated import load_inputs, save_inputs
 from torchslim.deploy._onnx import export_onnx, input_names
 from torchslim.deploy._runtime import missing_module, to_numpy
 from torchslim.deploy.onnxruntime_backend import OnnxRuntimeRunner
@@ -76,7 +76,7 @@ class Variant:
     module: nn.Module
     size_bytes: int
     info: dict[str, Any] = field(default_factory=dict)
-    worker: tuple[str, dict[str, Any]] | None = None
+    worker: WorkerVariant | None = None
 
 
 # ---------------------------------------------------------------- worker factories
@@ -226,10 +226,10 @@ def torch_pt2e(model: nn.Module, calibration: list[Any]) -> Variant:
     return Variant(RuntimeModule(runner), _constant_bytes(converted), {"note": note})
 
 
-def _spec(factory: Callable[..., Any], **kwargs: Any) -> tuple[str, dict[str, Any]]:
-    """A worker spec: ``quantize_peers:<factory>`` and its kwargs (paths as strings)."""
+def _spec(factory: Callable[..., Any], **kwargs: Any) -> WorkerVariant:
+    """``quantize_peers:<factory>`` with its kwargs (paths as strings); the inputs come later."""
     values = {k: str(v) if isinstance(v, Path) else v for k, v in kwargs.items()}
-    return f"quantize_peers:{factory.__name__}", values
+    return WorkerVariant(f"quantize_peers:{factory.__name__}", values)
 
 
 def build_peers(
@@ -306,15 +306,8 @@ def time_batch(
     if args.timing == "in-process":
         calls = {name: (lambda m=v.module: m(*inputs)) for name, v in variants.items()}
         return {"timing": "in-process", **compare(calls, BASELINE, config).to_dict()}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "inputs.safetensors"
-        save_inputs(inputs, path)
-        workers = {
-            name: WorkerVariant(v.worker[0], {**v.worker[1], "inputs": str(path)})
-            for name, v in variants.items()
-            if v.worker is not None
-        }
-        result = compare_isolated(workers, BASELINE, config)
+    workers = {name: v.worker for name, v in variants.items() if v.worker is not None}
+    result = compare_on_inputs(workers, inputs, BASELINE, config)
     return {"timing": "isolated (one worker process per variant)", **result.to_dict()}
 
 

@@ -7,7 +7,13 @@ import os
 import pytest
 import torch
 
-from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_isolated
+from torchslim.benchmark import (
+    BenchmarkConfig,
+    WorkerVariant,
+    compare_isolated,
+    compare_on_inputs,
+    load_inputs,
+)
 from torchslim.benchmark.isolated import zoo_model_call
 
 QUICK = BenchmarkConfig(warmup=1, rounds=4, threads=1, max_seconds=5.0)
@@ -66,3 +72,18 @@ def test_unknown_baseline_is_refused() -> None:
 def test_zoo_factory_builds_the_eager_model() -> None:
     call = zoo_model_call("tiny-cnn", 3)
     assert call().shape[0] == 3
+
+
+def sum_of_inputs(inputs: str) -> object:
+    """Factory: loads the saved inputs; refuses any that are not the ones given."""
+    (x,) = load_inputs(inputs)
+    if not torch.equal(x, torch.arange(6.0).reshape(2, 3)):
+        raise AssertionError("wrong inputs reached the worker")
+    return lambda: x.sum()
+
+
+def test_compare_on_inputs_hands_the_saved_inputs_to_every_worker() -> None:
+    x = torch.arange(6.0).reshape(2, 3)
+    variants = {"local": lambda: x.sum(), "worker": WorkerVariant("test_isolated:sum_of_inputs")}
+    result = compare_on_inputs(variants, (x,), "local", QUICK)
+    assert set(result.variants) == {"local", "worker"} and not result.skipped

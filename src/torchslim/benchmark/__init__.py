@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from torchslim.benchmark.config import BenchmarkConfig
 from torchslim.benchmark.harness import compare, max_abs_diff
-from torchslim.benchmark.isolated import WorkerError, WorkerVariant, compare_isolated
+from torchslim.benchmark.isolated import (
+    WorkerError,
+    WorkerVariant,
+    compare_isolated,
+    compare_on_inputs,
+    load_inputs,
+    save_inputs,
+)
 from torchslim.benchmark.result import (
     BenchmarkResult,
     Spread,
@@ -28,6 +35,9 @@ __all__ = [
     "WorkerVariant",
     "compare",
     "compare_isolated",
+    "compare_on_inputs",
+    "load_inputs",
     "max_abs_diff",
+    "save_inputs",
     "write_result_json",
 ]

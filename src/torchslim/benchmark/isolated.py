@@ -18,13 +18,15 @@ import importlib
 import multiprocessing
 import random
 import statistics
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -210,6 +212,42 @@ def _worker_main(connection: Connection, variant: WorkerVariant, config: Benchma
             except BaseException as error:  # the parent raises WorkerError with this text
                 connection.send(("error", f"{type(error).__name__}: {str(error)[:300]}"))
                 return
+
+
+def save_inputs(inputs: tuple[torch.Tensor, ...], path: Path) -> str:
+    """Write model inputs for the workers (safetensors: ``input0``, ``input1``, ...)."""
+    from torchslim._io import save_tensors
+
+    save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
+    return str(path)
+
+
+def load_inputs(path: str) -> tuple[torch.Tensor, ...]:
+    """The inputs :func:`save_inputs` wrote, in order (in a worker factory)."""
+    from torchslim._io import load_tensors
+
+    tensors = load_tensors(path)
+    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
+
+
+def compare_on_inputs(
+    variants: Mapping[str, WorkerVariant | Variant],
+    inputs: tuple[torch.Tensor, ...],
+    baseline: str,
+    config: BenchmarkConfig | None = None,
+) -> BenchmarkResult:
+    """:func:`compare_isolated` on one set of inputs: they are saved once, and every
+    :class:`WorkerVariant` gets their path as its ``inputs`` keyword (its factory loads them
+    with :func:`load_inputs`); plain callables are passed through unchanged."""
+    with tempfile.TemporaryDirectory(prefix="torchslim-inputs-") as tmp:
+        path = save_inputs(inputs, Path(tmp) / "inputs.safetensors")
+        given = {
+            name: replace(v, kwargs={**v.kwargs, "inputs": path})
+            if isinstance(v, WorkerVariant)
+            else v
+            for name, v in variants.items()
+        }
+        return compare_isolated(given, baseline, config)
 
 
 def zoo_model_call(name: str, batch_size: int, weights: str | None = None) -> Variant:

@@ -17,8 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._io import load_tensors, save_tensors
-from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_isolated
+from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_on_inputs, load_inputs
 from torchslim.deploy._runtime import Candidate
 from torchslim.deploy.config import DeployConfig
 
@@ -49,17 +48,6 @@ def text_candidate_call(
     runner = load_runner(candidate, Path(directory), names, settings, threads)
     batch = load_inputs(inputs)
     return lambda: runner(*batch)
-
-
-def save_inputs(inputs: tuple[torch.Tensor, ...], path: Path) -> str:
-    """Write model inputs for the workers (safetensors: ``input0``, ``input1``, ...)."""
-    save_tensors(path, {f"input{i}": x for i, x in enumerate(inputs)})
-    return str(path)
-
-
-def load_inputs(path: str) -> tuple[torch.Tensor, ...]:
-    tensors = load_tensors(path)
-    return tuple(tensors[f"input{i}"] for i in range(len(tensors)))
 
 
 def stage_files(files: dict[str, bytes] | dict[str, Path], directory: Path) -> str:
@@ -93,7 +81,6 @@ def time_isolated(
         warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
     )
     with tempfile.TemporaryDirectory(prefix="torchslim-isolated-") as tmp:
-        inputs_path = save_inputs(inputs, Path(tmp) / "inputs.safetensors")
         variants: dict[str, Any] = {FP32: lambda: reference(*inputs)}
         for candidate in candidates:
             files = artifacts.get(candidate.name)
@@ -107,10 +94,9 @@ def time_isolated(
                     "backend": candidate.backend,
                     "settings": candidate.settings,
                     "threads": config.threads,
-                    "inputs": inputs_path,
                 },
             )
-        result = compare_isolated(variants, FP32, bench)
+        result = compare_on_inputs(variants, inputs, FP32, bench)
     timings = {
         name: {
             "median_ms": statistics.median(v.samples_ms),

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim._machine import machine_facts
-from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare, compare_isolated
+from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare, compare_on_inputs
 from torchslim.deploy import _isolated, _runtime, text_onnx
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_artifact import DeployedTextModel, trim_padding
@@ -214,16 +214,15 @@ def _retime_alone(
     with tempfile.TemporaryDirectory(prefix="torchslim-text-alone-") as tmp:
         folders = {n: _isolated.stage_files(built[n].files, Path(tmp) / n) for n in finalists}
         for size, inputs in data.timing.items():
-            path = _isolated.save_inputs(inputs, Path(tmp) / f"inputs-{size}.safetensors")
             variants: dict[str, Any] = {BASELINE: partial(model, *inputs)}
             for n in finalists:
                 settings = built[n].runner.settings()
                 variants[n] = WorkerVariant(
                     "torchslim.deploy._isolated:text_candidate_call",
                     {"candidate": n, "directory": folders[n], "names": names,
-                     "settings": settings, "threads": config.threads, "inputs": path},
+                     "settings": settings, "threads": config.threads},
                 )  # fmt: skip
-            result = compare_isolated(variants, BASELINE, bench)
+            result = compare_on_inputs(variants, inputs, BASELINE, bench)
             fastest_fp32 = result.variants[BASELINE].stats.min
             for n in finalists:
                 timed = result.variants.get(n)
