@@ -65,6 +65,18 @@ def require(backend: str) -> None:
         )
 
 
+def saved_file(directory: Path, name: str, backend: str, label: str) -> Path:
+    """``directory / name`` of a saved ``backend`` deployment (``label`` names it in the error);
+    BackendUnavailableError if the backend is not installed, DeployError if the file is missing."""
+    from torchslim.deploy.config import DeployError
+
+    require(backend)
+    path = directory / name
+    if not path.is_file():
+        raise DeployError(f"{directory} has no {name}; it is not {label} deployment.")
+    return path
+
+
 def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
     return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]

@@ -11,8 +11,8 @@ import onnx
 import torch
 
 from torchslim.deploy._onnx import compact, fp32_ops
-from torchslim.deploy._runtime import Candidate, Feeds, require, to_numpy
-from torchslim.deploy.config import DeployConfig, DeployError
+from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
+from torchslim.deploy.config import DeployConfig
 
 ACTIVATION_LABELS = {"uint8": "u8s8", "int8": "s8s8"}
 
@@ -152,8 +152,5 @@ def settings_for(scheme: tuple[str, bool], config: DeployConfig) -> dict[str, An
 
 
 def load(directory: Path, settings: dict[str, Any], threads: int) -> OnnxRuntimeRunner:
-    require("onnxruntime")
-    path = directory / "model.onnx"
-    if not path.is_file():
-        raise DeployError(f"{directory} has no model.onnx; it is not an ONNX Runtime deployment.")
+    path = saved_file(directory, "model.onnx", "onnxruntime", "an ONNX Runtime")
     return OnnxRuntimeRunner(path, threads)

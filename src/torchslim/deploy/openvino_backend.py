@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from torchslim.deploy._onnx import compact
-from torchslim.deploy._runtime import Candidate, Feeds, require, to_numpy
-from torchslim.deploy.config import DeployConfig, DeployError
+from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
+from torchslim.deploy.config import DeployConfig
 
 # Execution-graph layer types that are bookkeeping, not compute, in OpenVINO's runtime model.
 _NOT_COMPUTE = ("Const", "Input", "Output", "Reorder", "Reshape", "FakeQuantize", "Convert")
@@ -117,8 +117,5 @@ def build(
 
 
 def load(directory: Path, settings: dict[str, Any], threads: int) -> OpenVinoRunner:
-    require("openvino")
-    path = directory / "model.onnx"
-    if not path.is_file():
-        raise DeployError(f"{directory} has no model.onnx; it is not an OpenVINO deployment.")
+    path = saved_file(directory, "model.onnx", "openvino", "an OpenVINO")
     return OpenVinoRunner(path, threads)

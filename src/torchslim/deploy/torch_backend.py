@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from torchslim.deploy._runtime import Candidate, require
+from torchslim.deploy._runtime import Candidate, require, saved_file
 from torchslim.deploy.config import DeployConfig, DeployError
 
 _QDQ_NAMES = (
@@ -130,10 +130,7 @@ def check_archive(path: Path) -> None:
 
 def load(directory: Path, settings: dict[str, Any], threads: int) -> TorchInductorRunner:
     """The runner of a saved torch deployment (``model.pt2``), compiled in this process."""
-    require("torch")
-    path = directory / "model.pt2"
-    if not path.is_file():
-        raise DeployError(f"{directory} has no model.pt2; it is not a torch PT2E deployment.")
+    path = saved_file(directory, "model.pt2", "torch", "a torch PT2E")
     check_archive(path)
     program = torch.export.load(str(path))
     module = program.module()
