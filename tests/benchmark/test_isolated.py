@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,33 @@ def test_compare_on_inputs_hands_the_saved_inputs_to_every_worker() -> None:
     variants = {"local": lambda: x.sum(), "worker": WorkerVariant("test_isolated:sum_of_inputs")}
     result = compare_on_inputs(variants, (x,), "local", QUICK)
     assert set(result.variants) == {"local", "worker"} and not result.skipped
+
+
+def counting_call(log: str) -> object:
+    """Factory: a callable that appends one line to ``log`` per call."""
+
+    def call() -> None:
+        with open(log, "a") as file:
+            file.write("x\n")
+
+    return call
+
+
+def test_each_timed_call_follows_its_lead_calls(tmp_path: Path) -> None:
+    log = str(tmp_path / "calls.log")
+    local_calls: list[int] = []
+    variants = {
+        "local": lambda: local_calls.append(1),
+        "worker": WorkerVariant("test_isolated:counting_call", {"log": log}),
+    }
+    result = compare_isolated(variants, "local", QUICK, settle_s=0.0, lead_calls=2)
+    # warm-up once, then per round: 2 untimed lead calls + the timed one
+    assert len(local_calls) == 1 + 4 * 3
+    with open(log) as file:
+        assert len(file.readlines()) == 1 + 4 * 3
+    assert result.machine["lead_calls"] == 2
+
+
+def test_negative_lead_calls_are_refused() -> None:
+    with pytest.raises(ValueError, match="lead_calls must be an integer >= 0"):
+        compare_isolated({"eager": lambda: None}, "eager", QUICK, lead_calls=-1)

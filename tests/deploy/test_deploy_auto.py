@@ -23,7 +23,7 @@ from torchslim.evaluate import evaluate
 from torchslim.evaluate.size import parameter_count, saved_size_bytes
 from torchslim.quantize.observers import CalibrationError
 
-FAST = {"rounds": 3, "warmup": 1, "timing": "in-process"}
+FAST = {"rounds": 3, "warmup": 1, "timing": "in-process", "single_thread": False}
 
 
 def _calibration() -> list[tuple[torch.Tensor, ...]]:
@@ -37,12 +37,9 @@ def test_auto_picks_the_fastest_measured_candidate_and_says_why() -> None:
     deployed = deploy(model, _calibration(), config)
     decision = deployed.decision
     table = decision["candidates"]
-    assert set(table) == {
-        "onnxruntime-u8s8",
-        "onnxruntime-s8s8",
-        "onnxruntime-u8s8-per-tensor",
-        "onnxruntime-s8s8-per-tensor",
-    }
+    schemes = {"u8s8", "s8s8", "u8s8-per-tensor", "s8s8-per-tensor"}
+    # each scheme at 2 threads and, as a rival, at 1 thread
+    assert set(table) == {f"onnxruntime-{s}{t}" for s in schemes for t in ("", "-1thread")}
     assert decision["chosen"] == deployed.candidate
     # the finalists were re-timed each in its own process; the fastest there wins
     alone = {name: f["isolated"]["median_ms"] for name, f in table.items() if "isolated" in f}
@@ -152,6 +149,12 @@ def test_config_validation_and_round_trip() -> None:
         DeployConfig.from_dict({"batchsize": 4})
     with pytest.raises(ConfigError, match="min_cosine"):
         DeployConfig(min_cosine=1.5)
+    with pytest.raises(ConfigError, match="single_thread must be True or False"):
+        DeployConfig(single_thread="yes")  # type: ignore[arg-type]
+    # 1-thread rivals only when more threads were allowed and single_thread is on
+    assert DeployConfig(threads=2).thread_options() == (2, 1)
+    assert DeployConfig(threads=2, single_thread=False).thread_options() == (2,)
+    assert DeployConfig(threads=1).thread_options() == (1,)
 
 
 def test_evaluate_reports_the_deployed_artifact() -> None:

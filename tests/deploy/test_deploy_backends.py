@@ -61,7 +61,8 @@ def test_onnxruntime_int8_matches_fp32(activation: str, label: str) -> None:
     deployed = deploy(model, _calibration(), config)
     x, _ = tiny_images(64, seed=5)
     cosine, agreement = _close_to(model, deployed, x)
-    assert deployed.backend == "onnxruntime" and deployed.candidate == f"onnxruntime-{label}"
+    assert deployed.backend == "onnxruntime"
+    assert deployed.candidate in (f"onnxruntime-{label}", f"onnxruntime-{label}-1thread")
     assert cosine > 0.99 and agreement >= 0.95
     assert deployed.settings["activation_type"] == activation and deployed.settings["per_channel"]
     # the artifact stores the conv and linear weights as int8 (not fp32 fake-quant)
@@ -104,8 +105,42 @@ def test_openvino_candidates_run_int8() -> None:
     x, _ = tiny_images(64, seed=3)
     cosine, agreement = _close_to(model, deployed, x)
     assert deployed.backend == "openvino"
-    assert set(deployed.decision["candidates"]) == {"openvino-nncf", "openvino-u8s8"}
+    variants = ("", "-static", "-static-1thread")  # dynamic, per-shape, per-shape on 1 core
+    names = {f"openvino-{source}{v}" for source in ("nncf", "u8s8") for v in variants}
+    assert set(deployed.decision["candidates"]) == names
     assert cosine > 0.99 and agreement >= 0.95
+
+
+def test_static_shape_openvino_runner_matches_the_dynamic_one(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino extra not installed")
+    from torchslim.deploy import openvino_backend
+
+    model = _trained_convnet()
+    config = _quick_config("openvino", "uint8")
+    deployed = deploy(model, _calibration(), config)
+    out = deployed.save(tmp_path / "ov")
+    dynamic = openvino_backend.load(out, {"static_shapes": False}, 2)
+    static = openvino_backend.load(out, {"static_shapes": True}, 1)
+    for size in (5, 5, 2):
+        x, _ = tiny_images(size, seed=size)
+        torch.testing.assert_close(static(x), dynamic(x), atol=1e-4, rtol=1e-4)
+    assert static.shapes is not None and dynamic.shapes is None
+    assert sorted(key[0][0] for key in static.shapes.by_shape) == [2, 5]  # one compile per shape
+    assert static.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+def test_single_thread_candidates_are_saved_and_loaded_with_one_thread(tmp_path: Path) -> None:
+    config = DeployConfig(
+        backend="onnxruntime", activation_type="uint8", weight_granularity="tensor", rounds=3,
+        warmup=1, timing="in-process",
+    )  # fmt: skip
+    deployed = deploy(_trained_convnet(), _calibration(), config)
+    table = deployed.decision["candidates"]
+    assert set(table) == {"onnxruntime-u8s8-per-tensor", "onnxruntime-u8s8-per-tensor-1thread"}
+    loaded = load_deployed(deployed.save(tmp_path / "ort"))
+    threads = loaded.runtime.session.get_session_options().intra_op_num_threads
+    assert threads == (1 if deployed.candidate.endswith("-1thread") else 2)
+    assert loaded.settings["intra_op_threads"] == threads
 
 
 @pytest.mark.slow

@@ -275,7 +275,7 @@ def test_openvino_candidates_on_the_zoo_tiny_bert(tmp_path: Path):
     for size in (6, 6, 3):
         batch = entry.example_inputs(size)
         torch.testing.assert_close(static(*batch), one(*batch), atol=1e-5, rtol=1e-5)
-    assert sorted(shape[0][0] for shape in static.by_shape) == [3, 6]
+    assert sorted(shape[0][0] for shape in static.shapes.by_shape) == [3, 6]
 
 
 def test_ranking_uses_the_fastest_calls_not_load_inflated_medians():

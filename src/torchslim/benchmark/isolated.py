@@ -71,12 +71,17 @@ def compare_isolated(
     config: BenchmarkConfig | None = None,
     start_timeout_s: float = 600.0,
     settle_s: float = 0.02,
+    lead_calls: int = 2,
 ) -> BenchmarkResult:
     """Time every variant, one process each, interleaved; like :func:`compare` otherwise.
 
     Before each timed call the machine is left idle for ``settle_s`` seconds: the runtime that
     ran last keeps its worker threads spinning for a while after its call (OpenVINO's TBB
     arena, OpenMP pools), and in another process they would steal the cores of the next call.
+    The variant then runs ``lead_calls`` untimed calls right before its timed one, so what is
+    timed is the latency of back-to-back calls (warm caches, awake threads and clocks), as in a
+    serving loop, not the first call after an idle pause: after 20 ms idle a batch-1 call of
+    a small CNN took twice as long here, and more so with two threads than with one.
 
     Workers are started one after another (so builds do not compete), each warmed up with
     ``config.warmup`` calls in its process with ``config.threads`` torch threads. A worker that
@@ -88,6 +93,8 @@ def compare_isolated(
         WorkerError: the baseline could not be built, or a worker died mid-measurement.
     """
     check_baseline(variants, baseline)
+    if isinstance(lead_calls, bool) or not isinstance(lead_calls, int) or lead_calls < 0:
+        raise ValueError(f"lead_calls must be an integer >= 0, got {lead_calls!r}")
     config = config or BenchmarkConfig()
     rng = random.Random(config.seed)
     skipped: dict[str, str] = {}
@@ -96,7 +103,7 @@ def compare_isolated(
             raise WorkerError(f"the baseline {baseline!r} did not start: {skipped[baseline]}")
         with fixed_threads(config.threads), torch.inference_mode(), gc_paused():
             threads = torch.get_num_threads()
-            timer = lambda name: _settled(timers[name], settle_s)  # noqa: E731
+            timer = lambda name: _settled(timers[name], settle_s, lead_calls)  # noqa: E731
             samples, call_order = timed_rounds(list(timers), timer, config, rng)
     baseline_median = statistics.median(samples[baseline])
     results = {
@@ -108,7 +115,12 @@ def compare_isolated(
         variants=results,
         config=config,
         threads=threads,
-        machine={**machine_facts(), "isolation": "one worker process per WorkerVariant"},
+        machine={
+            **machine_facts(),
+            "isolation": "one worker process per WorkerVariant",
+            "settle_s": settle_s,
+            "lead_calls": lead_calls,
+        },
         timestamp_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         call_order=call_order,
         skipped=skipped,
@@ -121,11 +133,11 @@ def _workers(
     config: BenchmarkConfig,
     start_timeout_s: float,
     skipped: dict[str, str],
-) -> Iterator[dict[str, Callable[[], float]]]:
+) -> Iterator[dict[str, Callable[[int], float]]]:
     """name -> a timer returning one call's milliseconds; the workers stop on exit."""
     context = multiprocessing.get_context("spawn")
     processes: list[tuple[Any, Connection]] = []
-    timers: dict[str, Callable[[], float]] = {}
+    timers: dict[str, Callable[[int], float]] = {}
     try:
         for name, variant in variants.items():
             if not isinstance(variant, WorkerVariant):
@@ -154,21 +166,28 @@ def _workers(
                 process.join()
 
 
-def _settled(timer: Callable[[], float], seconds: float) -> float:
+def _settled(timer: Callable[[int], float], seconds: float, lead_calls: int) -> float:
     time.sleep(seconds)
-    return timer()
+    return timer(lead_calls)
 
 
-def _local_timer(variant: Variant, config: BenchmarkConfig) -> Callable[[], float]:
+def _lead_then_time(call: Callable[[], Any], lead_calls: int, device: torch.device) -> float:
+    """``lead_calls`` untimed calls, then the milliseconds of one timed call."""
+    for _ in range(lead_calls):
+        call()
+    return time_call(call, device)
+
+
+def _local_timer(variant: Variant, config: BenchmarkConfig) -> Callable[[int], float]:
     with fixed_threads(config.threads), torch.inference_mode():
         for _ in range(config.warmup):
             variant()
-    return lambda: time_call(variant, config.torch_device)
+    return lambda lead_calls: _lead_then_time(variant, lead_calls, config.torch_device)
 
 
-def _remote_timer(connection: Connection, name: str) -> Callable[[], float]:
-    def timer() -> float:
-        connection.send(("time", None))
+def _remote_timer(connection: Connection, name: str) -> Callable[[int], float]:
+    def timer(lead_calls: int) -> float:
+        connection.send(("time", lead_calls))
         status, value = _receive(connection, 600.0, name)
         if status != "ms":
             raise WorkerError(f"benchmark worker {name!r} failed while timing: {value}")
@@ -187,7 +206,8 @@ def _receive(connection: Connection, timeout_s: float, name: str) -> tuple[str, 
 
 
 def _worker_main(connection: Connection, variant: WorkerVariant, config: BenchmarkConfig) -> None:
-    """Build, warm up, then answer ``time`` requests with one timed call each until ``stop``."""
+    """Build, warm up, then answer each ``time`` request (its lead-call count) with one timed
+    call until ``stop``."""
     try:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -204,11 +224,11 @@ def _worker_main(connection: Connection, variant: WorkerVariant, config: Benchma
     gc.disable()
     with torch.inference_mode():
         while True:
-            command, _ = connection.recv()
+            command, lead_calls = connection.recv()
             if command == "stop":
                 return
             try:
-                connection.send(("ms", time_call(call, config.torch_device)))
+                connection.send(("ms", _lead_then_time(call, lead_calls, config.torch_device)))
             except BaseException as error:  # the parent raises WorkerError with this text
                 connection.send(("error", f"{type(error).__name__}: {str(error)[:300]}"))
                 return

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_on_inputs, load_inputs
-from torchslim.deploy._runtime import Candidate
+from torchslim.deploy._runtime import Candidate, candidate_threads
 from torchslim.deploy.config import DeployConfig
 
 FP32 = "torch-fp32-eager"
@@ -93,7 +93,7 @@ def time_isolated(
                     "directory": stage_files(files, Path(tmp) / candidate.name),
                     "backend": candidate.backend,
                     "settings": candidate.settings,
-                    "threads": config.threads,
+                    "threads": candidate_threads(candidate.settings, config.threads),
                 },
             )
         result = compare_on_inputs(variants, inputs, FP32, bench)

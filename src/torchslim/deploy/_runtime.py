@@ -77,6 +77,12 @@ def saved_file(directory: Path, name: str, backend: str, label: str) -> Path:
     return path
 
 
+def candidate_threads(settings: dict[str, Any], default: int = 1) -> int:
+    """The intra-op thread count a candidate was built and measured with (its settings)."""
+    count = settings.get("intra_op_threads", settings.get("inference_threads", default))
+    return int(count)
+
+
 def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
     """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
     return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]

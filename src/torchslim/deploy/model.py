@@ -14,6 +14,7 @@ from torchslim.deploy import onnxruntime_backend, openvino_backend, torch_backen
 from torchslim.deploy._runtime import (
     Candidate,
     Runtime,
+    candidate_threads,
     file_digests,
     read_artifact,
     write_artifact,
@@ -107,7 +108,7 @@ def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel
             f"backend (format={manifest.get('format')!r}, backend={manifest.get('backend')!r})."
         )
     settings = manifest["settings"]
-    count = threads or int(settings.get("intra_op_threads", settings.get("inference_threads", 1)))
+    count = threads or candidate_threads(settings)
     runtime = _LOADERS[manifest["backend"]](directory, settings, count)
     candidate = Candidate(
         manifest["candidate"], manifest["backend"], runtime, settings, {}, manifest["fp32_ops"]

@@ -15,6 +15,8 @@ from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_
 from torchslim.deploy.config import DeployConfig
 
 ACTIVATION_LABELS = {"uint8": "u8s8", "int8": "s8s8"}
+# The settings that describe the quantized graph itself (the rest configure the session).
+GRAPH_SETTINGS = ("format", "activation_type", "weight_type", "per_channel", "calibration_method")
 
 
 class OnnxRuntimeRunner:
@@ -108,7 +110,8 @@ def candidate_name(scheme: tuple[str, bool]) -> str:
 def build(
     fp32_path: Path, feeds: Feeds, config: DeployConfig, workdir: Path
 ) -> tuple[list[Candidate], dict[str, str]]:
-    """One candidate per (activation type, weight granularity); the failed ones, with why."""
+    """One candidate per (activation type, weight granularity) and thread count
+    (:meth:`DeployConfig.thread_options`); the failed ones, with why."""
     require("onnxruntime")
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
@@ -125,18 +128,19 @@ def build(
             path = workdir / f"{name}.onnx"
             compact(qdq, path)
             listed = fp32_ops(onnx.load(str(qdq)))
-            settings = settings_for(scheme, config)
-            runner = OnnxRuntimeRunner(path, config.threads)
+            for threads in config.thread_options():
+                runner = OnnxRuntimeRunner(path, threads)
+                label = name + ("-1thread" if threads < config.threads else "")
+                settings = settings_for(scheme, config, threads)
+                files = {"model.onnx": path}
+                candidates.append(Candidate(label, "onnxruntime", runner, settings, files, listed))
         except Exception as error:  # a failing variant is reported; the others still compete
             failed[name] = f"{type(error).__name__}: {str(error).strip()[:300]}"
-            continue
-        candidates.append(
-            Candidate(name, "onnxruntime", runner, settings, {"model.onnx": path}, listed)
-        )
     return candidates, failed
 
 
-def settings_for(scheme: tuple[str, bool], config: DeployConfig) -> dict[str, Any]:
+def settings_for(scheme: tuple[str, bool], config: DeployConfig, threads: int) -> dict[str, Any]:
+    """The manifest settings of one scheme's session with ``threads`` intra-op threads."""
     activation, per_channel = scheme
     return {
         "engine": "onnxruntime",
@@ -146,7 +150,7 @@ def settings_for(scheme: tuple[str, bool], config: DeployConfig) -> dict[str, An
         "per_channel": per_channel,
         "calibration_method": config.calibration_method,
         "graph_optimization": "ORT_ENABLE_ALL",
-        "intra_op_threads": config.threads,
+        "intra_op_threads": threads,
         "spinning": False,
     }
 

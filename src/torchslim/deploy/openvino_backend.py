@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchslim.deploy import onnxruntime_backend
 from torchslim.deploy._onnx import compact
+from torchslim.deploy._openvino import ShapeCompilations
 from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
 from torchslim.deploy.config import DeployConfig
 
@@ -22,12 +24,14 @@ _NOT_COMPUTE = ("Const", "Input", "Output", "Reorder", "Reshape", "FakeQuantize"
 class OpenVinoRunner:
     """A model compiled for OpenVINO's CPU plugin: latency hint, one stream, fixed threads, no
     thread pinning, fp32 for the ops left unquantized (the plugin would pick bf16 on
-    AVX512-BF16 CPUs)."""
+    AVX512-BF16 CPUs). With ``static_shapes`` it is also compiled once per input shape it meets
+    (:class:`~torchslim.deploy._openvino.ShapeCompilations`)."""
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, static_shapes: bool = False) -> None:
         import openvino as ov
 
         core = ov.Core()
+        model = core.read_model(str(path))
         properties = {
             "INFERENCE_NUM_THREADS": threads,
             "NUM_STREAMS": 1,
@@ -37,12 +41,14 @@ class OpenVinoRunner:
             # shared machine that made OpenVINO's latency swing more than ONNX Runtime's
             "ENABLE_CPU_PINNING": False,
         }
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", properties)
+        self.compiled = core.compile_model(model, "CPU", properties)
         self.request = self.compiled.create_infer_request()
+        self.shapes = ShapeCompilations(core, model, properties) if static_shapes else None
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         arrays = to_numpy(inputs)
-        result = self.request.infer(dict(enumerate(arrays)))
+        request = self.shapes.request(arrays) if self.shapes else None
+        result = (request or self.request).infer(dict(enumerate(arrays)))
         return torch.from_numpy(np.array(result[0], copy=True))  # the request reuses its buffer
 
     def fp32_ops(self) -> list[str]:
@@ -81,15 +87,12 @@ def build(
         ("openvino-nncf", None, {"quantizer": "nncf"})
     ]
     for other in qdq_candidates:
-        if not other.settings["per_channel"]:
-            continue  # OpenVINO runs the per-channel graphs; per-tensor ones add no new kernel
+        if not other.settings["per_channel"] or other.name.endswith("-1thread"):
+            continue  # OpenVINO runs each per-channel graph once; per-tensor adds no new kernel
         label = other.name.removeprefix("onnxruntime-")
+        graph = {k: other.settings[k] for k in onnxruntime_backend.GRAPH_SETTINGS}
         sources.append(
-            (
-                f"openvino-{label}",
-                other.files["model.onnx"],
-                {"quantizer": "onnxruntime", **other.settings},
-            )
+            (f"openvino-{label}", other.files["model.onnx"], {"quantizer": "onnxruntime", **graph})
         )
     for name, path, settings in sources:
         try:
@@ -98,24 +101,40 @@ def build(
                 nncf_quantize(fp32_path, feeds, raw)
                 path = workdir / f"{name}.onnx"
                 compact(raw, path)
-            runner = OpenVinoRunner(path, config.threads)
+            built = [_compiled(name, path, settings, variant) for variant in variants(config)]
         except Exception as error:  # a failing variant is reported; the others still compete
             failed[name] = f"{type(error).__name__}: {str(error).strip()[:300]}"
             continue
-        settings = {
-            **settings,
-            "engine": "openvino",
-            "cpu_pinning": False,
-            "inference_precision": "f32",
-            "inference_threads": config.threads,
-            "streams": 1,
-        }
-        candidates.append(
-            Candidate(name, "openvino", runner, settings, {"model.onnx": path}, runner.fp32_ops())
-        )
+        candidates += built
     return candidates, failed
+
+
+def variants(config: DeployConfig) -> list[tuple[bool, int]]:
+    """(static shapes, threads) of each compilation of one graph: dynamic and static at
+    ``config.threads``, and static at 1 thread when ``config.single_thread`` allows it."""
+    found = [(False, config.threads), (True, config.threads)]
+    return [*found, (True, 1)] if 1 in config.thread_options()[1:] else found
+
+
+def _compiled(
+    source: str, path: Path, settings: dict[str, Any], variant: tuple[bool, int]
+) -> Candidate:
+    """One OpenVINO compilation of ``path`` as a candidate named after its variant."""
+    static, threads = variant
+    runner = OpenVinoRunner(path, threads, static_shapes=static)
+    name = source + ("-static" if static else "") + ("-1thread" if threads == 1 else "")
+    settings = {
+        **settings,
+        "engine": "openvino",
+        "cpu_pinning": False,
+        "inference_precision": "f32",
+        "inference_threads": threads,
+        "streams": 1,
+        "static_shapes": static,
+    }
+    return Candidate(name, "openvino", runner, settings, {"model.onnx": path}, runner.fp32_ops())
 
 
 def load(directory: Path, settings: dict[str, Any], threads: int) -> OpenVinoRunner:
     path = saved_file(directory, "model.onnx", "openvino", "an OpenVINO")
-    return OpenVinoRunner(path, threads)
+    return OpenVinoRunner(path, threads, static_shapes=bool(settings.get("static_shapes", False)))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchslim.deploy._openvino import ShapeCompilations
 from torchslim.deploy.config import DeployError
 
 # Execution-graph layer types that are bookkeeping, not compute, in OpenVINO's runtime model.
@@ -36,18 +37,13 @@ def nncf_quantize_text(onnx_path: Path, feeds: Feeds, target_xml: Path) -> dict[
     return {"nncf_version": nncf.__version__, "nncf_model_type": "transformer"}
 
 
-MAX_STATIC_SHAPES = 8  # shape-specialized compilations kept; other shapes use the dynamic one
-
-
 class OpenVinoTextRunner:
     """An OpenVINO IR compiled for the CPU plugin: latency hint, one stream, fixed threads, and
     the floating-point precision of the ops left unquantized (``"bf16"`` or ``"f32"``).
 
-    With ``static_shapes`` the IR is also compiled once per input shape it meets (the first
-    ``MAX_STATIC_SHAPES`` shapes; the first call of each compiles), as ``torch.compile``
-    with ``dynamic=False`` does: static shapes let the plugin fix its kernels and skip shape
-    inference per call (measured 10 % faster on MiniLM at batch 1 x 128 here). Other shapes run
-    on the dynamic compilation.
+    With ``static_shapes`` the IR is also compiled once per input shape it meets
+    (:class:`~torchslim.deploy._openvino.ShapeCompilations`); other shapes run on the dynamic
+    compilation.
     """
 
     backend = "openvino"
@@ -84,10 +80,8 @@ class OpenVinoTextRunner:
             compiled = core.compile_model(model, "CPU", split)
             self.parallel = [compiled.create_infer_request() for _ in range(streams)]
         self.path, self.names, self.threads, self.streams = xml, list(names), threads, streams
-        self.core, self.properties, self.static_shapes = core, properties, static_shapes
-        # kept (static only): the build directory may be gone when a new shape first comes
-        self.model = model if static_shapes else None
-        self.by_shape: dict[tuple[tuple[int, ...], ...], Any] = {}
+        self.static_shapes = static_shapes
+        self.shapes = ShapeCompilations(core, model, properties) if static_shapes else None
         # what the plugin really uses: a CPU without bf16 in hardware runs "bf16" as f32
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         expected = [port.get_any_name() for port in self.compiled.inputs]
@@ -98,20 +92,9 @@ class OpenVinoTextRunner:
         arrays = [x.detach().to("cpu").contiguous().numpy() for x in inputs]
         if self.parallel and arrays[0].shape[0] >= 2 * len(self.parallel):
             return self._split_call(arrays)
-        request = self._static_request(arrays) if self.static_shapes else self.request
-        result = request.infer(dict(zip(self.names, arrays, strict=True)))
+        request = self.shapes.request(arrays) if self.shapes else None
+        result = (request or self.request).infer(dict(zip(self.names, arrays, strict=True)))
         return torch.from_numpy(np.array(result[0], copy=True))  # the request reuses its buffer
-
-    def _static_request(self, arrays: list[np.ndarray]) -> Any:
-        """The request compiled for exactly these input shapes (compiled on first use)."""
-        key = tuple(tuple(a.shape) for a in arrays)
-        if key not in self.by_shape and len(self.by_shape) < MAX_STATIC_SHAPES:
-            assert self.model is not None
-            model = self.model.clone()
-            model.reshape({n: list(shape) for n, shape in zip(self.names, key, strict=True)})
-            compiled = self.core.compile_model(model, "CPU", self.properties)
-            self.by_shape[key] = compiled.create_infer_request()
-        return self.by_shape.get(key, self.request)
 
     def _split_call(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Rows split evenly over the streams' requests, run asynchronously, joined in order."""
