@@ -105,7 +105,8 @@ def test_openvino_candidates_run_int8() -> None:
     x, _ = tiny_images(64, seed=3)
     cosine, agreement = _close_to(model, deployed, x)
     assert deployed.backend == "openvino"
-    variants = ("", "-static", "-static-1thread")  # dynamic, per-shape, per-shape on 1 core
+    # dynamic, per shape, per shape with threads free to move, per shape on 1 core
+    variants = ("", "-static", "-static-unpinned", "-static-1thread")
     names = {f"openvino-{source}{v}" for source in ("nncf", "u8s8") for v in variants}
     assert set(deployed.decision["candidates"]) == names
     assert cosine > 0.99 and agreement >= 0.95
@@ -120,13 +121,15 @@ def test_static_shape_openvino_runner_matches_the_dynamic_one(tmp_path: Path) ->
     deployed = deploy(model, _calibration(), config)
     out = deployed.save(tmp_path / "ov")
     dynamic = openvino_backend.load(out, {"static_shapes": False}, 2)
-    static = openvino_backend.load(out, {"static_shapes": True}, 1)
+    static = openvino_backend.load(out, {"static_shapes": True, "cpu_pinning": True}, 1)
     for size in (5, 5, 2):
         x, _ = tiny_images(size, seed=size)
         torch.testing.assert_close(static(x), dynamic(x), atol=1e-4, rtol=1e-4)
     assert static.shapes is not None and dynamic.shapes is None
     assert sorted(key[0][0] for key in static.shapes.by_shape) == [2, 5]  # one compile per shape
     assert static.compiled.get_property("INFERENCE_NUM_THREADS") == 1
+    assert static.compiled.get_property("ENABLE_CPU_PINNING") is True
+    assert dynamic.compiled.get_property("ENABLE_CPU_PINNING") is False  # settings' default
 
 
 def test_single_thread_candidates_are_saved_and_loaded_with_one_thread(tmp_path: Path) -> None:
