@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--calibration", type=int, default=None, help="512-token windows")
     parser.add_argument("--act-order", action="store_true", help="GPTQ desc_act")
+    parser.add_argument("--awq-clip", action="store_true", help="AWQ clipping search too")
     parser.add_argument("--eval-windows", type=int, default=None, help="per text (zoo: 8)")
     parser.add_argument("--merge", action="store_true", help="add rows to the existing JSON")
     parser.add_argument("--note", default="", help="e.g. the machine's load")
@@ -121,8 +122,10 @@ def main() -> None:
     calibration = entry.calibration_batches(windows)
     config: dict[str, Any] = {
         "gptq": GPTQConfig(mode="sequential", act_order=args.act_order),
-        "awq": AWQConfig(),
+        "awq": AWQConfig(clip=args.awq_clip),
     }
+    # rows of non-default options get their own keys, so --merge keeps both
+    variant = ("_act-order" if args.act_order else "") + ("_clip" if args.awq_clip else "")
     command = "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/quantize_llm.py " + shlex.join(
         sys.argv[1:]
     )
@@ -148,8 +151,14 @@ def main() -> None:
     for weight in formats:
         for method in args.methods:
             model, info = run_method(base, weight, method, calibration, config)
-            row = {**evaluate(entry, model, eval_windows), **info, **setup}
-            payload["results"][f"{weight}_{method}"] = row
+            used = {k: v.to_dict() for k, v in config.items() if k in method}
+            row = {**evaluate(entry, model, eval_windows), **info, **setup, "configs": used}
+            suffix = "".join(
+                part
+                for part, applies in (("_act-order", "gptq" in method), ("_clip", "awq" in method))
+                if applies and part in variant
+            )
+            payload["results"][f"{weight}_{method}{suffix}"] = row
             print(weight, method, row, flush=True)
             payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_json(OUTPUT, payload)  # after each row, so a long run keeps what it measured

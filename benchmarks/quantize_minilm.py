@@ -42,6 +42,7 @@ from torchslim._io import save_tensors
 from torchslim._machine import machine_facts
 from torchslim.benchmark import (
     BenchmarkConfig,
+    Isolation,
     WorkerVariant,
     compare,
     compare_on_inputs,
@@ -81,6 +82,12 @@ def parse_args() -> argparse.Namespace:
         choices=("isolated", "in-process"),
         default="isolated",
         help="time each variant in its own worker process (default) or all in this one",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=3,
+        help="worker processes per variant with --timing isolated (samples pooled)",
     )
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -298,7 +305,7 @@ def time_batch(found: Variants, batch: int, entry: Any, args: argparse.Namespace
         calls = {n: (lambda m=found.modules[n], x=inputs: m(*x)) for n in names}
         return compare(calls, BASELINE, bench)
     workers = {n: found.workers[n] for n in names}
-    return compare_on_inputs(workers, inputs, BASELINE, bench)
+    return compare_on_inputs(workers, inputs, BASELINE, bench, Isolation(instances=args.instances))
 
 
 def main() -> None:

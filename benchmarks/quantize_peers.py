@@ -40,6 +40,7 @@ import torchslim.zoo
 from torchslim._machine import machine_facts
 from torchslim.benchmark import (
     BenchmarkConfig,
+    Isolation,
     WorkerVariant,
     compare,
     compare_on_inputs,
@@ -127,6 +128,12 @@ def parse_args() -> argparse.Namespace:
         choices=("isolated", "in-process"),
         default="isolated",
         help="time each variant in its own process (default) or all in this one",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=3,
+        help="worker processes per variant with --timing isolated (samples pooled)",
     )
     parser.add_argument("--calibration-batches", type=int, default=8, help="of 32 images")
     parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
@@ -307,8 +314,10 @@ def time_batch(
         calls = {name: (lambda m=v.module: m(*inputs)) for name, v in variants.items()}
         return {"timing": "in-process", **compare(calls, BASELINE, config).to_dict()}
     workers = {name: v.worker for name, v in variants.items() if v.worker is not None}
-    result = compare_on_inputs(workers, inputs, BASELINE, config)
-    return {"timing": "isolated (one worker process per variant)", **result.to_dict()}
+    isolation = Isolation(instances=args.instances)
+    result = compare_on_inputs(workers, inputs, BASELINE, config, isolation)
+    where = f"isolated ({args.instances} worker processes per variant, samples pooled)"
+    return {"timing": where, **result.to_dict()}
 
 
 def summarize(

@@ -10,6 +10,7 @@ import torch
 
 from torchslim.benchmark import (
     BenchmarkConfig,
+    Isolation,
     WorkerVariant,
     compare_isolated,
     compare_on_inputs,
@@ -52,7 +53,7 @@ def test_workers_run_in_their_own_processes_interleaved_with_local_variants() ->
     # interleaved: no variant runs all its calls in one block
     assert result.call_order[:3] != [result.call_order[0]] * 3
     assert result.variants["local"].speedup == 1.0
-    assert result.machine["isolation"].startswith("one worker process")
+    assert result.machine["isolation"].startswith("1 worker process")
 
 
 def test_a_variant_that_fails_to_build_is_skipped_with_its_error() -> None:
@@ -107,7 +108,7 @@ def test_each_timed_call_follows_its_lead_calls(tmp_path: Path) -> None:
         "local": lambda: local_calls.append(1),
         "worker": WorkerVariant("test_isolated:counting_call", {"log": log}),
     }
-    result = compare_isolated(variants, "local", QUICK, settle_s=0.0, lead_calls=2)
+    result = compare_isolated(variants, "local", QUICK, Isolation(settle_s=0.0, lead_calls=2))
     # warm-up once, then per round: 2 untimed lead calls + the timed one
     assert len(local_calls) == 1 + 4 * 3
     with open(log) as file:
@@ -115,6 +116,40 @@ def test_each_timed_call_follows_its_lead_calls(tmp_path: Path) -> None:
     assert result.machine["lead_calls"] == 2
 
 
-def test_negative_lead_calls_are_refused() -> None:
+def test_instances_start_several_workers_per_variant_and_rotate_over_them(
+    tmp_path: Path,
+) -> None:
+    log = str(tmp_path / "calls.log")
+    variants = {
+        "local": lambda: None,
+        "worker": WorkerVariant("test_isolated:counting_pid", {"log": log}),
+    }
+    isolation = Isolation(settle_s=0.0, lead_calls=0, instances=2)
+    result = compare_isolated(variants, "local", QUICK, isolation)
+    assert len(result.variants["worker"].samples_ms) == 4
+    with open(log) as file:
+        pids = [int(line) for line in file]
+    # each of the 2 workers warmed up once, then the 4 timed calls alternated between them
+    assert len(set(pids)) == 2 and len(pids) == 2 + 4
+    timed = pids[2:]
+    assert timed[0] != timed[1] and timed[0] == timed[2] and timed[1] == timed[3]
+    assert result.machine["instances"] == 2
+
+
+def counting_pid(log: str) -> object:
+    """Factory: a callable that appends its process id to ``log`` per call."""
+
+    def call() -> None:
+        with open(log, "a") as file:
+            file.write(f"{os.getpid()}\n")
+
+    return call
+
+
+def test_bad_isolation_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="lead_calls must be an integer >= 0"):
-        compare_isolated({"eager": lambda: None}, "eager", QUICK, lead_calls=-1)
+        Isolation(lead_calls=-1)
+    with pytest.raises(ValueError, match="instances must be an integer >= 1"):
+        Isolation(instances=0)
+    with pytest.raises(ValueError, match="settle_s"):
+        Isolation(settle_s=5.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torchslim.benchmark.config import BenchmarkConfig
 from torchslim.benchmark.harness import compare, max_abs_diff
 from torchslim.benchmark.isolated import (
+    Isolation,
     WorkerError,
     WorkerVariant,
     compare_isolated,
@@ -29,6 +30,7 @@ from torchslim.benchmark.result import (
 __all__ = [
     "BenchmarkConfig",
     "BenchmarkResult",
+    "Isolation",
     "Spread",
     "VariantResult",
     "WorkerError",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import multiprocessing
 import random
 import statistics
@@ -23,7 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -65,40 +66,63 @@ class WorkerVariant:
         return factory(**self.kwargs)
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """How :func:`compare_isolated` times its workers.
+
+    Attributes:
+        settle_s: idle seconds before each timed call: the runtime that ran last keeps its
+            worker threads spinning for a while after its call (OpenVINO's TBB arena, OpenMP
+            pools), and in another process they would steal the cores of the next call.
+        lead_calls: untimed calls a variant runs right before each timed one, so what is timed
+            is the latency of back-to-back calls (warm caches, awake threads and clocks), as in
+            a serving loop, not the first call after an idle pause: after 20 ms idle a batch-1
+            call of a small CNN took twice as long here, more so with two threads than one.
+        instances: worker processes per variant; the timed calls rotate over them and their
+            samples are pooled. One process instance of a runtime can be steadily 5-20 % faster
+            or slower than the next (thread placement, memory layout): measured on the same
+            OpenVINO model in 5 fresh processes, medians from 1.63 to 1.89 ms. Several
+            instances average that luck out of a comparison.
+    """
+
+    settle_s: float = 0.02
+    lead_calls: int = 2
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (("lead_calls", 0), ("instances", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Isolation.{name} must be an integer >= {low}, got {value!r}")
+        if isinstance(self.settle_s, bool) or not 0 <= self.settle_s <= 1:
+            raise ValueError(f"Isolation.settle_s must be in [0, 1] s, got {self.settle_s!r}")
+
+
 def compare_isolated(
     variants: Mapping[str, WorkerVariant | Variant],
     baseline: str,
     config: BenchmarkConfig | None = None,
+    isolation: Isolation | None = None,
     start_timeout_s: float = 600.0,
-    settle_s: float = 0.02,
-    lead_calls: int = 2,
 ) -> BenchmarkResult:
-    """Time every variant, one process each, interleaved; like :func:`compare` otherwise.
-
-    Before each timed call the machine is left idle for ``settle_s`` seconds: the runtime that
-    ran last keeps its worker threads spinning for a while after its call (OpenVINO's TBB
-    arena, OpenMP pools), and in another process they would steal the cores of the next call.
-    The variant then runs ``lead_calls`` untimed calls right before its timed one, so what is
-    timed is the latency of back-to-back calls (warm caches, awake threads and clocks), as in a
-    serving loop, not the first call after an idle pause: after 20 ms idle a batch-1 call of
-    a small CNN took twice as long here, and more so with two threads than with one.
+    """Time every variant in its own process(es), interleaved; like :func:`compare` otherwise.
 
     Workers are started one after another (so builds do not compete), each warmed up with
-    ``config.warmup`` calls in its process with ``config.threads`` torch threads. A worker that
-    fails to build is left out and listed in ``result.skipped`` with the error; it never stops
-    the others.
+    ``config.warmup`` calls in its process with ``config.threads`` torch threads; ``isolation``
+    sets the idle gap and untimed lead calls before each timed call and the processes per
+    variant (:class:`Isolation`). A variant whose worker fails to build is left out and listed
+    in ``result.skipped`` with the error; it never stops the others.
 
     Raises:
         ValueError: no variants, or ``baseline`` is not one of them.
         WorkerError: the baseline could not be built, or a worker died mid-measurement.
     """
     check_baseline(variants, baseline)
-    if isinstance(lead_calls, bool) or not isinstance(lead_calls, int) or lead_calls < 0:
-        raise ValueError(f"lead_calls must be an integer >= 0, got {lead_calls!r}")
-    config = config or BenchmarkConfig()
+    config, isolation = config or BenchmarkConfig(), isolation or Isolation()
+    settle_s, lead_calls = isolation.settle_s, isolation.lead_calls
     rng = random.Random(config.seed)
     skipped: dict[str, str] = {}
-    with _workers(variants, config, start_timeout_s, skipped) as timers:
+    with _workers(variants, config, (isolation.instances, start_timeout_s), skipped) as timers:
         if baseline not in timers:
             raise WorkerError(f"the baseline {baseline!r} did not start: {skipped[baseline]}")
         with fixed_threads(config.threads), torch.inference_mode(), gc_paused():
@@ -117,9 +141,8 @@ def compare_isolated(
         threads=threads,
         machine={
             **machine_facts(),
-            "isolation": "one worker process per WorkerVariant",
-            "settle_s": settle_s,
-            "lead_calls": lead_calls,
+            "isolation": f"{isolation.instances} worker process(es) per WorkerVariant",
+            **asdict(isolation),
         },
         timestamp_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         call_order=call_order,
@@ -131,10 +154,12 @@ def compare_isolated(
 def _workers(
     variants: Mapping[str, WorkerVariant | Variant],
     config: BenchmarkConfig,
-    start_timeout_s: float,
+    starting: tuple[int, float],
     skipped: dict[str, str],
 ) -> Iterator[dict[str, Callable[[int], float]]]:
-    """name -> a timer returning one call's milliseconds; the workers stop on exit."""
+    """name -> a timer returning one call's milliseconds (``starting``: worker instances per
+    variant, and seconds each may take to start); the workers stop on exit."""
+    instances, start_timeout_s = starting
     context = multiprocessing.get_context("spawn")
     processes: list[tuple[Any, Connection]] = []
     timers: dict[str, Callable[[int], float]] = {}
@@ -143,18 +168,22 @@ def _workers(
             if not isinstance(variant, WorkerVariant):
                 timers[name] = _local_timer(variant, config)
                 continue
-            parent, child = context.Pipe()
-            process = context.Process(
-                target=_worker_main, args=(child, variant, config), name=f"bench-{name}"
-            )
-            process.start()
-            child.close()
-            processes.append((process, parent))
-            status, detail = _receive(parent, start_timeout_s, name)
-            if status == "ready":
-                timers[name] = _remote_timer(parent, name)
-            else:
-                skipped[name] = detail
+            started: list[Callable[[int], float]] = []
+            for _ in range(instances):
+                parent, child = context.Pipe()
+                process = context.Process(
+                    target=_worker_main, args=(child, variant, config), name=f"bench-{name}"
+                )
+                process.start()
+                child.close()
+                processes.append((process, parent))
+                status, detail = _receive(parent, start_timeout_s, name)
+                if status != "ready":
+                    skipped[name] = detail
+                    break
+                started.append(_remote_timer(parent, name))
+            if name not in skipped:
+                timers[name] = _rotating(started)
         yield timers
     finally:
         for process, connection in processes:
@@ -164,6 +193,12 @@ def _workers(
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _rotating(timers: list[Callable[[int], float]]) -> Callable[[int], float]:
+    """One timer that hands each call to the next of ``timers`` in turn."""
+    turn = itertools.cycle(timers)
+    return lambda lead_calls: next(turn)(lead_calls)
 
 
 def _settled(timer: Callable[[int], float], seconds: float, lead_calls: int) -> float:
@@ -255,6 +290,7 @@ def compare_on_inputs(
     inputs: tuple[torch.Tensor, ...],
     baseline: str,
     config: BenchmarkConfig | None = None,
+    isolation: Isolation | None = None,
 ) -> BenchmarkResult:
     """:func:`compare_isolated` on one set of inputs: they are saved once, and every
     :class:`WorkerVariant` gets their path as its ``inputs`` keyword (its factory loads them
@@ -267,7 +303,7 @@ def compare_on_inputs(
             else v
             for name, v in variants.items()
         }
-        return compare_isolated(given, baseline, config)
+        return compare_isolated(given, baseline, config, isolation)
 
 
 def zoo_model_call(name: str, batch_size: int, weights: str | None = None) -> Variant:

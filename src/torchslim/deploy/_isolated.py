@@ -17,7 +17,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare_on_inputs, load_inputs
+from torchslim.benchmark import (
+    BenchmarkConfig,
+    Isolation,
+    WorkerVariant,
+    compare_on_inputs,
+    load_inputs,
+)
 from torchslim.deploy._runtime import Candidate, candidate_threads
 from torchslim.deploy.config import DeployConfig
 
@@ -96,7 +102,8 @@ def time_isolated(
                     "threads": candidate_threads(candidate.settings, config.threads),
                 },
             )
-        result = compare_on_inputs(variants, inputs, FP32, bench)
+        isolation = Isolation(instances=config.instances)
+        result = compare_on_inputs(variants, inputs, FP32, bench, isolation)
     timings = {
         name: {
             "median_ms": statistics.median(v.samples_ms),

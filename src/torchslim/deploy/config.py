@@ -80,6 +80,9 @@ class DeployConfig:
             runs them, and the fastest there wins; "in-process": the race alone decides
             (quicker; runtimes sharing a process disturb each other's thread pools).
         finalists: candidates re-timed in isolation (>= 1; those within 1.5x of the best).
+        instances: worker processes per finalist in the isolated timing (>= 1); their samples
+            are pooled, so one process's luck (thread placement, memory layout: 5-20 % here)
+            does not decide between close candidates.
     """
 
     backend: str = "auto"
@@ -97,6 +100,7 @@ class DeployConfig:
     warmup: int = 5
     timing: str = "isolated"
     finalists: int = 4
+    instances: int = 2
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
@@ -115,6 +119,7 @@ class DeployConfig:
             "rounds": 3,
             "warmup": 1,
             "finalists": 1,
+            "instances": 1,
         }
         for name, low in minimums.items():
             value = getattr(self, name)

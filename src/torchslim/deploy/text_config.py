@@ -63,6 +63,9 @@ class TextDeployConfig:
             wins; "in-process": the race alone decides (runtimes sharing a process disturb
             each other's thread pools).
         finalists: candidates re-timed in isolation (>= 1).
+        instances: worker processes per finalist in the isolated timing (>= 1); their samples
+            are pooled, so one process's luck (thread placement, memory layout: 5-20 % here)
+            does not decide between close candidates.
     """
 
     backend: str = "auto"
@@ -78,6 +81,7 @@ class TextDeployConfig:
     trim_padding: bool = False
     timing: str = "isolated"
     finalists: int = 3
+    instances: int = 2
 
     def __post_init__(self) -> None:
         if self.timing not in TIMINGS:
@@ -95,6 +99,7 @@ class TextDeployConfig:
             "rounds": 3,
             "warmup": 1,
             "finalists": 1,
+            "instances": 1,
         }
         for name, low in minimums.items():
             _check_int(name, getattr(self, name), low)

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim._machine import machine_facts
-from torchslim.benchmark import BenchmarkConfig, WorkerVariant, compare, compare_on_inputs
+from torchslim.benchmark import (
+    BenchmarkConfig,
+    Isolation,
+    WorkerVariant,
+    compare,
+    compare_on_inputs,
+)
 from torchslim.deploy import _isolated, _runtime, text_onnx
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_artifact import DeployedTextModel, trim_padding
@@ -222,7 +228,8 @@ def _retime_alone(
                     {"candidate": n, "directory": folders[n], "names": names,
                      "settings": settings, "threads": config.threads},
                 )  # fmt: skip
-            result = compare_on_inputs(variants, inputs, BASELINE, bench)
+            isolation = Isolation(instances=config.instances)
+            result = compare_on_inputs(variants, inputs, BASELINE, bench, isolation)
             fastest_fp32 = result.variants[BASELINE].stats.min
             for n in finalists:
                 timed = result.variants.get(n)
