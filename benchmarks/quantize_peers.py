@@ -114,7 +114,8 @@ def pt2e_worker(model_name: str, calibration_batches: int, inputs: str) -> Calla
 def deployed_worker(directory: str, inputs: str) -> Callable[[], Any]:
     from torchslim.deploy import load_deployed
 
-    deployed, batch = load_deployed(directory, threads=THREADS), load_inputs(inputs)
+    # the thread count deploy chose (at most THREADS; 1 where one core measured faster)
+    deployed, batch = load_deployed(directory), load_inputs(inputs)
     return lambda: deployed(*batch)
 
 
