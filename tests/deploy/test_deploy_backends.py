@@ -159,3 +159,31 @@ def test_torch_pt2e_inductor_runs_int8_and_round_trips_as_pt2(tmp_path: Path) ->
     loaded = load_deployed(deployed.save(tmp_path / "pt2e"))
     with torch.inference_mode():
         assert torch.equal(loaded(x), deployed(x))
+
+
+def test_nncf_candidates_are_openvino_ir_and_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("openvino", reason="openvino extra not installed")
+    from torchslim.deploy import openvino_backend
+    from torchslim.deploy._onnx import export_onnx, input_names
+    from torchslim.deploy._runtime import to_numpy
+    from torchslim.deploy.model import DeployedModel
+
+    model, calibration = _trained_convnet(), _calibration()
+    export_onnx(model, calibration[0], tmp_path / "fp32.onnx")
+    feeds = [dict(zip(input_names(1), to_numpy(b), strict=True)) for b in calibration]
+    config = DeployConfig(backend="openvino", single_thread=False)
+    built, failed = openvino_backend.build(tmp_path / "fp32.onnx", feeds, config, tmp_path, [])
+    assert not failed
+    assert [c.name for c in built] == [
+        "openvino-nncf", "openvino-nncf-static", "openvino-nncf-static-unpinned"
+    ]  # fmt: skip
+    candidate = built[1]
+    assert set(candidate.files) == {"model.xml", "model.bin"}
+    assert candidate.settings["model_format"] == "openvino-ir"
+    files = {name: path.read_bytes() for name, path in candidate.files.items()}
+    saved = DeployedModel(candidate, files, {}, 0).save(tmp_path / "ir")
+    loaded = load_deployed(saved)
+    x, _ = tiny_images(8, seed=7)
+    torch.testing.assert_close(loaded(x), candidate.runtime(x))
+    cosine, agreement = _close_to(model, loaded, x)
+    assert cosine > 0.99 and agreement >= 0.85

@@ -1,7 +1,8 @@
-"""OpenVINO backend: the CPU plugin runs a QDQ ONNX graph in int8 (its low-precision
-transformations turn Q/DQ pairs into int8 kernels). Two sources of that graph compete: NNCF's
-post-training quantization of the fp32 export, and ONNX Runtime's QDQ graphs built beside it.
-The artifact stays a compact ``model.onnx``, so it is as small as the ONNX Runtime one."""
+"""OpenVINO backend: the CPU plugin runs a quantized graph in int8 (its low-precision
+transformations turn FakeQuantize or Q/DQ pairs into int8 kernels). Two sources of that graph
+compete: NNCF's post-training quantization of the fp32 export through its OpenVINO backend
+(saved as OpenVINO IR, ``model.xml`` + ``model.bin``), and ONNX Runtime's QDQ graphs built
+beside it (a compact ``model.onnx``). Each is compiled several ways (:func:`variants`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import numpy as np
 import torch
 
 from torchslim.deploy import onnxruntime_backend
-from torchslim.deploy._onnx import compact
 from torchslim.deploy._openvino import ShapeCompilations
 from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
 from torchslim.deploy.config import DeployConfig
@@ -82,14 +82,16 @@ class OpenVinoRunner:
         return listed
 
 
-def nncf_quantize(fp32_path: Path, feeds: Feeds, out: Path) -> None:
-    """NNCF post-training quantization (its ONNX backend: QDQ out), all calibration samples."""
+def nncf_quantize(fp32_path: Path, feeds: Feeds, out_xml: Path) -> None:
+    """NNCF post-training quantization through its OpenVINO backend (NNCF's documented flow:
+    ``ov.convert_model`` of the fp32 export, ``nncf.quantize`` on all calibration samples),
+    saved as OpenVINO IR (``.xml`` + ``.bin``, int8 weights, nothing compressed to fp16)."""
     import nncf
-    import onnx
+    import openvino as ov
 
     dataset = nncf.Dataset(feeds)
-    quantized = nncf.quantize(onnx.load(str(fp32_path)), dataset, subset_size=len(feeds))
-    onnx.save(quantized, str(out))
+    quantized = nncf.quantize(ov.convert_model(str(fp32_path)), dataset, subset_size=len(feeds))
+    ov.save_model(quantized, str(out_xml), compress_to_fp16=False)
 
 
 def build(
@@ -117,10 +119,8 @@ def build(
     for name, path, settings in sources:
         try:
             if path is None:
-                raw = workdir / f"{name}.qdq.onnx"
-                nncf_quantize(fp32_path, feeds, raw)
-                path = workdir / f"{name}.onnx"
-                compact(raw, path)
+                path = workdir / f"{name}.xml"
+                nncf_quantize(fp32_path, feeds, path)
             built = [
                 _compiled(name, path, settings, compilation, config.threads)
                 for compilation in variants(config)
@@ -150,9 +150,13 @@ def _compiled(
     """One OpenVINO compilation of ``path`` as a candidate named after it (``threads``: the
     configured count, which needs no name suffix)."""
     runner = OpenVinoRunner(path, compilation)
+    files = {"model.onnx": path}
+    if path.suffix == ".xml":  # OpenVINO IR: the graph and its weights file
+        files = {"model.xml": path, "model.bin": path.with_suffix(".bin")}
     settings = {
         **settings,
         "engine": "openvino",
+        "model_format": "openvino-ir" if "model.xml" in files else "onnx-qdq",
         "cpu_pinning": compilation.pinned,
         "inference_precision": "f32",
         "inference_threads": compilation.threads,
@@ -160,11 +164,12 @@ def _compiled(
         "static_shapes": compilation.static_shapes,
     }
     name = source + compilation.suffix(threads)
-    return Candidate(name, "openvino", runner, settings, {"model.onnx": path}, runner.fp32_ops())
+    return Candidate(name, "openvino", runner, settings, files, runner.fp32_ops())
 
 
 def load(directory: Path, settings: dict[str, Any], threads: int) -> OpenVinoRunner:
-    path = saved_file(directory, "model.onnx", "openvino", "an OpenVINO")
+    name = "model.xml" if settings.get("model_format") == "openvino-ir" else "model.onnx"
+    path = saved_file(directory, name, "openvino", "an OpenVINO")
     static = bool(settings.get("static_shapes", False))
     pinned = bool(settings.get("cpu_pinning", False))
     return OpenVinoRunner(path, Compilation(static, threads, pinned))
