@@ -120,8 +120,10 @@ def test_static_shape_openvino_runner_matches_the_dynamic_one(tmp_path: Path) ->
     config = _quick_config("openvino", "uint8")
     deployed = deploy(model, _calibration(), config)
     out = deployed.save(tmp_path / "ov")
-    dynamic = openvino_backend.load(out, {"static_shapes": False}, 2)
-    static = openvino_backend.load(out, {"static_shapes": True, "cpu_pinning": True}, 1)
+    unpinned_dynamic = {**deployed.settings, "static_shapes": False, "cpu_pinning": False}
+    dynamic = openvino_backend.load(out, unpinned_dynamic, 2)
+    pinned_static = {**deployed.settings, "static_shapes": True, "cpu_pinning": True}
+    static = openvino_backend.load(out, pinned_static, 1)
     for size in (5, 5, 2):
         x, _ = tiny_images(size, seed=size)
         torch.testing.assert_close(static(x), dynamic(x), atol=1e-4, rtol=1e-4)
@@ -129,7 +131,7 @@ def test_static_shape_openvino_runner_matches_the_dynamic_one(tmp_path: Path) ->
     assert sorted(key[0][0] for key in static.shapes.by_shape) == [2, 5]  # one compile per shape
     assert static.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert static.compiled.get_property("ENABLE_CPU_PINNING") is True
-    assert dynamic.compiled.get_property("ENABLE_CPU_PINNING") is False  # settings' default
+    assert dynamic.compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
 def test_single_thread_candidates_are_saved_and_loaded_with_one_thread(tmp_path: Path) -> None:
