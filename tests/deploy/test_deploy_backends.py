@@ -180,7 +180,7 @@ def test_nncf_candidates_are_openvino_ir_and_round_trip(tmp_path: Path) -> None:
         "openvino-nncf", "openvino-nncf-static", "openvino-nncf-static-unpinned"
     ]  # fmt: skip
     candidate = built[1]
-    assert set(candidate.files) == {"model.xml", "model.bin"}
+    assert set(candidate.files) == {"model.xml.gz", "model.bin"}
     assert candidate.settings["model_format"] == "openvino-ir"
     files = {name: path.read_bytes() for name, path in candidate.files.items()}
     saved = DeployedModel(candidate, files, {}, 0).save(tmp_path / "ir")
