@@ -145,10 +145,11 @@ def build(
         ("openvino-nncf", None, {"quantizer": "nncf"})
     ]
     for other in qdq_candidates:
-        if not other.settings["per_channel"] or other.name.endswith("-1thread"):
+        qdq = other.settings
+        if not qdq["per_channel"] or qdq["intra_op_threads"] != config.threads:
             continue  # OpenVINO runs each per-channel graph once; per-tensor adds no new kernel
         label = other.name.removeprefix("onnxruntime-")
-        graph = {k: other.settings[k] for k in onnxruntime_backend.GRAPH_SETTINGS}
+        graph = {k: qdq[k] for k in onnxruntime_backend.GRAPH_SETTINGS}
         sources.append(
             (f"openvino-{label}", other.files["model.onnx"], {"quantizer": "onnxruntime", **graph})
         )
