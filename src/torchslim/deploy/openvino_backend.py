@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from torchslim.deploy import onnxruntime_backend
-from torchslim.deploy._openvino import ShapeCompilations
+from torchslim.deploy._openvino import ShapeCompilations, first_output
 from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
 from torchslim.deploy.config import DeployConfig
 
@@ -84,12 +84,11 @@ class OpenVinoRunner:
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         arrays = to_numpy(inputs)
-        request = self.shapes.request(arrays) if self.shapes is not None else None
-        if request is None:
-            self._compile_dynamic()
-            request = self._request
-        result = request.infer(dict(enumerate(arrays)))
-        return torch.from_numpy(np.array(result[0], copy=True))  # the request reuses its buffer
+        static = self.shapes.request(arrays) if self.shapes is not None else None
+        if static is not None:
+            return torch.from_numpy(static(arrays))
+        self._compile_dynamic()
+        return torch.from_numpy(first_output(self._request, arrays))
 
     def fp32_ops(self) -> list[str]:
         """Compute layers of the compiled graph that run in floating point."""

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchslim.deploy._openvino import ShapeCompilations
+from torchslim.deploy._openvino import ShapeCompilations, first_output
 from torchslim.deploy.config import DeployError
 
 # Execution-graph layer types that are bookkeeping, not compute, in OpenVINO's runtime model.
@@ -92,9 +92,10 @@ class OpenVinoTextRunner:
         arrays = [x.detach().to("cpu").contiguous().numpy() for x in inputs]
         if self.parallel and arrays[0].shape[0] >= 2 * len(self.parallel):
             return self._split_call(arrays)
-        request = self.shapes.request(arrays) if self.shapes else None
-        result = (request or self.request).infer(dict(zip(self.names, arrays, strict=True)))
-        return torch.from_numpy(np.array(result[0], copy=True))  # the request reuses its buffer
+        static = self.shapes.request(arrays) if self.shapes else None
+        if static is not None:  # its inputs are in self.names order (checked in __init__)
+            return torch.from_numpy(static(arrays))
+        return torch.from_numpy(first_output(self.request, arrays))
 
     def _split_call(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Rows split evenly over the streams' requests, run asynchronously, joined in order."""
