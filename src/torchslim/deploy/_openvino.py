@@ -70,5 +70,7 @@ class ShapeCompilations:
         if key not in self.by_shape and len(self.by_shape) < MAX_STATIC_SHAPES:
             model = self.model.clone()
             model.reshape({n: list(shape) for n, shape in zip(self.names, key, strict=True)})
-            self.by_shape[key] = StaticRequest(self.core.compile_model(model, "CPU", self.properties))
+            self.by_shape[key] = StaticRequest(
+                self.core.compile_model(model, "CPU", self.properties)
+            )
         return self.by_shape.get(key)
