@@ -151,6 +151,11 @@ def test_config_validation_and_round_trip() -> None:
         DeployConfig(min_cosine=1.5)
     with pytest.raises(ConfigError, match="single_thread must be True or False"):
         DeployConfig(single_thread="yes")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        DeployConfig(precision="fp16")
+    with pytest.raises(ConfigError, match="bf16' runs on OpenVINO only"):
+        DeployConfig(precision="bf16", backend="onnxruntime")
+    assert DeployConfig(precision="bf16").backends_to_try() == ("openvino",)
     # 1-thread rivals only when more threads were allowed and single_thread is on
     assert DeployConfig(threads=2).thread_options() == (2, 1)
     assert DeployConfig(threads=2, single_thread=False).thread_options() == (2,)

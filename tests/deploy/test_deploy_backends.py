@@ -192,3 +192,30 @@ def test_nncf_candidates_are_openvino_ir_and_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(x), candidate.runtime(x))
     cosine, agreement = _close_to(model, loaded, x)
     assert cosine > 0.99 and agreement >= 0.85
+
+
+def test_bf16_runs_in_bf16_on_openvino_and_is_refused_without_bf16_compute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino", reason="openvino extra not installed")
+    from torchslim.deploy import DeployError, openvino_backend
+
+    model = _trained_convnet()
+    config = DeployConfig(precision="bf16", rounds=3, warmup=1, timing="in-process")
+    if "BF16" in openvino_backend.cpu_capabilities():
+        deployed = deploy(model, _calibration(), config)
+        x, _ = tiny_images(64, seed=3)
+        cosine, agreement = _close_to(model, deployed, x)
+        assert cosine > 0.99 and agreement >= 0.95
+        assert all(name.startswith("openvino-bf16") for name in deployed.decision["candidates"])
+        assert deployed.settings["inference_precision"] == "bf16"
+        loaded = load_deployed(deployed.save(tmp_path / "bf16"))
+        precision = loaded.runtime.compiled.get_property("INFERENCE_PRECISION_HINT")
+        assert precision.get_type_name() == "bf16"  # what the plugin really runs, read back
+        torch.testing.assert_close(loaded(x), deployed(x))
+        fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+        assert len(deployed.artifact["model.bin"]) < 0.6 * fp32_bytes  # weights stored in fp16
+    # a CPU whose plugin has no bf16 compute would run "bf16" in f32: refused, saying so
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    with pytest.raises(DeployError, match="this CPU has no bf16 compute"):
+        deploy(model, _calibration(), config)

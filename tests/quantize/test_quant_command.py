@@ -89,3 +89,27 @@ def test_unknown_scheme_is_one_clear_error_with_a_hint(tmp_path: Path) -> None:
 def test_unknown_deploy_backend_is_rejected_before_any_work(tmp_path: Path) -> None:
     code, _, output = _invoke("tiny-cnn", "--deploy", "tensorrt", "--out", str(tmp_path / "x"))
     assert code != 0 and "onnxruntime" in output
+
+
+def test_bf16_runs_on_openvino_bf16_kernels_or_falls_back_to_the_measured_cast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino", reason="openvino extra not installed")
+    from torchslim.deploy import openvino_backend
+
+    common = ("--scheme", "bf16", "--calibration-batches", "2", "--allow-slower")
+    if "BF16" in openvino_backend.cpu_capabilities():
+        report = _json("tiny-cnn", *common, "--out", str(tmp_path / "ov"))
+        details = report["details"]
+        assert isinstance(details, dict) and details["execution"] == "deployed"
+        assert details["deploy"]["settings"]["inference_precision"] == "bf16"
+    # without bf16 compute, --deploy auto falls back to torch's cast, measured, and says why
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda: ["FP32", "INT8"])
+    report = _json("tiny-cnn", *common, "--out", str(tmp_path / "cast"))
+    details = report["details"]
+    assert isinstance(details, dict) and details["execution"] == "cast"
+    assert "no bf16 compute" in details["bf16_fallback"]
+    code, _, output = _invoke(
+        "tiny-cnn", *common, "--deploy", "openvino", "--out", str(tmp_path / "x")
+    )
+    assert code != 0 and "no bf16 compute" in output and not (tmp_path / "x").exists()

@@ -6,7 +6,8 @@ against the fp32 model (top-1 agreement and cosine on the calibration data: one 
 is rejected), timed interleaved with fp32 eager at the requested batch size; the few fastest are
 then re-timed each loaded from its files alone in its own process (``timing="isolated"``, as a
 user runs them), and the fastest there is kept; ``DeployedModel.decision`` records every
-candidate's figures and why.
+candidate's figures and why. With ``DeployConfig(precision="bf16")`` the candidates are instead
+the fp32 graph compiled by OpenVINO in bf16, checked and timed the same way.
 """
 
 from __future__ import annotations
@@ -134,6 +135,10 @@ def _build_all(
     usable = [b for b in wanted if b not in skipped]
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
+    if config.precision == "bf16" and usable:  # OpenVINO alone (DeployConfig checks it)
+        fp32_path = workdir / "fp32.onnx"
+        export_onnx(model, calibration[0], fp32_path)
+        return (*openvino_backend.build_bf16(fp32_path, config, workdir), skipped)
     if {"onnxruntime", "openvino"} & set(usable):
         fp32_path = workdir / "fp32.onnx"
         export_onnx(model, calibration[0], fp32_path)

@@ -19,6 +19,9 @@ WEIGHT_GRANULARITIES = ("auto", "channel", "tensor")
 DEFAULT_CANDIDATES = ("onnxruntime", "openvino")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 TIMINGS = ("isolated", "in-process")
+# "int8": static W8A8 (every backend); "bf16": the fp32 graph run in bfloat16 by OpenVINO's
+# CPU plugin (AVX512-BF16 / AMX kernels), refused on CPUs without bf16 compute.
+PRECISIONS = ("int8", "bf16")
 # The pip extra that installs each backend (pyproject.toml [project.optional-dependencies]).
 PIP_EXTRAS = {
     "onnxruntime": "pip install 'torchslim' (onnxruntime is a core dependency)",
@@ -47,9 +50,15 @@ def _check_range(name: str, value: Any, low: float, high: float) -> None:
 
 @dataclass(frozen=True)
 class DeployConfig:
-    """Static W8A8 deployment: which backends to try, their settings, and the acceptance checks.
+    """Static W8A8 (or bf16) deployment: which backends to try, their settings, and the
+    acceptance checks.
 
     Args:
+        precision: "int8" (static W8A8, the default) or "bf16": no quantization; OpenVINO
+            compiles the fp32 graph (weights stored in fp16) with bf16 inference precision,
+            the only CPU runtime here with bf16 convolution kernels (torch eager bf16 measured
+            1.35x at best on resnet20). Needs ``backend`` "auto" or "openvino", and a CPU with
+            bf16 compute (DeployError otherwise: the plugin would silently run f32).
         backend: "auto" (build every available candidate, check, measure, keep the fastest),
             or one of "onnxruntime", "openvino", "torch" (PT2E x86-inductor).
         candidates: the backends "auto" considers (those not installed are skipped and listed);
@@ -86,6 +95,7 @@ class DeployConfig:
     """
 
     backend: str = "auto"
+    precision: str = "int8"
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     activation_type: str = "auto"
     weight_granularity: str = "auto"
@@ -105,6 +115,13 @@ class DeployConfig:
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
         _check_choice("timing", self.timing, TIMINGS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.precision == "bf16" and self.backend not in ("auto", "openvino"):
+            raise ConfigError(
+                f"precision='bf16' runs on OpenVINO only (backend 'auto' or 'openvino'), got "
+                f"backend={self.backend!r}; torch's own bf16 is the cast path "
+                "(torchslim.deploy.check_format / --scheme bf16 --deploy none)"
+            )
         if not isinstance(self.candidates, tuple) or not self.candidates:
             raise ConfigError(f"candidates must be a non-empty tuple of {BACKENDS}")
         for name in self.candidates:
@@ -131,7 +148,10 @@ class DeployConfig:
         _check_range("min_cosine", self.min_cosine, 0.0, 1.0)
 
     def backends_to_try(self) -> tuple[str, ...]:
-        """The backends this config builds: the one named, or the "auto" candidates."""
+        """The backends this config builds: the one named, or the "auto" candidates (OpenVINO
+        alone for bf16)."""
+        if self.precision == "bf16":
+            return ("openvino",)
         return self.candidates if self.backend == "auto" else (self.backend,)
 
     def thread_options(self) -> tuple[int, ...]:

@@ -30,7 +30,7 @@ _LOADERS: dict[str, Callable[[Path, dict[str, Any], int], Runtime]] = {
 
 
 class DeployedModel(nn.Module):
-    """A model running in true int8 on one backend; ``forward`` takes and returns torch tensors,
+    """A model running in true int8 (or bf16) on one backend; ``forward`` takes and returns tensors,
     so ``torchslim.evaluate`` and the zoo metrics work on it unchanged.
 
     Attributes:

@@ -16,18 +16,20 @@ import torch
 from torchslim.deploy import onnxruntime_backend
 from torchslim.deploy._openvino import ShapeCompilations, first_output
 from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
-from torchslim.deploy.config import DeployConfig
+from torchslim.deploy.config import DeployConfig, DeployError
 
 # Execution-graph layer types that are bookkeeping, not compute, in OpenVINO's runtime model.
 _NOT_COMPUTE = ("Const", "Input", "Output", "Reorder", "Reshape", "FakeQuantize", "Convert")
 
 
 class Compilation(NamedTuple):
-    """How one graph is compiled: per input shape or dynamic, threads, threads pinned to cores."""
+    """How one graph is compiled: per input shape or dynamic, threads, threads pinned to cores,
+    and the precision of the ops left in floating point ("f32", or "bf16" for a bf16 deploy)."""
 
     static_shapes: bool
     threads: int
     pinned: bool = True
+    precision: str = "f32"
 
     def suffix(self, default_threads: int) -> str:
         """The candidate-name suffix of this compilation (empty for the plugin's defaults)."""
@@ -40,7 +42,8 @@ class Compilation(NamedTuple):
 
 class OpenVinoRunner:
     """A model compiled for OpenVINO's CPU plugin: latency hint, one stream, fixed threads,
-    fp32 for the ops left unquantized (the plugin would pick bf16 on AVX512-BF16 CPUs).
+    the ops left unquantized in ``compilation.precision`` (f32 unless asked: the plugin would
+    pick bf16 by itself on AVX512-BF16 CPUs).
 
     ``compilation`` says whether it is also compiled once per input shape it meets
     (:class:`~torchslim.deploy._openvino.ShapeCompilations`), its thread count, and whether its
@@ -58,10 +61,11 @@ class OpenVinoRunner:
             "INFERENCE_NUM_THREADS": compilation.threads,
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": compilation.precision,
             "ENABLE_CPU_PINNING": compilation.pinned,
         }
         self.core, self.model, self.properties = core, model, properties
+        self.precision = compilation.precision
         static = compilation.static_shapes
         self.shapes = ShapeCompilations(core, model, properties) if static else None
         # a static-shape runner compiles the dynamic graph only when a call or fp32_ops needs
@@ -91,12 +95,14 @@ class OpenVinoRunner:
         return torch.from_numpy(first_output(self._request, arrays))
 
     def fp32_ops(self) -> list[str]:
-        """Compute layers of the compiled graph that run in floating point."""
+        """Compute layers of the compiled graph that run in floating point: f32, bf16 or f16
+        for an int8 graph (not quantized), f32 or f16 for a bf16 one (not in bf16)."""
+        fallback = ("f32", "f16") if self.precision == "bf16" else ("f32", "bf16", "f16")
         listed = []
         for op in self.compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
             layer, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
-            if layer not in _NOT_COMPUTE and precision in ("f32", "bf16", "f16"):
+            if layer not in _NOT_COMPUTE and precision in fallback:
                 listed.append(f"{layer} {info['originalLayersNames'].astype(str)}")
         return listed
 
@@ -168,16 +174,62 @@ def build(
     return candidates, failed
 
 
-def variants(config: DeployConfig) -> list[Compilation]:
+def build_bf16(
+    fp32_path: Path, config: DeployConfig, workdir: Path
+) -> tuple[list[Candidate], dict[str, str]]:
+    """The fp32 graph as OpenVINO IR (weights stored in fp16, half the bytes), compiled with
+    bf16 inference precision every way :func:`variants` lists.
+
+    Raises:
+        DeployError: the CPU plugin reports no bf16 compute on this machine: it would run the
+            "bf16" model in f32, so there is nothing to deploy.
+    """
+    import openvino as ov
+
+    capabilities = cpu_capabilities()
+    if "BF16" not in capabilities:
+        raise DeployError(
+            "this CPU has no bf16 compute (OpenVINO's CPU plugin reports "
+            f"{capabilities}; bf16 needs AVX512-BF16 or AMX): a bf16 model would run in f32 "
+            "here, or slower through torch's emulation. Keep fp32, or deploy int8 "
+            "(DeployConfig(precision='int8'))."
+        )
+    source = "openvino-bf16"
+    xml = workdir / f"{source}.xml"
+    ov.save_model(ov.convert_model(str(fp32_path)), str(xml), compress_to_fp16=True)
+    path = xml.with_name(xml.name + ".gz")
+    path.write_bytes(gzip.compress(xml.read_bytes()))
+    xml.unlink()
+    settings = {"quantizer": None, "weights_on_disk": "f16"}
+    candidates: list[Candidate] = []
+    failed: dict[str, str] = {}
+    for compilation in variants(config, precision="bf16"):
+        try:
+            candidates.append(_compiled(source, path, settings, compilation, config.threads))
+        except Exception as error:  # a failing compilation is reported; the others compete
+            failed[source + compilation.suffix(config.threads)] = f"{type(error).__name__}: {error}"
+    return candidates, failed
+
+
+def cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin can compute here, e.g. ``["FP32", "INT8", "BF16", ...]``."""
+    require("openvino")
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
+def variants(config: DeployConfig, precision: str = "f32") -> list[Compilation]:
     """The compilations of one graph: dynamic and static shapes at ``config.threads``, static
     unpinned, and static on 1 thread when ``config.single_thread`` allows it."""
     threads = config.threads
     found = [
-        Compilation(False, threads),
-        Compilation(True, threads),
-        Compilation(True, threads, pinned=False),
+        Compilation(False, threads, True, precision),
+        Compilation(True, threads, True, precision),
+        Compilation(True, threads, False, precision),
     ]
-    return [*found, Compilation(True, 1)] if 1 in config.thread_options()[1:] else found
+    one = Compilation(True, 1, True, precision)
+    return [*found, one] if 1 in config.thread_options()[1:] else found
 
 
 def _compiled(
@@ -194,7 +246,7 @@ def _compiled(
         "engine": "openvino",
         "model_format": "openvino-ir" if "model.bin" in files else "onnx-qdq",
         "cpu_pinning": compilation.pinned,
-        "inference_precision": "f32",
+        "inference_precision": compilation.precision,
         "inference_threads": compilation.threads,
         "streams": 1,
         "static_shapes": compilation.static_shapes,
@@ -208,4 +260,5 @@ def load(directory: Path, settings: dict[str, Any], threads: int) -> OpenVinoRun
     path = saved_file(directory, name, "openvino", "an OpenVINO")
     static = bool(settings.get("static_shapes", False))
     pinned = bool(settings.get("cpu_pinning", False))
-    return OpenVinoRunner(path, Compilation(static, threads, pinned))
+    precision = str(settings.get("inference_precision", "f32"))
+    return OpenVinoRunner(path, Compilation(static, threads, pinned, precision))

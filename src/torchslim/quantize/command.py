@@ -127,11 +127,70 @@ def run_scheme(
 ) -> Any:
     """Quantize ``entry``'s model with ``scheme``, write the artifact, measure before/after."""
     fp32 = entry.load()
+    # bf16 CNNs run on OpenVINO's bf16 kernels where it can; text encoders keep the cast path
+    bf16_cnn = scheme.cast_format == "bfloat16" and entry.task not in TEXT_TASKS
+    if bf16_cnn and deploy in ("auto", "openvino"):
+        deployed = _deploy_bf16(entry, fp32, calibration_batches, deploy, allow_slower, options)
+        if deployed is not None:
+            return _report_deployed(entry, fp32, scheme, out, deployed, options)
     if scheme.execution == "cast":
         return _run_cast(entry, fp32, scheme, out, allow_slower, options)
     if scheme.execution == "deployed" and deploy != "none":
         return _run_deployed(entry, fp32, scheme, out, calibration_batches, deploy, options)
     return _run_simulated(entry, fp32, scheme, out, calibration_batches, options)
+
+
+def _deploy_bf16(
+    entry: Any,
+    fp32: nn.Module,
+    calibration_batches: int,
+    backend: str,
+    allow_slower: bool,
+    options: dict[str, Any],
+) -> Any:
+    """bf16 on OpenVINO's bf16 kernels (``DeployConfig(precision="bf16")``), or None where
+    ``backend`` is "auto" and OpenVINO or bf16 hardware is missing: the torch cast path then
+    measures bf16 and refuses it if slower (options["bf16_fallback"] says why).
+
+    Raises:
+        FormatSlowerError: the deployed bf16 model measured slower than fp32 eager and
+            ``allow_slower`` is off.
+        DeployError: ``backend`` is "openvino" and the CPU has no bf16 compute.
+    """
+    from torchslim.deploy import DeployConfig, DeployError, FormatSlowerError
+    from torchslim.deploy import deploy as deploy_static
+
+    batches = entry.calibration_batches(calibration_batches)
+    config = DeployConfig(precision="bf16", backend=backend, batch_size=options["batch_size"])
+    try:
+        deployed = deploy_static(fp32, batches, config)
+    except DeployError as error:
+        if backend == "openvino":
+            raise
+        options["bf16_fallback"] = f"OpenVINO bf16 not used: {error}"
+        return None
+    fp32_ms = deployed.decision["fp32_eager"]["median_ms"]
+    chosen = deployed.decision["candidates"][deployed.candidate]
+    ms = chosen.get("isolated", chosen)["median_ms"]
+    if ms > fp32_ms and not allow_slower:
+        raise FormatSlowerError(
+            f"bf16 on OpenVINO ({deployed.candidate}) measured {ms:.3f} ms against "
+            f"{fp32_ms:.3f} ms for fp32 eager: slower, so refused; pass --allow-slower to keep it"
+        )
+    return deployed
+
+
+def _report_deployed(
+    entry: Any, fp32: nn.Module, scheme: Scheme, out: Path, deployed: Any, options: dict
+) -> Any:
+    """Save ``deployed`` to ``out`` and measure it against ``fp32`` (the command's outcome)."""
+    from torchslim._compress import measure_before_after
+
+    deployed.save(out)
+    details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
+    return measure_before_after(
+        entry, fp32, deployed, f"quantize {scheme.name}", out, {**options, "details": details}
+    )
 
 
 def _run_deployed(
@@ -143,8 +202,6 @@ def _run_deployed(
     backend: str,
     options: dict[str, Any],
 ) -> Any:
-    from torchslim._compress import measure_before_after
-
     batch_size = options.get("batch_size", 1)
     if entry.task in TEXT_TASKS:
         from torchslim.deploy.text_config import TextDeployConfig
@@ -159,11 +216,7 @@ def _run_deployed(
         batches = entry.calibration_batches(calibration_batches)
         deploy_config = DeployConfig(backend=backend, batch_size=batch_size)
         deployed = deploy_static(fp32, batches, deploy_config)
-    deployed.save(out)
-    details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
-    return measure_before_after(
-        entry, fp32, deployed, f"quantize {scheme.name}", out, {**options, "details": details}
-    )
+    return _report_deployed(entry, fp32, scheme, out, deployed, options)
 
 
 def _run_cast(
@@ -182,6 +235,8 @@ def _run_cast(
     manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
     write_model_artifact(out, cast.model, manifest)
     details = {"scheme": scheme.name, "execution": "cast", "format_check": check.to_dict()}
+    if "bf16_fallback" in options:
+        details["bf16_fallback"] = options.pop("bf16_fallback")
     return measure_before_after(
         entry, fp32, cast, f"quantize {scheme.name}", out, {**options, "details": details}
     )

@@ -59,8 +59,9 @@ SCHEMES = {
         _weight_only("pow2", "pow2-4", "power-of-two (log) 4-bit weights"),
         _weight_only("kmeans", "kmeans-16", "k-means 16-entry codebook weights (4-bit indices)"),
         _weight_only("fp8", "fp8-e4m3", "fp8 e4m3 weights (storage: no fp8 CPU kernels)"),
-        Scheme("bf16", "the model in bfloat16 (refused when measured slower than fp32)", None,
-               "cast", "bfloat16"),
+        Scheme("bf16", "the model in bfloat16: OpenVINO's bf16 kernels where the CPU has "
+               "them (--deploy auto|openvino), else torch; refused when measured slower than "
+               "fp32", None, "cast", "bfloat16"),
         Scheme("fp16", "the model in float16 (refused when measured slower than fp32)", None,
                "cast", "float16"),
     )
