@@ -97,10 +97,24 @@ def ort_worker(path: str, inputs: str) -> Callable[[], Any]:
     return lambda: runner(*batch)
 
 
-def openvino_worker(xml: str, inputs: str) -> Callable[[], Any]:
+def cast_worker(model_name: str, dtype: str, inputs: str) -> Callable[[], Any]:
+    """The zoo model cast to ``dtype`` in torch eager (torchslim.deploy.CastModel)."""
+    from torchslim.deploy import CastModel
+
+    model = CastModel(torchslim.zoo.get(model_name).load(), getattr(torch, dtype))
+    batch = load_inputs(inputs)
+    return lambda: model(*batch)
+
+
+def openvino_worker(xml: str, inputs: str, precision: str | None = None) -> Callable[[], Any]:
+    """OpenVINO on ``xml`` with 2 threads; ``precision``: an INFERENCE_PRECISION_HINT, or the
+    plugin's default (bf16 on CPUs with bf16 compute)."""
     import openvino as ov
 
-    compiled = ov.Core().compile_model(xml, "CPU", {"INFERENCE_NUM_THREADS": THREADS})
+    properties: dict[str, Any] = {"INFERENCE_NUM_THREADS": THREADS}
+    if precision is not None:
+        properties["INFERENCE_PRECISION_HINT"] = precision
+    compiled = ov.Core().compile_model(xml, "CPU", properties)
     request, arrays = compiled.create_infer_request(), to_numpy(load_inputs(inputs))
     return lambda: request.infer(dict(enumerate(arrays)))
 
@@ -525,14 +539,71 @@ def run_formats(name: str, batch_sizes: list[int], rounds: int) -> dict[str, Any
     return report
 
 
+def run_bf16_deployed(name: str, batch_sizes: list[int], args: argparse.Namespace) -> Any:
+    """bf16 that really runs in bf16: torchslim ``deploy(precision="bf16")`` (OpenVINO bf16
+    kernels) against torch fp32 eager (baseline), torch bf16 eager, OpenVINO forced to f32 and
+    OpenVINO with the plugin's default precision, each in its own worker processes; accuracy of
+    the deployed model on the first 2 000 eval images. None where the CPU has no bf16 compute
+    (deploy refuses; the cast checks above give the measured cost)."""
+    import openvino as ov
+
+    from torchslim.deploy import DeployError
+
+    entry = torchslim.zoo.get(name)
+    model = entry.load()
+    calibration = entry.calibration_batches(2)  # only checks agreement; bf16 needs no ranges
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "fp32.xml"  # OpenVINO's documented conversion, its default save
+        ov.save_model(
+            ov.convert_model(copy.deepcopy(model).eval(), example_input=calibration[0]), str(xml)
+        )
+        for batch in batch_sizes:
+            config = DeployConfig(precision="bf16", batch_size=batch, threads=THREADS)
+            try:
+                deployed = deploy(model, calibration, config)
+            except DeployError as error:
+                return {"refused": str(error)}
+            directory = deployed.save(Path(tmp) / f"bf16-b{batch}")
+            workers = {
+                BASELINE: _spec(eager_worker, model_name=name),
+                "torch-bf16-eager": _spec(cast_worker, model_name=name, dtype="bfloat16"),
+                "openvino-f32": _spec(openvino_worker, xml=xml, precision="f32"),
+                "openvino-default-precision": _spec(openvino_worker, xml=xml),
+                f"torchslim-deploy-bf16-b{batch}": _spec(deployed_worker, directory=directory),
+            }
+            bench = BenchmarkConfig(warmup=5, rounds=args.rounds, threads=THREADS, max_seconds=20.0)
+            isolation = Isolation(instances=args.instances)
+            timing = compare_on_inputs(
+                workers, entry.example_inputs(batch), BASELINE, bench, isolation
+            )
+            report[str(batch)] = {
+                "chosen": deployed.candidate,
+                "decision_reason": deployed.decision["reason"],
+                "accuracy": _subset_accuracy(entry, deployed),
+                "size_bytes": deployed.saved_size_bytes(),
+                "fp32_size_bytes": saved_size_bytes(model),
+                **timing.to_dict(),
+            }
+    return report
+
+
 def main_formats(args: argparse.Namespace, console: Console) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    models = args.model or ["fashion-resnet20"]
+    models = args.model or ["fashion-resnet20", "fashion-resnet56"]
     load_before = os.getloadavg()
     results = {name: run_formats(name, batch_sizes, args.rounds) for name in models}
+    for name in models:
+        results[name]["bfloat16_deployed"] = run_bf16_deployed(name, batch_sizes, args)
     for name, report in results.items():
         for fmt, figures in report.items():
-            if isinstance(figures, dict):
+            if fmt == "bfloat16_deployed" and "refused" in figures:
+                console.print(f"{name} bf16 deployed: {figures['refused']}")
+            elif fmt == "bfloat16_deployed":
+                for batch, row in figures.items():
+                    medians = {n: round(v["median_ms"], 3) for n, v in row["variants"].items()}
+                    console.print(f"{name} bf16 deployed b{batch}: {medians}")
+            elif isinstance(figures, dict):
                 messages = [c["message"] for c in figures["checks"].values()]
                 console.print(f"{name} {fmt}: accuracy {figures['accuracy']:.4f}; {messages}")
             else:
