@@ -13,7 +13,11 @@ from torchslim import QuantConfig, quantize_
 from torchslim.errors import ConfigError
 from torchslim.quantize import CalibrationError, sqnr_db
 from torchslim.quantize.adaround import AdaRoundConfig, adaround_
-from torchslim.quantize.bias_correction import correct_bias_
+from torchslim.quantize.bias_correction import (
+    correct_bias_,
+    correct_bias_one_pass_,
+    depthwise_layers,
+)
 from torchslim.quantize.equalize import equalize_
 from torchslim.quantize.fold import fold_batchnorm_
 
@@ -108,6 +112,29 @@ def test_bias_correction_removes_mean_output_error() -> None:
     assert set(corrections) == {"0", "3", "6"} and after < before / 2
     with pytest.raises(CalibrationError, match="batch 0"):
         correct_bias_(model, [torch.full((2, 3, 8, 8), float("inf"))])
+
+
+def test_depthwise_only_bias_correction_touches_only_depthwise_convs() -> None:
+    """Correcting every layer can hurt held-out accuracy (the module's EfficientNet-Lite0
+    finding); the depthwise-only variant must pick exactly the depthwise convs and leave every
+    other bias as it was, while still removing the depthwise layer's mean output error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU6(),
+        nn.Conv2d(8, 4, 1, groups=2), nn.Flatten(), nn.Linear(4 * 8 * 8, 5),
+    )  # fmt: skip
+    x = torch.randn(32, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    reference = model[:3](x).mean((0, 2, 3))  # float depthwise output per channel: (8,)
+    quantize_(model, QuantConfig(weight="int3-tensor"))
+    assert depthwise_layers(model) == ["2"]
+    before = {name: model.get_submodule(name).bias.clone() for name in ("0", "2", "4", "6")}
+    error_before = (reference - model[:3](x).mean((0, 2, 3))).abs().mean()
+    corrections = correct_bias_one_pass_(model, [x[:16], x[16:]], depthwise_layers(model))
+    assert set(corrections) == {"2"}
+    for name in ("0", "4", "6"):
+        assert torch.equal(model.get_submodule(name).bias, before[name])
+    error_after = (reference - model[:3](x).mean((0, 2, 3))).abs().mean()
+    assert error_after < error_before / 10
 
 
 def test_adaround_beats_nearest_rounding_on_a_layer() -> None:
