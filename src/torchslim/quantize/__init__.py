@@ -5,7 +5,11 @@ sensitivity and mixed precision)."""
 from torchslim.quantize.adaround import AdaRoundConfig, adaround_
 from torchslim.quantize.apply import LayerDecision, QuantizeResult, quantize_
 from torchslim.quantize.awq import AWQConfig, awq_
-from torchslim.quantize.bias_correction import correct_bias_
+from torchslim.quantize.bias_correction import (
+    correct_bias_,
+    correct_bias_one_pass_,
+    depthwise_layers,
+)
 from torchslim.quantize.config import QuantConfig
 from torchslim.quantize.equalize import equalize_
 from torchslim.quantize.fold import fold_batchnorm_
@@ -113,6 +117,8 @@ __all__ = [
     "compute_qparams",
     "compute_scale_zero_point",
     "correct_bias_",
+    "correct_bias_one_pass_",
+    "depthwise_layers",
     "dequantize",
     "enable_lsq_",
     "equalize_",
