@@ -11,13 +11,16 @@ spread over the 20-image slices says whether 20 vs 100 is a real effect or which
 seen. The same six corrections are then repeated on the depthwise convs only
 (``depthwise_layers``): correcting every layer got worse with more images (and even when computed
 on the held-out crops themselves), the depthwise-only variant did not (see bias_correction.py).
-Writes benchmarks/results/quantize_bias_correction.json.
+Guarded correction (``correct_bias_guarded_``: a layer's correction kept only if the output on
+the calibration images gets closer to fp32) runs on images 0-19 and 0-99; ``--guarded-only``
+recomputes just those rows and keeps the rest of the JSON. Writes benchmarks/results/quantize_bias_correction.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shlex
 import sys
@@ -34,7 +37,11 @@ from torchslim import zoo
 from torchslim._io import write_json
 from torchslim._machine import machine_facts
 from torchslim.quantize import QuantConfig, quantize_
-from torchslim.quantize.bias_correction import correct_bias_one_pass_, depthwise_layers
+from torchslim.quantize.bias_correction import (
+    correct_bias_guarded_,
+    correct_bias_one_pass_,
+    depthwise_layers,
+)
 from torchslim.quantize.fold import fold_batchnorm_
 from torchslim.zoo.efficientnet import _logits
 
@@ -47,14 +54,21 @@ def corrected_row(
     crops: torch.Tensor,
     reference: torch.Tensor,
     depthwise_only: bool = False,
+    guarded: bool = False,
 ) -> dict[str, Any]:
     """Agreement of a bias-corrected copy of ``model`` (on ``batches``) with fp32; every layer
-    corrected, or only the depthwise convs."""
+    corrected, only the depthwise convs, or (``guarded``) each layer's correction kept only if
+    the output on ``batches`` gets closer to fp32 (``correct_bias_guarded_``)."""
     corrected = copy.deepcopy(model)
     start = time.perf_counter()
-    names = depthwise_layers(corrected) if depthwise_only else None
-    corrections = correct_bias_one_pass_(corrected, batches, names)
+    if guarded:
+        corrections = correct_bias_guarded_(corrected, batches)
+    else:
+        names = depthwise_layers(corrected) if depthwise_only else None
+        corrections = correct_bias_one_pass_(corrected, batches, names)
+    extra = {"layers_kept": sum(v > 0 for v in corrections.values())} if guarded else {}
     return {
+        **extra,
         "held_out_320": _agreement(corrected, crops, reference),
         "zoo_80": zoo.get("efficientnet-lite0").evaluate(corrected),
         "bias_correction_seconds": round(time.perf_counter() - start, 1),
@@ -65,6 +79,11 @@ def corrected_row(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--note", default="", help="e.g. the machine's load")
+    parser.add_argument(
+        "--guarded-only",
+        action="store_true",
+        help="only (re)compute the guarded rows; the other rows are kept from the JSON",
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     entry = zoo.get("efficientnet-lite0")
@@ -82,6 +101,21 @@ def main() -> None:
         }
     }
     slices = {f"images_{20 * i}-{20 * i + 19}": calibration[2 * i : 2 * i + 2] for i in range(5)}
+    guarded = {
+        name: corrected_row(model, batches, crops, reference, guarded=True)
+        for name, batches in {
+            "images_0-19": slices["images_0-19"],
+            "images_0-99": calibration,
+        }.items()
+    }
+    print("guarded", guarded, flush=True)
+    if args.guarded_only:
+        payload = json.loads(OUTPUT.read_text())
+        payload["guarded"] = guarded
+        payload["guarded_command"] = " ".join(["python", *sys.argv])
+        payload["guarded_note"] = args.note
+        write_json(OUTPUT, payload)
+        return
     for name, batches in {**slices, "images_0-99": calibration}.items():
         rows[name] = corrected_row(model, batches, crops, reference)
         print(name, rows[name], flush=True)
@@ -115,6 +149,7 @@ def main() -> None:
                 "slices_20_images_held_out_kl_min": min(dw_kls),
                 "slices_20_images_held_out_kl_max": max(dw_kls),
             },
+            "guarded": guarded,
             "machine": machine_facts(),
             "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },

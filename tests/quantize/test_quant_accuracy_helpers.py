@@ -11,10 +11,11 @@ from torch import nn
 from models import tiny_convnet, tiny_images
 from torchslim import QuantConfig, quantize_
 from torchslim.errors import ConfigError
-from torchslim.quantize import CalibrationError, sqnr_db
+from torchslim.quantize import CalibrationError, bias_correction, sqnr_db
 from torchslim.quantize.adaround import AdaRoundConfig, adaround_
 from torchslim.quantize.bias_correction import (
     correct_bias_,
+    correct_bias_guarded_,
     correct_bias_one_pass_,
     depthwise_layers,
 )
@@ -135,6 +136,32 @@ def test_depthwise_only_bias_correction_touches_only_depthwise_convs() -> None:
         assert torch.equal(model.get_submodule(name).bias, before[name])
     error_after = (reference - model[:3](x).mean((0, 2, 3))).abs().mean()
     assert error_after < error_before / 10
+
+
+def test_guarded_bias_correction_keeps_only_corrections_that_bring_the_output_closer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    x = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(3)).abs()
+    reference = conv_chain()(x)
+    model = conv_chain()
+    quantize_(model, QuantConfig(weight="int3-tensor"))
+    error_before = float(((model(x) - reference) ** 2).mean())
+    kept = correct_bias_guarded_(model, [x[:32], x[32:]])
+    error_after = float(((model(x) - reference) ** 2).mean())
+    assert set(kept) == {"0", "3", "6"} and any(v > 0 for v in kept.values())
+    assert error_after < error_before  # never worse by construction; here clearly better
+    # a correction that does not lower the output error is undone exactly, bias-less or not
+    model = conv_chain()
+    quantize_(model, QuantConfig(weight="int3-tensor"))
+    model[3].bias = None
+    biases = {n: None if m.bias is None else m.bias.clone() for n, m in model.named_children()
+              if n in ("0", "3", "6")}  # fmt: skip
+    rising = iter(range(100))
+    monkeypatch.setattr(bias_correction, "_output_error", lambda *args: float(next(rising)))
+    assert correct_bias_guarded_(model, [x]) == {"0": 0.0, "3": 0.0, "6": 0.0}
+    assert model[3].bias is None
+    for name in ("0", "6"):
+        assert torch.equal(model.get_submodule(name).bias, biases[name])
 
 
 def test_adaround_beats_nearest_rounding_on_a_layer() -> None:

@@ -170,3 +170,60 @@ def correct_bias_one_pass_(
             for handle in handles:
                 handle.remove()
     return corrections
+
+
+def _output_error(model: nn.Module, batch: tuple[Any, ...], expected: Tensor) -> float:
+    """Mean squared difference of the model's output from ``expected`` (the fp32 output)."""
+    with torch.no_grad(), eval_mode(model):
+        return float(F.mse_loss(model(*batch).float(), expected))
+
+
+def correct_bias_guarded_(
+    model: nn.Module, calibration: Iterable[Any], names: Iterable[str] | None = None
+) -> dict[str, float]:
+    """Bias correction that keeps a layer's correction only where the model output improves.
+
+    Layer by layer in model order (earlier kept corrections in place), the per-channel mean
+    error is computed as in :func:`correct_bias_`, added to the bias, and kept only if the
+    mean squared error of the model's *output* against fp32 on the calibration data drops;
+    otherwise the bias is restored. This is what catches the harmful corrections of the
+    module docstring without knowing which layers they are: matching a mean before a
+    nonlinearity can move the output away from fp32, and the output says so. Costs two forward
+    passes per layer over the (concatenated) calibration data.
+
+    Returns:
+        Per layer: the largest absolute correction kept (0.0 where it was rejected).
+
+    Raises:
+        CalibrationError: empty or non-finite calibration data (the model is left untouched).
+    """
+    with untouched_on_failure(model):
+        batch = _concatenated(check_batches(calibration))
+        layers = quant_modules(model)
+        chosen = list(layers) if names is None else list(names)
+        with quantization_disabled(model), torch.no_grad(), eval_mode(model):
+            target = model(*batch).float()
+        with quantization_disabled(model):
+            expected = mean_outputs(model, chosen, [batch])
+        error_now = _output_error(model, batch, target)
+        kept: dict[str, float] = {}
+        for name in chosen:
+            module = layers[name]
+            shift = expected[name] - mean_outputs(model, [name], [batch])[name]  # (C_out,)
+            before = None if module.bias is None else module.bias.detach().clone()
+            with torch.no_grad():
+                if module.bias is None:
+                    module.bias = nn.Parameter(shift.clone())
+                else:
+                    module.bias.add_(shift)
+            error_after = _output_error(model, batch, target)
+            if error_after < error_now:
+                error_now, kept[name] = error_after, float(shift.abs().max())
+                continue
+            with torch.no_grad():  # rejected: the layer as it was
+                if before is None:
+                    module.bias = None
+                else:
+                    module.bias.copy_(before)
+            kept[name] = 0.0
+    return kept
