@@ -7,6 +7,7 @@ from torchslim.quantize.apply import LayerDecision, QuantizeResult, quantize_
 from torchslim.quantize.awq import AWQConfig, awq_
 from torchslim.quantize.bias_correction import (
     correct_bias_,
+    correct_bias_guarded_,
     correct_bias_one_pass_,
     depthwise_layers,
 )
@@ -117,6 +118,7 @@ __all__ = [
     "compute_qparams",
     "compute_scale_zero_point",
     "correct_bias_",
+    "correct_bias_guarded_",
     "correct_bias_one_pass_",
     "depthwise_layers",
     "dequantize",
