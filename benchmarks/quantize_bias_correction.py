@@ -13,7 +13,8 @@ seen. The same six corrections are then repeated on the depthwise convs only
 on the held-out crops themselves), the depthwise-only variant did not (see bias_correction.py).
 Guarded correction (``correct_bias_guarded_``: a layer's correction kept only if the output on
 the calibration images gets closer to fp32) runs on images 0-19 and 0-99; ``--guarded-only``
-recomputes just those rows and keeps the rest of the JSON. Writes benchmarks/results/quantize_bias_correction.json.
+recomputes just those rows and keeps the rest of the JSON.
+Writes benchmarks/results/quantize_bias_correction.json.
 """
 
 from __future__ import annotations
