@@ -90,11 +90,7 @@ def correct_bias_(model: nn.Module, calibration: Iterable[Any]) -> dict[str, flo
         corrections = {}
         for name, module in layers.items():
             error = expected[name] - mean_outputs(model, [name], batches)[name]  # (C_out,)
-            with torch.no_grad():
-                if module.bias is None:
-                    module.bias = nn.Parameter(error.clone())
-                else:
-                    module.bias.add_(error)
+            _add_to_bias(module, error)
             corrections[name] = float(error.abs().max())
     return corrections
 
@@ -112,6 +108,27 @@ def depthwise_layers(model: nn.Module) -> list[str]:
         for name, module in quant_modules(model).items()
         if isinstance(module, QuantConv2d) and 1 < module.groups == module.in_channels
     ]
+
+
+def _add_to_bias(layer: QuantConv2d | QuantLinear, shift: Tensor) -> None:
+    """``layer.bias += shift`` in place (a bias-less layer gets ``shift`` as its bias)."""
+    with torch.no_grad():
+        if layer.bias is None:
+            layer.bias = nn.Parameter(shift.clone())
+        else:
+            layer.bias.add_(shift)
+
+
+def _float_means(
+    model: nn.Module, calibration: Iterable[Any], names: Iterable[str] | None
+) -> tuple[tuple[Any, ...], dict[str, QuantConv2d | QuantLinear], dict[str, Tensor]]:
+    """The calibration batches concatenated into one, the fake-quant layers by name, and the
+    float model's mean output per channel of ``names`` (default: every such layer), in order."""
+    batch = _concatenated(check_batches(calibration))
+    layers = quant_modules(model)
+    chosen = list(layers) if names is None else list(names)
+    with quantization_disabled(model):
+        return batch, layers, mean_outputs(model, chosen, [batch])
 
 
 def _concatenated(batches: list[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -138,11 +155,8 @@ def correct_bias_one_pass_(
         CalibrationError: empty or non-finite calibration data (the model is left untouched).
     """
     with untouched_on_failure(model):
-        batch = _concatenated(check_batches(calibration))
-        layers = quant_modules(model)
-        chosen = list(layers) if names is None else list(names)
-        with quantization_disabled(model):
-            expected = mean_outputs(model, chosen, [batch])
+        batch, layers, expected = _float_means(model, calibration, names)
+        chosen = list(expected)
         corrections: dict[str, float] = {}
 
         def hook(name: str) -> Callable[[nn.Module, Any, Tensor], Tensor | None]:
@@ -152,11 +166,7 @@ def correct_bias_one_pass_(
                 if name in corrections:
                     return None
                 error = expected[name] - _channel_mean(output.detach())  # (C_out,)
-                with torch.no_grad():
-                    if layer.bias is None:
-                        layer.bias = nn.Parameter(error.clone())
-                    else:
-                        layer.bias.add_(error)
+                _add_to_bias(layer, error)
                 corrections[name] = float(error.abs().max())
                 return output + (error.view(-1, 1, 1) if output.ndim == 4 else error)
 
@@ -198,32 +208,20 @@ def correct_bias_guarded_(
         CalibrationError: empty or non-finite calibration data (the model is left untouched).
     """
     with untouched_on_failure(model):
-        batch = _concatenated(check_batches(calibration))
-        layers = quant_modules(model)
-        chosen = list(layers) if names is None else list(names)
+        batch, layers, expected = _float_means(model, calibration, names)
         with quantization_disabled(model), torch.no_grad(), eval_mode(model):
             target = model(*batch).float()
-        with quantization_disabled(model):
-            expected = mean_outputs(model, chosen, [batch])
         error_now = _output_error(model, batch, target)
         kept: dict[str, float] = {}
-        for name in chosen:
+        for name in expected:
             module = layers[name]
             shift = expected[name] - mean_outputs(model, [name], [batch])[name]  # (C_out,)
             before = None if module.bias is None else module.bias.detach().clone()
-            with torch.no_grad():
-                if module.bias is None:
-                    module.bias = nn.Parameter(shift.clone())
-                else:
-                    module.bias.add_(shift)
+            _add_to_bias(module, shift)
             error_after = _output_error(model, batch, target)
             if error_after < error_now:
                 error_now, kept[name] = error_after, float(shift.abs().max())
                 continue
-            with torch.no_grad():  # rejected: the layer as it was
-                if before is None:
-                    module.bias = None
-                else:
-                    module.bias.copy_(before)
+            module.bias = None if before is None else nn.Parameter(before)  # rejected: undone
             kept[name] = 0.0
     return kept
