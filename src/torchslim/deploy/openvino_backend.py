@@ -129,8 +129,15 @@ def nncf_quantize(fp32_path: Path, feeds: Feeds, out_xml_gz: Path) -> None:
 
     dataset = nncf.Dataset(feeds)
     quantized = nncf.quantize(ov.convert_model(str(fp32_path)), dataset, subset_size=len(feeds))
+    save_ir_gzipped(quantized, out_xml_gz, compress_to_fp16=False)
+
+
+def save_ir_gzipped(model: Any, out_xml_gz: Path, compress_to_fp16: bool) -> None:
+    """An OpenVINO model saved as ``<name>.xml.gz`` (the graph, gzipped) + ``<name>.bin``."""
+    import openvino as ov
+
     xml = out_xml_gz.with_name(out_xml_gz.name.removesuffix(".gz"))
-    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
     out_xml_gz.write_bytes(gzip.compress(xml.read_bytes()))
     xml.unlink()
 
@@ -195,11 +202,8 @@ def build_bf16(
             "(DeployConfig(precision='int8'))."
         )
     source = "openvino-bf16"
-    xml = workdir / f"{source}.xml"
-    ov.save_model(ov.convert_model(str(fp32_path)), str(xml), compress_to_fp16=True)
-    path = xml.with_name(xml.name + ".gz")
-    path.write_bytes(gzip.compress(xml.read_bytes()))
-    xml.unlink()
+    path = workdir / f"{source}.xml.gz"
+    save_ir_gzipped(ov.convert_model(str(fp32_path)), path, compress_to_fp16=True)
     settings = {"quantizer": None, "weights_on_disk": "f16"}
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
