@@ -393,13 +393,12 @@ def summarize(
     repeats: dict[str, list[dict[str, Any]]],
 ) -> dict[str, Any]:
     """For each batch size: fastest INT8 peer vs torchslim, and the issue's three targets."""
-    peers = int8_peers(sizes)
     summary: dict[str, Any] = {}
     fp32_accuracy = float(accuracy[BASELINE])
     for batch, result in per_batch.items():
         medians = {n: v["median_ms"] for n, v in result["variants"].items()}
         ours = f"torchslim-deploy-auto-b{batch}"
-        fastest_peer = min((n for n in peers if n in medians), key=medians.__getitem__)
+        fastest_peer = timing_ratio(medians, batch)["fastest_peer"]
         drop = fp32_accuracy - float(accuracy[ours]) if ours in accuracy else None
         summary[batch] = {
             "torchslim_median_ms": medians[ours],

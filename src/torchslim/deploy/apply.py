@@ -135,13 +135,11 @@ def _build_all(
     usable = [b for b in wanted if b not in skipped]
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
-    if config.precision == "bf16" and usable:  # OpenVINO alone (DeployConfig checks it)
-        fp32_path = workdir / "fp32.onnx"
-        export_onnx(model, calibration[0], fp32_path)
-        return (*openvino_backend.build_bf16(fp32_path, config, workdir), skipped)
     if {"onnxruntime", "openvino"} & set(usable):
         fp32_path = workdir / "fp32.onnx"
         export_onnx(model, calibration[0], fp32_path)
+        if config.precision == "bf16":  # OpenVINO alone (DeployConfig checks it)
+            return (*openvino_backend.build_bf16(fp32_path, config, workdir), skipped)
         feeds: Feeds = [
             dict(zip(input_names(len(b)), to_numpy(b), strict=True)) for b in calibration
         ]

@@ -129,12 +129,15 @@ def run_scheme(
     fp32 = entry.load()
     # bf16 CNNs run on OpenVINO's bf16 kernels where it can; text encoders keep the cast path
     bf16_cnn = scheme.cast_format == "bfloat16" and entry.task not in TEXT_TASKS
+    fallback = None
     if bf16_cnn and deploy in ("auto", "openvino"):
-        deployed = _deploy_bf16(entry, fp32, calibration_batches, deploy, allow_slower, options)
+        deployed, fallback = _deploy_bf16(
+            entry, fp32, (calibration_batches, options["batch_size"]), deploy, allow_slower
+        )
         if deployed is not None:
             return _report_deployed(entry, fp32, scheme, out, deployed, options)
     if scheme.execution == "cast":
-        return _run_cast(entry, fp32, scheme, out, allow_slower, options)
+        return _run_cast(entry, fp32, scheme, out, allow_slower, options, fallback)
     if scheme.execution == "deployed" and deploy != "none":
         return _run_deployed(entry, fp32, scheme, out, calibration_batches, deploy, options)
     return _run_simulated(entry, fp32, scheme, out, calibration_batches, options)
@@ -143,14 +146,13 @@ def run_scheme(
 def _deploy_bf16(
     entry: Any,
     fp32: nn.Module,
-    calibration_batches: int,
+    sizes: tuple[int, int],
     backend: str,
     allow_slower: bool,
-    options: dict[str, Any],
-) -> Any:
-    """bf16 on OpenVINO's bf16 kernels (``DeployConfig(precision="bf16")``), or None where
-    ``backend`` is "auto" and OpenVINO or bf16 hardware is missing: the torch cast path then
-    measures bf16 and refuses it if slower (options["bf16_fallback"] says why).
+) -> tuple[Any, str | None]:
+    """bf16 on OpenVINO's bf16 kernels (``DeployConfig(precision="bf16")``) and None, or None
+    and why not where ``backend`` is "auto" and OpenVINO or bf16 hardware is missing: the torch
+    cast path then measures bf16 and refuses it if slower.
 
     Raises:
         FormatSlowerError: the deployed bf16 model measured slower than fp32 eager and
@@ -160,15 +162,15 @@ def _deploy_bf16(
     from torchslim.deploy import DeployConfig, DeployError, FormatSlowerError
     from torchslim.deploy import deploy as deploy_static
 
+    calibration_batches, batch_size = sizes  # batches to check agreement on; timed batch size
     batches = entry.calibration_batches(calibration_batches)
-    config = DeployConfig(precision="bf16", backend=backend, batch_size=options["batch_size"])
+    config = DeployConfig(precision="bf16", backend=backend, batch_size=batch_size)
     try:
         deployed = deploy_static(fp32, batches, config)
     except DeployError as error:
         if backend == "openvino":
             raise
-        options["bf16_fallback"] = f"OpenVINO bf16 not used: {error}"
-        return None
+        return None, f"OpenVINO bf16 not used: {error}"
     fp32_ms = deployed.decision["fp32_eager"]["median_ms"]
     chosen = deployed.decision["candidates"][deployed.candidate]
     ms = chosen.get("isolated", chosen)["median_ms"]
@@ -177,7 +179,7 @@ def _deploy_bf16(
             f"bf16 on OpenVINO ({deployed.candidate}) measured {ms:.3f} ms against "
             f"{fp32_ms:.3f} ms for fp32 eager: slower, so refused; pass --allow-slower to keep it"
         )
-    return deployed
+    return deployed, None
 
 
 def _report_deployed(
@@ -220,8 +222,16 @@ def _run_deployed(
 
 
 def _run_cast(
-    entry: Any, fp32: nn.Module, scheme: Scheme, out: Path, allow_slower: bool, options: dict
+    entry: Any,
+    fp32: nn.Module,
+    scheme: Scheme,
+    out: Path,
+    allow_slower: bool,
+    options: dict,
+    bf16_fallback: str | None = None,
 ) -> Any:
+    """torch's own cast to bf16/fp16, measured first (``bf16_fallback``: why OpenVINO's bf16
+    was not used, recorded in the details)."""
     from torchslim._compress import measure_before_after, write_model_artifact
     from torchslim.deploy import CastModel, check_format
 
@@ -235,8 +245,8 @@ def _run_cast(
     manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
     write_model_artifact(out, cast.model, manifest)
     details = {"scheme": scheme.name, "execution": "cast", "format_check": check.to_dict()}
-    if "bf16_fallback" in options:
-        details["bf16_fallback"] = options.pop("bf16_fallback")
+    if bf16_fallback is not None:
+        details["bf16_fallback"] = bf16_fallback
     return measure_before_after(
         entry, fp32, cast, f"quantize {scheme.name}", out, {**options, "details": details}
     )
