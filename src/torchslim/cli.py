@@ -12,6 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 import torchslim
+from torchslim._cli_options import (
+    DataOption,
+    DeviceOption,
+    InputDtypeOption,
+    InputShapeOption,
+    ModelArgument,
+    SeqLenOption,
+    ThreadsOption,
+    VocabSizeOption,
+    WeightsOption,
+    model_options,
+)
 from torchslim.errors import TorchslimError
 
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
@@ -102,44 +114,37 @@ def train(
 DEFAULT_MODEL = "fashion-resnet20"
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(part) for part in text.replace("x", ",").split(",") if part)
-    except ValueError:
-        raise typer.BadParameter(f"--input-shape {text!r}: expected e.g. 1,3,224,224") from None
+def resolve_model(spec: str, options: Any = None) -> Any:
+    """MODEL with its options checked (``torchslim.zoo.options.resolve_model``)."""
+    from torchslim.zoo.options import resolve_model as resolve
 
-
-def resolve_model(spec: str, weights: Path | None = None, input_shape: str | None = None) -> Any:
-    """A zoo name, or a user model (`package.module:factory`, HF directory, `.pt2` file)."""
-    from torchslim import zoo
-
-    if spec in zoo.names() and weights is None:
-        return zoo.get(spec)
-    looks_like_user_model = ":" in spec or Path(spec).exists() or spec.endswith(".pt2")
-    if not looks_like_user_model:
-        return zoo.get(spec)  # raises UnknownModelError with a "did you mean"
-    from torchslim.zoo.user import resolve
-
-    return resolve(spec, str(weights) if weights else None, _parse_shape(input_shape))
+    return resolve(spec, options)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Zoo name, package.module:factory, HF dir or .pt2.")],
+    model: ModelArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch threads for timing.")] = None,
+    threads: ThreadsOption = None,
     repeats: Annotated[int, typer.Option(min=3)] = 20,
-    device: str = "cpu",
-    weights: Annotated[Path | None, typer.Option(help=".safetensors or .pt state dict.")] = None,
-    input_shape: Annotated[str | None, typer.Option(help="For factories: 1,3,32,32.")] = None,
+    device: DeviceOption = "cpu",
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
+    input_dtype: InputDtypeOption = None,
+    vocab_size: VocabSizeOption = None,
+    seq_len: SeqLenOption = None,
+    data: DataOption = None,
 ) -> None:
-    """Metric(s), parameters, size on disk, latency (median, p90) and peak memory of a model."""
+    """Metric(s), parameters, size on disk, latency (median, p90) and peak memory of a model.
+
+    Example: torchslim evaluate mnist-cnn --json
+    """
     from torchslim.evaluate import evaluate as run_evaluation
 
-    entry = resolve_model(model, weights, input_shape)
+    options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
+    entry = resolve_model(model, options)
+    note_synthetic_data(entry)
     report = run_evaluation(entry.load(), entry, batch_size, threads, device, repeats)
     if as_json:
         _print_json(report.to_dict())
@@ -192,15 +197,11 @@ def hw(
     console.print(table)
 
 
-def _profile_inputs(entry: Any, batch_size: int, seq_len: int | None) -> tuple[Any, ...]:
-    if seq_len is None:
-        return tuple(entry.example_inputs(batch_size))
-    try:
-        return tuple(entry.example_inputs(batch_size, seq_len=seq_len))
-    except TypeError:
-        raise typer.BadParameter(
-            f"{entry.name} takes no --seq-len (it is not a text model)"
-        ) from None
+def note_synthetic_data(entry: Any) -> None:
+    """Say loudly (on stderr) when a user model is fed synthetic inputs instead of --data."""
+    note = getattr(entry, "data_note", None)
+    if note:
+        Console(stderr=True).print(f"[bold yellow]note:[/] {note}", highlight=False)
 
 
 def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, tuple[Any, ...]]:
@@ -221,9 +222,9 @@ def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, 
 
 @app.command("profile")
 def profile_command(
-    model: Annotated[str, typer.Argument(help="Zoo name, package.module:factory, HF dir or .pt2.")],
+    model: ModelArgument,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
-    seq_len: Annotated[int | None, typer.Option(min=1, help="Text models: tokens.")] = None,
+    seq_len: SeqLenOption = None,
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
     hardware: Annotated[str | None, typer.Option(help="Spec name or YAML (default: here).")] = None,
     meta: Annotated[
@@ -231,12 +232,18 @@ def profile_command(
     ] = False,
     compare: Annotated[str | None, typer.Option(help="A second model, side by side.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a roofline plot (PNG).")] = None,
-    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    threads: ThreadsOption = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
-    weights: Annotated[Path | None, typer.Option(help=".safetensors or .pt state dict.")] = None,
-    input_shape: Annotated[str | None, typer.Option(help="For factories: 1,3,32,32.")] = None,
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
+    input_dtype: InputDtypeOption = None,
+    vocab_size: VocabSizeOption = None,
+    data: DataOption = None,
 ) -> None:
-    """MACs, FLOPs, bytes, intensity, peak memory, roofline and latency (predicted vs measured)."""
+    """MACs, FLOPs, bytes, intensity, peak memory, roofline and latency (predicted vs measured).
+
+    Example: torchslim profile fashion-resnet20 --batch-size 16
+    """
     import torch
 
     from torchslim.evaluate.latency import fixed_threads
@@ -245,10 +252,12 @@ def profile_command(
     from torchslim.profile.roofline import plot_roofline
 
     spec = load_spec(hardware) if hardware else None
+    options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     analyses = []
     for index, spec_name in enumerate([model, compare] if compare else [model]):
-        entry = resolve_model(spec_name, weights if index == 0 else None, input_shape)
-        inputs = _profile_inputs(entry, batch_size, seq_len)
+        # --weights belong to MODEL; the shape, dtype, length and data apply to both
+        entry = resolve_model(spec_name, options if index == 0 else options.without_weights())
+        inputs = tuple(entry.example_inputs(batch_size))
         loaded = entry.meta_model() if meta else entry.load()
         if meta:
             inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)

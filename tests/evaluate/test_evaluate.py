@@ -125,8 +125,9 @@ def test_cli_evaluates_a_user_factory_with_weights(tmp_path):
     args = ["evaluate", spec, "--weights", str(weights), "--input-shape", "1,3,8,8", "--json"]
     result = CliRunner().invoke(app, [*args, "--repeats", "3"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
-    assert report["params"] == 122 and report["metrics"] == {"output_finite": 1.0}
+    report = json.loads(result.stdout)  # the synthetic-data note goes to stderr
+    assert report["params"] == 122 and report["metrics"]["output_finite"] == 1.0
+    assert report["metrics"]["cosine"] == pytest.approx(1.0)  # the original, against itself
     wrong = CliRunner().invoke(app, [*args[:4], "--input-shape", "1,1,8,8", "--json"])
     assert wrong.exit_code != 0 and "rejected inputs of shape (1, 1, 8, 8)" in str(wrong.exception)
 

@@ -13,9 +13,27 @@ from torchslim.errors import (
     TorchslimError,
     UnknownModelError,
 )
-from torchslim.zoo.user import check_inputs, resolve
+from torchslim.zoo.options import ModelOptions
+from torchslim.zoo.user import check_inputs
+from torchslim.zoo.user import resolve as resolve_with
 
 SHAPE = (1, 3, 8, 8)
+
+
+def resolve(spec, weights=None, input_shape=None, **options):
+    path = Path(weights) if weights is not None else None
+    return resolve_with(spec, ModelOptions(path, input_shape, **options))
+
+
+def is_identical(metrics: dict[str, float]) -> bool:
+    """Fidelity of the original model to itself."""
+    return (
+        metrics["output_finite"] == 1.0
+        and metrics["cosine"] == pytest.approx(1.0)
+        and metrics["max_abs_error"] == 0.0
+        and metrics["top1_agreement"] == 1.0
+        and metrics["kl_divergence"] == pytest.approx(0.0, abs=1e-12)
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +59,7 @@ def test_factory_spec_gives_a_seeded_model_and_seeded_inputs():
     calibration = entry.calibration_batches(2, batch_size=4)
     assert not torch.equal(calibration[0][0], inputs)
     assert check_inputs(entry, first, batch_size=4).shape == (4, 2)
-    assert entry.evaluate(first) == {"output_finite": 1.0}
+    assert is_identical(entry.evaluate(first))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -61,7 +79,7 @@ def test_evaluate_flags_non_finite_outputs():
     model = entry.load()
     with torch.no_grad():
         model[-1].bias.fill_(float("nan"))
-    assert entry.evaluate(model) == {"output_finite": 0.0}
+    assert entry.evaluate(model)["output_finite"] == 0.0
 
 
 # --- Hugging Face directory -------------------------------------------------------------------
@@ -82,7 +100,7 @@ def test_huggingface_directory_keeps_weights_head_and_derives_inputs(tmp_path, n
     output = check_inputs(entry, model, batch_size=2)
     assert isinstance(output, torch.Tensor)
     assert torch.equal(output, original(inputs))  # same weights, same head (logits)
-    assert entry.evaluate(model) == {"output_finite": 1.0}
+    assert is_identical(entry.evaluate(model))
 
 
 def test_huggingface_text_model_takes_its_sequence_length_from_input_shape(tmp_path):
@@ -111,7 +129,7 @@ def test_static_pt2_uses_its_saved_inputs_and_only_its_batch_size(tmp_path):
     assert torch.equal(inputs, saved)
     model = entry.load()
     assert torch.allclose(check_inputs(entry, model, 2), original(saved), atol=1e-6)
-    assert entry.evaluate(model) == {"output_finite": 1.0}
+    assert is_identical(entry.evaluate(model))
     assert entry.calibration_batches(1)[0][0].shape == (2, 3, 8, 8)
     with pytest.raises(InputShapeError, match=r"static batch size of 2.*Dim\('batch'\)"):
         entry.example_inputs(5)
@@ -199,7 +217,7 @@ def test_mismatched_weights_name_the_keys(tmp_path):
 
 
 def test_missing_weights_file_fails_at_resolve(tmp_path):
-    with pytest.raises(ModelLoadError, match="not found"):
+    with pytest.raises(ModelLoadError, match="no such file"):
         resolve("user_factories:small_convnet", str(tmp_path / "nope.pt"), SHAPE)
 
 
@@ -216,8 +234,9 @@ def test_corrupt_pt2_and_weights_for_a_pt2_are_refused(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"garbage")
     with pytest.raises(ModelLoadError, match=r"cannot load .*bad\.pt2 as a torch.export program"):
         resolve(str(tmp_path / "bad.pt2"))
-    with pytest.raises(ConfigError, match="--weights applies to factory specs only"):
-        resolve(str(tmp_path / "bad.pt2"), weights="w.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--weights cannot be used with .*holds its own weights"):
+        resolve(str(tmp_path / "bad.pt2"), weights=str(tmp_path / "w.safetensors"))
 
 
 def test_unknown_spec_lists_the_accepted_forms(tmp_path):

@@ -13,6 +13,16 @@ import torch
 import typer
 from torch import nn
 
+from torchslim._cli_options import (
+    DataOption,
+    DeviceOption,
+    InputDtypeOption,
+    InputShapeOption,
+    SeqLenOption,
+    VocabSizeOption,
+    WeightsOption,
+    model_options,
+)
 from torchslim._io import load_tensors
 from torchslim.distill.config import DistillConfig, LayerMatch
 from torchslim.distill.data import training_data
@@ -141,14 +151,29 @@ def distill_command(
     seed: int = 0,
     amp: Annotated[str, typer.Option(help="auto | bf16 | off")] = "auto",
     resume: bool = False,
-    device: str = "cpu",
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
+    input_dtype: InputDtypeOption = None,
+    vocab_size: VocabSizeOption = None,
+    seq_len: SeqLenOption = None,
+    data: DataOption = None,
 ) -> None:
-    """Distil TEACHER into a student; print teacher (before) vs student (after)."""
-    from torchslim._compress import measure_before_after, write_model_artifact
-    from torchslim.cli import print_outcome, resolve_model
+    """Distil TEACHER into a student; print teacher (before) vs student (after).
 
-    entry = resolve_model(teacher)
+    The model options (--weights, --input-shape, --data, ...) describe the teacher.
+
+    Example: torchslim distill --teacher fashion-resnet20 --student-from fashion-resnet20
+    --drop-layers 1,3 --epochs 1 --out r20-student
+    """
+    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim.cli import note_synthetic_data, print_outcome
+    from torchslim.zoo.options import resolve_model
+
+    options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
+    entry = resolve_model(teacher, options_)
+    note_synthetic_data(entry)
     if student_from is not None and student_from != teacher:
         raise ConfigError(
             f"--student-from {student_from!r} must be the teacher ({teacher!r}): the student is "
@@ -157,7 +182,7 @@ def distill_command(
     if student is not None and (student_from or drop_layers):
         raise ConfigError("give either --student or --student-from/--drop-layers, not both.")
     spec = StudentSpec(
-        model=resolve_model(student) if student else None,
+        model=resolve_model(student, options_.without_weights()) if student else None,
         drop=tuple(parse_indices(drop_layers)) if drop_layers else (),
         weights=student_weights,
         from_scratch=from_scratch,

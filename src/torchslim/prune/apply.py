@@ -25,15 +25,20 @@ CALIBRATION_BATCHES = 8  # for "wanda" input norms
 
 
 def config_from_words(
-    method: str, target: str, ignore: tuple[str, ...] = (), scope: str = "global"
+    method: str, target: str, ignore: tuple[str, ...] = (), scope: str | None = None
 ) -> PruneConfig:
     """``--method`` and ``--target`` of ``torchslim prune`` as a validated config.
 
     ``--method wanda`` scores weights by |w| x input norm on the entry's calibration batches
     (unstructured or N:M). Targets: ``macs=0.5`` / ``flops=0.5`` (fraction removed; FLOPs =
     2 x MACs so the ratio is the same), ``params=0.5``, ``ratio=0.3`` (of every group's units),
-    ``sparsity=0.9``, ``2:4``.
+    ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
+    ``sparsity=`` targets only.
     """
+    if scope is not None and not target.startswith("sparsity="):
+        raise ConfigError(
+            f"--scope applies to unstructured targets (sparsity=S) only, not --target {target}"
+        )
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {METHODS}, got {method!r}")
     nm = re.fullmatch(r"(\d+):(\d+)", target)
@@ -51,12 +56,17 @@ def config_from_words(
             f"--target must be macs=R, flops=R, params=R, ratio=R, sparsity=S or N:M, got "
             f"{target!r}"
         ) from None
+    if ratio == 0.0:
+        raise ConfigError(
+            f"--target {target} removes nothing: give the fraction to remove, in (0, 1), e.g. "
+            f"{key}=0.5"
+        )
     if key == "sparsity":
         if method not in MASK_METHODS:
             raise ConfigError(f"--target sparsity=... takes --method magnitude|l1|l2|taylor|wanda, "
                               f"got {method!r}")  # fmt: skip
         method = MASK_METHODS[method]
-        return UnstructuredPruneConfig(ratio, method=method, scope=scope, ignore=ignore)
+        return UnstructuredPruneConfig(ratio, method=method, scope=scope or "global", ignore=ignore)
     if key not in TARGET_KEYS:
         raise ConfigError(f"unknown --target kind {key!r}; use macs, flops, params, ratio, "
                           "sparsity or N:M")  # fmt: skip

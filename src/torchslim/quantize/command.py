@@ -8,12 +8,27 @@ import dataclasses
 import sys
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from torch import nn
 
-from torchslim.quantize.schemes import SCHEMES, Scheme, get_scheme
+from torchslim._cli_options import (
+    DataOption,
+    DeviceOption,
+    InputDtypeOption,
+    InputShapeOption,
+    ModelArgument,
+    SeqLenOption,
+    ThreadsOption,
+    VocabSizeOption,
+    WeightsOption,
+    model_options,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from torchslim.quantize.schemes import Scheme
 
 DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
 METHODS = ("rtn", "gptq", "awq")  # how weight-only int schemes choose their codes
@@ -21,7 +36,7 @@ TEXT_TASKS = ("sentence-embedding",)
 
 
 def quantize_command(
-    model: Annotated[str, typer.Argument(help="Zoo name, package.module:factory, HF dir or .pt2.")],
+    model: ModelArgument,
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
     scheme: Annotated[str, typer.Option(help="w8a8, w8-dynamic, w4a8, w4-weight, bf16, ...")] = (
         "w8a8"
@@ -36,17 +51,29 @@ def quantize_command(
     calibration_batches: Annotated[int, typer.Option(min=1)] = 16,
     deploy: Annotated[str, typer.Option(help="auto|onnxruntime|openvino|torch|none")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size of the latency.")] = 1,
-    threads: Annotated[int | None, typer.Option(min=1)] = None,
+    threads: ThreadsOption = None,
     repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
     allow_slower: Annotated[bool, typer.Option(help="Keep bf16/fp16 even if slower.")] = False,
     method: Annotated[
         str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
     ] = "rtn",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    device: DeviceOption = "cpu",
+    weights: WeightsOption = None,
+    input_shape: InputShapeOption = None,
+    input_dtype: InputDtypeOption = None,
+    vocab_size: VocabSizeOption = None,
+    seq_len: SeqLenOption = None,
+    data: DataOption = None,
 ) -> None:
-    """Quantize MODEL, deploy it on the fastest real backend here, and print before/after."""
-    from torchslim.cli import print_outcome, resolve_model
+    """Quantize MODEL, deploy it on the fastest real backend here, and print before/after.
+
+    Example: torchslim quantize fashion-resnet20 --scheme w8a8 --out r20-int8
+    """
+    from torchslim.cli import note_synthetic_data, print_outcome
     from torchslim.errors import ConfigError
+    from torchslim.quantize.schemes import get_scheme
+    from torchslim.zoo.options import resolve_model
 
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
@@ -57,12 +84,32 @@ def quantize_command(
             overrides["weight"] = weight_format
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
     check_method(method, chosen)
-    entry = resolve_model(model)
-    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method}
+    check_device(device, chosen, deploy)
+    options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
+    entry = resolve_model(model, options_)
+    note_synthetic_data(entry)
+    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method,
+               "device": device}  # fmt: skip
     # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
     print_outcome(outcome, as_json)
+
+
+def check_device(device: str, scheme: Scheme, deploy: str) -> None:
+    """Refuse ``--device`` other than cpu where the result runs in a CPU runtime.
+
+    Raises:
+        ConfigError: a deployed (ONNX Runtime / OpenVINO / torch x86 INT8) scheme on a GPU.
+    """
+    from torchslim.errors import ConfigError
+
+    if device != "cpu" and scheme.execution == "deployed" and deploy != "none":
+        raise ConfigError(
+            f"--device {device}: --scheme {scheme.name} deploys to CPU runtimes (ONNX Runtime, "
+            "OpenVINO, torch x86 INT8 kernels); use --device cpu, or --deploy none to measure "
+            "the fake-quant model on the device"
+        )
 
 
 def check_method(method: str, scheme: Scheme) -> None:
@@ -73,6 +120,7 @@ def check_method(method: str, scheme: Scheme) -> None:
             weight format.
     """
     from torchslim.errors import ConfigError, did_you_mean
+    from torchslim.quantize.schemes import SCHEMES
 
     if method not in METHODS:
         raise ConfigError(

@@ -1,13 +1,12 @@
 """Models that are not zoo names: a factory spec, a Hugging Face model directory, or a .pt2 file.
 
->>> entry = resolve("mypkg.models:build", weights="model.safetensors", input_shape=(1, 3, 32, 32))
+>>> entry = resolve("mypkg.models:build", ModelOptions(weights=Path("model.safetensors"),
+...                 input_shape=(1, 3, 32, 32), data=Path("images/")))
 >>> model = entry.load()
->>> check_inputs(entry, model, batch_size=4)  # one forward; a rejected shape is an InputShapeError
+>>> entry.evaluate(compressed)  # cosine, top-1 agreement, KL, max abs error vs the original
 
-A user model comes without labelled data, so its only metric is ``output_finite`` (1.0 when every
-output element is finite); accuracy-style comparisons are made against the original model by the
-caller. Inputs are seeded random tensors: ``example_inputs`` (the eval inputs) use one seed,
-``calibration_batches`` others, so calibration never sees the eval batch.
+Its metrics are its fidelity to the original model (``user_entry.py``); its inputs come from
+``--data`` or are seeded random tensors shaped by the options.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,144 +23,106 @@ import torch
 from torch import nn
 
 from torchslim._io import load_state_dict_strict, load_tensors
-from torchslim.errors import (
-    ConfigError,
-    InputShapeError,
-    ModelLoadError,
-    UnknownModelError,
-    did_you_mean,
-)
-from torchslim.zoo._entry import Batch, ZooEntry, checked_forward
+from torchslim.errors import ConfigError, ModelLoadError, UnknownModelError, did_you_mean
 from torchslim.zoo._hf import HuggingFaceOutput, huggingface_class, huggingface_inputs
-from torchslim.zoo._inputs import InputSpec, output_tensors, random_batch
+from torchslim.zoo._inputs import InputSpec
+from torchslim.zoo.options import ModelOptions
+from torchslim.zoo.user_data import read_user_data
+from torchslim.zoo.user_entry import MODEL_SEED, UserEntry, UserInputs, check_inputs
 
-EVAL_SEED = 0  # seed of example_inputs (the eval inputs); calibration batch i uses 1 + i
-MODEL_SEED = 0  # a factory without weights is built under this seed: the same model every load
-
-
-class UserEntry(ZooEntry):
-    """A user model with seeded random inputs; its one metric is ``output_finite``."""
-
-    task = "user-model"
-
-    def __init__(
-        self,
-        name: str,
-        card: str,
-        build: Callable[[], nn.Module],
-        inputs: Callable[[int, int], Batch],
-        default_batch_size: int = 1,
-        calibration_batch_size: int = 8,
-    ) -> None:
-        self.name, self.card, self._build, self._inputs = name, card, build, inputs
-        self.default_batch_size = default_batch_size
-        self.calibration_batch_size = calibration_batch_size
-
-    def load(self) -> nn.Module:
-        return self._build()
-
-    def example_inputs(self, batch_size: int = 1) -> Batch:
-        return self._inputs(batch_size, EVAL_SEED)
-
-    def calibration_batches(self, n: int, batch_size: int | None = None) -> list[Batch]:
-        size = batch_size or self.calibration_batch_size
-        return [self._inputs(size, EVAL_SEED + 1 + i) for i in range(n)]
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        """``output_finite``: 1.0 when every output of the eval batch is finite, else 0.0.
-
-        There is no labelled data for a user model; compare outputs with the original instead.
-        """
-        output = check_inputs(self, model, self.default_batch_size)
-        finite = all(bool(torch.isfinite(tensor).all()) for tensor in output_tensors(output))
-        return {"output_finite": float(finite)}
-
-    def metric_names(self) -> tuple[str, ...]:
-        return ("output_finite",)
+__all__ = ["UserEntry", "UserInputs", "check_inputs", "resolve"]
 
 
-def check_inputs(entry: ZooEntry, model: nn.Module, batch_size: int = 1) -> Any:
-    """Run one forward on ``entry.example_inputs(batch_size)`` and return the output.
-
-    Raises:
-        InputShapeError: the model rejected the inputs; the message names their shapes and the
-            model's own error.
-    """
-    return checked_forward(model, entry.example_inputs(batch_size), entry.name)
-
-
-def resolve(
-    spec: str, weights: str | None = None, input_shape: tuple[int, ...] | None = None
-) -> ZooEntry:
-    """The zoo entry of a model that is not a zoo name.
+def resolve(spec: str, options: ModelOptions | None = None) -> UserEntry:
+    """The entry of a model that is not a zoo name.
 
     Args:
         spec: ``package.module:factory`` (called with no arguments, returns an ``nn.Module``), a
             Hugging Face model directory (holds ``config.json``), or a ``torch.export`` ``.pt2``.
-        weights: a ``.safetensors`` or ``.pt``/``.pth`` state dict for a factory spec (read with
-            ``weights_only=True`` and loaded strictly). Without it the factory's own seeded
-            initialisation is used.
-        input_shape: one float input's shape, batch first (the batch is replaced by the batch
-            size asked for). Required for a factory; overrides what a Hugging Face config or a
-            .pt2 file suggests.
+        options: ``weights`` (factories: a ``.safetensors`` or ``.pt`` state dict read with
+            ``weights_only=True`` and loaded strictly), ``input_shape`` / ``input_dtype`` /
+            ``vocab_size`` (the input, batch first; required for a factory unless ``data`` is a
+            tensor file), ``seq_len`` (text models), ``data`` (the user's own data).
 
-    Resolving checks what is cheap (import, attribute, paths, config); ``load()`` builds the
-    model, so a factory that returns a non-Module or mismatched weights fail there. Nothing is
-    written to disk.
+    Resolving checks what is cheap (import, attribute, paths, config, data); ``load()`` builds
+    the model, so a factory that returns a non-Module or mismatched weights fail there.
 
     Raises:
-        ModelLoadError: the spec does not import, has no such factory, or the file is unreadable.
-        ConfigError: an option is missing or does not apply (``--input-shape``, ``--weights``).
+        ModelLoadError: the spec does not import, has no such factory, or a file is unreadable.
+        ConfigError: an option is missing or does not apply to this kind of model.
         UnknownModelError: ``spec`` is none of the three forms.
     """
-    shape = _checked_shape(input_shape) if input_shape is not None else None
+    options = options or ModelOptions()
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file():
-        _no_weights_for(spec, weights, "a Hugging Face directory loads its own weights")
-        return _huggingface_entry(path, shape)
-    if path.suffix == ".pt2":
-        _no_weights_for(spec, weights, "a .pt2 program holds its own weights")
-        return _exported_entry(path, shape)
-    if path.is_dir():
+        _refuse(options, ("weights", "input_dtype", "vocab_size"), spec,
+                "a Hugging Face directory brings its own weights and derives its inputs from "
+                "config.json")  # fmt: skip
+        entry = _huggingface_entry(path, options)
+    elif path.suffix == ".pt2":
+        _refuse(options, ("weights",), spec, "a .pt2 program holds its own weights")
+        entry = _exported_entry(path, options)
+    elif path.is_dir():
         raise ModelLoadError(
             f"{path} is a directory without config.json: not a Hugging Face model directory "
             "(save one with model.save_pretrained(path))."
         )
-    if ":" in spec and not path.exists():
-        return _factory_entry(spec, weights, shape)
-    raise UnknownModelError(
-        f"{spec!r} is not a zoo name, a package.module:factory spec, a Hugging Face model "
-        "directory (with config.json) or a .pt2 file from torch.export.save."
-    )
-
-
-def _checked_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
-    shape = tuple(input_shape)
-    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise ConfigError(
-            f"input_shape must be positive integers, batch first (e.g. 1,3,32,32); got {shape}"
+    elif ":" in spec and not path.exists():
+        entry = _factory_entry(spec, options)
+    else:
+        raise UnknownModelError(
+            f"{spec!r} is not a zoo name, a package.module:factory spec, a Hugging Face model "
+            "directory (with config.json) or a .pt2 file from torch.export.save."
         )
-    return shape
+    return entry
 
 
-def _no_weights_for(spec: str, weights: str | None, why: str) -> None:
-    if weights is not None:
-        raise ConfigError(f"--weights applies to factory specs only; {spec}: {why}.")
+FLAGS = {"weights": "--weights", "input_dtype": "--input-dtype", "vocab_size": "--vocab-size"}
+
+
+def _refuse(options: ModelOptions, names: tuple[str, ...], spec: str, why: str) -> None:
+    given = [FLAGS[name] for name in names if getattr(options, name) is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)} cannot be used with {spec}: {why}.")
+
+
+def _specs_from_options(options: ModelOptions) -> tuple[InputSpec, ...] | None:
+    if options.input_shape is None:
+        if options.input_dtype is not None:
+            raise ConfigError("--input-dtype needs --input-shape (the input's shape, batch first)")
+        return None
+    dtype = getattr(torch, options.input_dtype or "float32")
+    high = options.vocab_size or 2
+    return (InputSpec(tuple(options.input_shape), dtype, low=0, high=high),)
+
+
+def _with_data_and_seq_len(
+    inputs: UserInputs,
+    options: ModelOptions,
+    name: str,
+    tokenize: Callable[[str], list[int]] | None = None,
+) -> UserInputs:
+    if options.seq_len is not None:
+        inputs = inputs.with_seq_len(options.seq_len, name)
+    if options.data is not None:
+        data = read_user_data(Path(options.data), inputs.specs, tokenize)
+        inputs = replace(inputs, data=data, saved=None)
+    return inputs
 
 
 # --- package.module:factory -------------------------------------------------------------------
 
 
-def _factory_entry(spec: str, weights: str | None, shape: tuple[int, ...] | None) -> UserEntry:
+def _factory_entry(spec: str, options: ModelOptions) -> UserEntry:
     factory = _import_factory(spec)
-    if shape is None:
+    specs = _specs_from_options(options) or _specs_from_data(options)
+    if specs is None:
         raise ConfigError(
             f"{spec} is a factory: torchslim cannot know its input shape. Pass --input-shape, "
-            "batch first (e.g. --input-shape 1,3,32,32); the batch is replaced by --batch-size."
+            "batch first (e.g. --input-shape 1,3,32,32; for token ids add --input-dtype int64 "
+            "--vocab-size N), or --data with a tensor file of your inputs."
         )
-    if weights is not None and not Path(weights).is_file():
-        raise ModelLoadError(f"weights file not found: {weights}")
-    specs = (InputSpec(shape),)
+    weights = str(options.weights) if options.weights is not None else None
 
     def build() -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -181,15 +143,30 @@ def _factory_entry(spec: str, weights: str | None, shape: tuple[int, ...] | None
             load_state_dict_strict(model, load_tensors(weights), weights)
         return model.eval()
 
+    inputs = _with_data_and_seq_len(UserInputs(specs), options, spec)
     source = f"weights {weights}" if weights else f"seeded random init (seed {MODEL_SEED})"
+    first = inputs.specs[0]
     return UserEntry(
         name=spec,
-        card=f"User factory {spec} with {source}; input {shape} float32, seeded normal noise. "
-        "Metric: output_finite (no labelled data).",
+        card=f"User factory {spec} with {source}; input {first.shape} "
+        f"{str(first.dtype).removeprefix('torch.')}. Metrics: fidelity to the original.",
         build=build,
-        inputs=lambda batch_size, seed: random_batch(specs, batch_size, seed),
-        default_batch_size=shape[0],
+        inputs=inputs,
+        default_batch_size=first.shape[0],
     )
+
+
+def _specs_from_data(options: ModelOptions) -> tuple[InputSpec, ...] | None:
+    """Input specs read off a tensor file given as --data (one sample per first-dim row)."""
+    data = Path(options.data) if options.data is not None else None
+    if data is None or data.suffix not in (".npy", ".safetensors"):
+        return None
+    from torchslim.zoo.user_data import read_tensor_file
+
+    tensors = read_tensor_file(data)
+    if any(t.dim() < 2 or t.shape[0] == 0 for t in tensors):
+        raise ConfigError(f"--data {data}: each tensor needs samples first, then the input shape")
+    return tuple(replace(_spec_like(t), shape=(1, *t.shape[1:])) for t in tensors)
 
 
 def _import_factory(spec: str) -> Callable[[], Any]:
@@ -232,14 +209,23 @@ def _import_factory(spec: str) -> Callable[[], Any]:
 # --- Hugging Face model directory -------------------------------------------------------------
 
 
-def _huggingface_entry(directory: Path, shape: tuple[int, ...] | None) -> UserEntry:
+def _huggingface_entry(directory: Path, options: ModelOptions) -> UserEntry:
     from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(directory, local_files_only=True)
     except Exception as error:  # transformers raises OSError, ValueError, KeyError...
         raise ModelLoadError(f"cannot read {directory / 'config.json'}: {error}") from error
+    shape = tuple(options.input_shape) if options.input_shape is not None else None
     names, specs = huggingface_inputs(config, shape)
+    causal_lm = any(
+        name.endswith(("ForCausalLM", "LMHeadModel")) for name in config.architectures or []
+    )
+    text_data = options.data is not None and Path(options.data).suffix in (".txt", ".text", ".md")
+    tokenize = _tokenizer(directory) if text_data else None
+    inputs = _with_data_and_seq_len(
+        UserInputs(specs, causal_lm=causal_lm), options, str(directory), tokenize
+    )
 
     def build() -> nn.Module:
         model_class = huggingface_class(config)
@@ -268,11 +254,26 @@ def _huggingface_entry(directory: Path, shape: tuple[int, ...] | None) -> UserEn
     return UserEntry(
         name=str(directory),
         card=f"Hugging Face {config.model_type} model from {directory}; inputs "
-        f"{', '.join(names)} derived from its config (seeded random). Metric: output_finite.",
+        f"{', '.join(names)} derived from its config. Metrics: fidelity to the original"
+        + (" and perplexity." if causal_lm else "."),
         build=build,
-        inputs=lambda batch_size, seed: random_batch(specs, batch_size, seed),
+        inputs=inputs,
         default_batch_size=shape[0] if shape else 1,
     )
+
+
+def _tokenizer(directory: Path) -> Callable[[str], list[int]]:
+    """The directory's own tokenizer as text -> ids (for a text file given as --data)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as error:  # OSError, ValueError, ... when tokenizer files are missing
+        raise ConfigError(
+            f"--data is a text file but {directory} has no loadable tokenizer ({error}); save "
+            "it there with tokenizer.save_pretrained(directory)"
+        ) from error
+    return lambda text: list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 # --- torch.export .pt2 ------------------------------------------------------------------------
@@ -296,11 +297,11 @@ def _load_program(path: Path) -> torch.export.ExportedProgram:
         ) from error
 
 
-def _exported_entry(path: Path, shape: tuple[int, ...] | None) -> UserEntry:
+def _exported_entry(path: Path, options: ModelOptions) -> UserEntry:
     program = _load_program(path)
     saved = _saved_inputs(program)
-    if shape is not None:
-        specs: tuple[InputSpec, ...] = (InputSpec(shape),)
+    specs = _specs_from_options(options)
+    if specs is not None:
         saved = None
     elif saved is not None:
         specs = tuple(_spec_like(tensor) for tensor in saved)
@@ -310,29 +311,15 @@ def _exported_entry(path: Path, shape: tuple[int, ...] | None) -> UserEntry:
         )
     static_batch = _static_batch(program)
     first_batch = saved[0].shape[0] if saved else specs[0].shape[0]
-    default = static_batch or first_batch
-
-    def inputs(batch_size: int, seed: int) -> Batch:
-        if static_batch is not None and batch_size != static_batch:
-            raise InputShapeError(
-                f"{path} was exported with a static batch size of {static_batch}: its graph "
-                f"accepts batch {static_batch} only, not {batch_size}. Use batch size "
-                f"{static_batch}, or re-export with dynamic_shapes={{'x': {{0: "
-                "torch.export.Dim('batch')}} to accept any batch."
-            )
-        if saved is not None and seed == EVAL_SEED:
-            rows = torch.arange(batch_size) % saved[0].shape[0]  # the user's own inputs, tiled
-            return tuple(tensor[rows].clone() for tensor in saved)
-        return random_batch(specs, batch_size, seed)
-
+    inputs = UserInputs(specs, saved=saved, static_batch=static_batch)
     return UserEntry(
         name=str(path),
-        card=f"torch.export program {path}; eval inputs are its saved example inputs, "
-        "calibration inputs seeded random with their statistics. Metric: output_finite.",
+        card=f"torch.export program {path}; eval inputs are its saved example inputs (or "
+        "--data), calibration inputs seeded random with their statistics (or --data). "
+        "Metrics: fidelity to the original.",
         build=lambda: _load_program(path).module(),  # reloaded: every load() has fresh weights
-        inputs=inputs,
-        default_batch_size=default,
-        calibration_batch_size=static_batch or 8,
+        inputs=_with_data_and_seq_len(inputs, options, str(path)),
+        default_batch_size=static_batch or first_batch,
     )
 
 
