@@ -125,7 +125,9 @@ def resolve_model(spec: str, options: Any = None) -> Any:
 def evaluate(
     model: ModelArgument,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Default: the model's own (1, or a .pt2's static).")
+    ] = None,
     threads: ThreadsOption = None,
     repeats: Annotated[int, typer.Option(min=3)] = 20,
     device: DeviceOption = "cpu",
@@ -145,7 +147,8 @@ def evaluate(
     options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options)
     note_synthetic_data(entry)
-    report = run_evaluation(entry.load(), entry, batch_size, threads, device, repeats)
+    batch = batch_size or entry.default_batch_size
+    report = run_evaluation(entry.load(), entry, batch, threads, device, repeats)
     if as_json:
         _print_json(report.to_dict())
     else:

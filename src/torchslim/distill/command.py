@@ -169,10 +169,11 @@ def distill_command(
     """
     from torchslim._compress import measure_before_after, write_model_artifact
     from torchslim.cli import note_synthetic_data, print_outcome
-    from torchslim.zoo.options import resolve_model
+    from torchslim.zoo.options import require_layers, resolve_model
 
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(teacher, options_)
+    require_layers(entry, "distill")
     note_synthetic_data(entry)
     if student_from is not None and student_from != teacher:
         raise ConfigError(

@@ -61,11 +61,12 @@ def prune_command(
     from torchslim.cli import console, note_synthetic_data, print_outcome
     from torchslim.prune.apply import config_from_words, prune_zoo_model
     from torchslim.prune.finetune import FinetuneConfig
-    from torchslim.zoo.options import resolve_model
+    from torchslim.zoo.options import require_layers, resolve_model
 
     config = config_from_words(method, target, tuple(ignore or ()), scope)
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options_)
+    require_layers(entry, "prune")
     note_synthetic_data(entry)
     finetune = (
         FinetuneConfig(epochs=finetune_epochs, samples=finetune_samples, lr=finetune_lr)

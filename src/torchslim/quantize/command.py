@@ -73,7 +73,7 @@ def quantize_command(
     from torchslim.cli import note_synthetic_data, print_outcome
     from torchslim.errors import ConfigError
     from torchslim.quantize.schemes import get_scheme
-    from torchslim.zoo.options import resolve_model
+    from torchslim.zoo.options import require_layers, resolve_model
 
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
@@ -87,6 +87,7 @@ def quantize_command(
     check_device(device, chosen, deploy)
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options_)
+    require_layers(entry, "quantize")
     note_synthetic_data(entry)
     options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method,
                "device": device}  # fmt: skip

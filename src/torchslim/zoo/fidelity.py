@@ -23,7 +23,8 @@ def fidelity(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
     metrics = {"output_finite": float(finite)}
     if not finite:
         return {**metrics, "cosine": float("nan"), "max_abs_error": float("inf")}
-    metrics["cosine"] = float(F.cosine_similarity(ref, out, dim=0, eps=1e-30))
+    cosine = float(F.cosine_similarity(ref, out, dim=0, eps=1e-30))
+    metrics["cosine"] = min(1.0, max(-1.0, cosine))  # rounding can step past 1
     metrics["max_abs_error"] = float((ref - out).abs().max())
     if reference.dim() >= 2 and reference.shape[-1] > 1:
         ref_logits = reference.double().flatten(0, -2)  # (rows, classes)

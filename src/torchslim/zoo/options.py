@@ -10,6 +10,7 @@ cannot use is a ``ConfigError`` that says why, never silently dropped.
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -94,13 +95,10 @@ def parse_shape(text: str | None) -> tuple[int, ...] | None:
     """``"1,3,32,32"`` (or ``1x3x32x32``) -> ``(1, 3, 32, 32)``."""
     if text is None:
         return None
-    try:
-        shape = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(f"--input-shape {text!r}: expected integers, e.g. 1,3,224,224") from None
-    if not shape:
+    parts = re.split(r"\s*[,x]\s*", text.strip())
+    if not all(part.isdigit() for part in parts):
         raise ConfigError(f"--input-shape {text!r}: expected integers, e.g. 1,3,224,224")
-    return shape
+    return tuple(int(part) for part in parts)
 
 
 def resolve_model(spec: str, options: ModelOptions | None = None) -> ZooEntry:
@@ -153,3 +151,19 @@ def takes_seq_len(entry: object) -> bool:
         return False
     parameters = inspect.signature(method).parameters
     return "seq_len" in parameters and getattr(entry, "has_tokens", True)
+
+
+def require_layers(entry: ZooEntry, command: str) -> None:
+    """Refuse a model that is a graph without layers (a .pt2 program) for a layer transform.
+
+    Raises:
+        ConfigError: naming the command and what to pass instead.
+    """
+    inputs = getattr(entry, "inputs", None)
+    if inputs is not None and getattr(inputs, "graph_only", False):
+        raise ConfigError(
+            f"{command} needs the model's layers (nn.Linear, nn.Conv2d, ...) but {entry.name} is "
+            "a torch.export program: a graph of aten ops with no layers to transform. Pass the "
+            "model as package.module:factory (with --weights) or a Hugging Face directory; "
+            ".pt2 files work with evaluate and profile."
+        )

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim.errors import ConfigError
 from torchslim.zoo import architectures
 from torchslim.zoo._entry import Batch, ZooEntry, forward
 from torchslim.zoo._hf import HuggingFaceOutput
@@ -63,11 +64,25 @@ class TinyEntry(ZooEntry):
             _randomize_batchnorm(model, random_batch(self.inputs, 16, BATCHNORM_SEED))
         return model.eval()
 
-    def example_inputs(self, batch_size: int = 1) -> Batch:
-        return random_batch(self.inputs, batch_size, EVAL_SEED)
+    @property
+    def has_tokens(self) -> bool:
+        return self.inputs == TOKENS
 
-    def calibration_batches(self, n: int, batch_size: int = 4) -> list[Batch]:
-        return [random_batch(self.inputs, batch_size, CALIBRATION_SEED + i) for i in range(n)]
+    def example_inputs(self, batch_size: int = 1, seq_len: int | None = None) -> Batch:
+        return random_batch(self._specs(seq_len), batch_size, EVAL_SEED)
+
+    def calibration_batches(
+        self, n: int, batch_size: int = 4, seq_len: int | None = None
+    ) -> list[Batch]:
+        specs = self._specs(seq_len)
+        return [random_batch(specs, batch_size, CALIBRATION_SEED + i) for i in range(n)]
+
+    def _specs(self, seq_len: int | None) -> tuple[InputSpec, ...]:
+        if seq_len is None:
+            return self.inputs
+        if not self.has_tokens:
+            raise ConfigError(f"--seq-len: {self.name} is not a text model")
+        return (InputSpec((1, seq_len), torch.int64, low=0, high=VOCAB_SIZE),)
 
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Cosine similarity and max absolute difference to the reference model's outputs."""

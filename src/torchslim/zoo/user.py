@@ -311,16 +311,28 @@ def _exported_entry(path: Path, options: ModelOptions) -> UserEntry:
         )
     static_batch = _static_batch(program)
     first_batch = saved[0].shape[0] if saved else specs[0].shape[0]
-    inputs = UserInputs(specs, saved=saved, static_batch=static_batch)
+    inputs = UserInputs(specs, saved=saved, static_batch=static_batch, graph_only=True)
     return UserEntry(
         name=str(path),
         card=f"torch.export program {path}; eval inputs are its saved example inputs (or "
         "--data), calibration inputs seeded random with their statistics (or --data). "
         "Metrics: fidelity to the original.",
-        build=lambda: _load_program(path).module(),  # reloaded: every load() has fresh weights
+        build=lambda: _program_module(path),
         inputs=_with_data_and_seq_len(inputs, options, str(path)),
         default_batch_size=static_batch or first_batch,
     )
+
+
+def _program_module(path: Path) -> nn.Module:
+    """The program as a module, reloaded so every load() has fresh weights.
+
+    ``ExportedProgram.module()`` patches ``train``/``eval`` to raise; the graph was exported in
+    eval mode and its behaviour is fixed, so the plain ``nn.Module`` flags are restored.
+    """
+    module = _load_program(path).module()
+    for name in ("train", "eval"):
+        module.__dict__.pop(name, None)
+    return module
 
 
 def _saved_inputs(program: torch.export.ExportedProgram) -> tuple[torch.Tensor, ...] | None:

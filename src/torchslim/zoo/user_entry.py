@@ -39,6 +39,7 @@ class UserInputs:
     static_batch: int | None = None  # the only batch size the graph accepts
     data: UserData | None = None  # --data, split into calibration and evaluation
     causal_lm: bool = False  # outputs are next-token logits: perplexity on text data
+    graph_only: bool = False  # a .pt2 program: aten ops, no nn.Linear/Conv2d layers to transform
 
     @property
     def has_tokens(self) -> bool:
@@ -60,10 +61,14 @@ class UserInputs:
         """A loud note when calibration and evaluation use no real data."""
         if self.data is not None:
             return None
-        where = "the .pt2's saved example inputs for evaluation and " if self.saved else ""
+        used = (
+            "seeded random inputs for calibration (the .pt2's saved example inputs for evaluation)"
+            if self.saved is not None
+            else "seeded random inputs for calibration and evaluation"
+        )
         return (
-            f"no --data given: {where}seeded random inputs for calibration and evaluation; "
-            "quantization scales and fidelity figures may not reflect your real data"
+            f"no --data given: {used}; quantization scales and fidelity figures may not reflect "
+            "your real data"
         )
 
 
