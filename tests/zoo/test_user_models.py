@@ -235,7 +235,7 @@ def test_corrupt_pt2_and_weights_for_a_pt2_are_refused(tmp_path):
     with pytest.raises(ModelLoadError, match=r"cannot load .*bad\.pt2 as a torch.export program"):
         resolve(str(tmp_path / "bad.pt2"))
     (tmp_path / "w.safetensors").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="--weights cannot be used with .*holds its own weights"):
+    with pytest.raises(ConfigError, match=r"--weights cannot be used with .*its own weights"):
         resolve(str(tmp_path / "bad.pt2"), weights=str(tmp_path / "w.safetensors"))
 
 
