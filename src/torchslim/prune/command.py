@@ -31,13 +31,18 @@ def prune_command(
     threads: Annotated[int | None, typer.Option(min=1, help="Torch threads for timing.")] = None,
     repeats: Annotated[int, typer.Option(min=3)] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
 ) -> None:
     """Prune MODEL (structured channels/heads/neurons, unstructured or N:M) and prove the result."""
     from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._outdir import check_out
     from torchslim.cli import console, print_outcome, resolve_model
     from torchslim.prune.apply import config_from_words, prune_zoo_model
     from torchslim.prune.finetune import FinetuneConfig
 
+    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
     entry = resolve_model(model)
     config = config_from_words(method, target, tuple(ignore or ()), scope)
     finetune = (

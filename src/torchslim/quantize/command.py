@@ -43,11 +43,16 @@ def quantize_command(
         str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
     ] = "rtn",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
 ) -> None:
     """Quantize MODEL, deploy it on the fastest real backend here, and print before/after."""
+    from torchslim._outdir import check_out
     from torchslim.cli import print_outcome, resolve_model
     from torchslim.errors import ConfigError
 
+    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
     chosen = get_scheme(scheme)
