@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from torchslim import _outdir
 from torchslim.errors import ModelLoadError
 
 
@@ -42,18 +42,19 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces ``path`` as a whole once the block succeeds."""
+    """Yield a temporary directory that becomes ``path`` once the block succeeds.
+
+    ``path`` may be new, an empty folder, or a torchslim artifact (replaced whole; only the
+    files it records as torchslim's are removed). A folder holding anything else is refused
+    (``OutputDirectoryError``) and left exactly as it was; see :mod:`torchslim._outdir`.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = _outdir.staging_directory(target)
     try:
         yield tmp
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _outdir.commit(tmp, target)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _outdir.discard(tmp)
 
 
 def write_json(path: str | Path, payload: Any) -> None:

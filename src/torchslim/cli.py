@@ -91,10 +91,18 @@ def train(
     seed: int = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     device: str = "cpu",
+    overwrite: Annotated[
+        bool, typer.Option(help="Train afresh over a finished run at --out.")
+    ] = False,
 ) -> None:
     """Train a zoo architecture (seeded, resumable, checkpointed atomically)."""
+    from torchslim._devices import check_device
+    from torchslim._outdir import check_run_directory
     from torchslim.train import TrainConfig
     from torchslim.train.run import train_zoo_model
+
+    check_run_directory(out, resume, overwrite)
+    check_device(device)
 
     config = TrainConfig(
         epochs=epochs,
@@ -142,8 +150,10 @@ def evaluate(
 
     Example: torchslim evaluate mnist-cnn --json
     """
+    from torchslim._devices import check_device
     from torchslim.evaluate import evaluate as run_evaluation
 
+    check_device(device)
     options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options)
     note_synthetic_data(entry)
@@ -309,3 +319,9 @@ def main() -> None:
     except TorchslimError as error:
         Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
         raise SystemExit(2) from None
+    except SystemExit as stop:  # typer turns Ctrl-C into exit code 130, silently
+        if stop.code == 130:
+            Console(stderr=True).print(
+                "interrupted; no half-written output was left behind", highlight=False
+            )
+        raise

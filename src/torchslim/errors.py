@@ -30,6 +30,11 @@ class InputShapeError(TorchslimError, ValueError):
     """The model rejected the inputs it was given."""
 
 
+class OutputDirectoryError(TorchslimError):
+    """An output directory torchslim may not write: a file, unwritable, or holding the user's
+    own files (which torchslim never removes)."""
+
+
 class ConfigError(TorchslimError, ValueError):
     """A configuration value out of its allowed range, or an unknown key."""
 

@@ -11,6 +11,7 @@ import torch
 import torchslim.deploy._runtime as runtime_module
 from models import tiny_convnet, tiny_images
 from torchslim import zoo
+from torchslim._outdir import RECORD  # the artifact's record of its files
 from torchslim.deploy import (
     BackendUnavailableError,
     DeployConfig,
@@ -70,7 +71,7 @@ def test_artifact_round_trip(tmp_path: Path) -> None:
     deployed = deploy(model, _calibration(), config)
     assert deployed.settings["per_channel"]
     out = deployed.save(tmp_path / "deployed")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "manifest.json", "model.onnx"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backend"] == "onnxruntime" and manifest["candidate"] == "onnxruntime-u8s8"
     assert manifest["decision"]["chosen"] == "onnxruntime-u8s8"

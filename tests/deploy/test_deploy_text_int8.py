@@ -13,6 +13,7 @@ from torch import nn
 
 import torchslim.zoo
 from models import padded_tokens, tiny_sentence_encoder
+from torchslim._outdir import RECORD  # the artifact's record of its files
 from torchslim.deploy import _runtime
 from torchslim.deploy.config import BackendUnavailableError, DeployError
 from torchslim.deploy.text_artifact import load_text_int8, trim_padding
@@ -108,7 +109,7 @@ def test_decision_records_every_candidate(deployed_onnxruntime):
 def test_artifact_round_trip(deployed_onnxruntime, tmp_path: Path):
     _, deployed = deployed_onnxruntime
     out = deployed.save(tmp_path / "int8")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "manifest.json", "model.onnx"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["format"] == "torchslim-deployed-text-v1"
     assert manifest["decision"]["chosen"] == deployed.candidate
@@ -262,7 +263,12 @@ def test_openvino_candidates_on_the_zoo_tiny_bert(tmp_path: Path):
     }
     # the 2-stream runner splits a batch over two requests and joins it back in order
     out = deployed.save(tmp_path / "ov")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        RECORD,
+        "manifest.json",
+        "model.bin",
+        "model.xml",
+    ]
     loaded = load_text_int8(out)
     batch = entry.example_inputs(6)
     torch.testing.assert_close(loaded(*batch), deployed(*batch), atol=1e-5, rtol=1e-5)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import padded_tokens, tiny_sentence_encoder
+from torchslim._outdir import RECORD  # the artifact's record of its files
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_artifact import DeployedTextModel, load_text_int8
 from torchslim.deploy.text_candidates import BUILDERS, BuildContext
@@ -110,7 +111,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path: Path):
     model = _mlp(seed=3)
     to_int8_mm(model)
     out = save_int8_mm(model, tmp_path / "int8")
-    assert sorted(p.name for p in out.iterdir()) == ["int8_mm.json", "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [RECORD, "int8_mm.json", "model.safetensors"]
     manifest = json.loads((out / "int8_mm.json").read_text())
     assert manifest["layers"]["0"] == {
         "in_features": 64, "out_features": 128, "bias": True, "static": False,
@@ -145,7 +146,7 @@ def test_text_candidate_builds_saves_and_loads(tmp_path: Path):
     assert deployed.backend == "torch-int8"
     out = deployed.save(tmp_path / "deployed")
     assert sorted(p.name for p in out.iterdir()) == [
-        "architecture.json", "manifest.json", "model.safetensors",
+        RECORD, "architecture.json", "manifest.json", "model.safetensors",
     ]  # fmt: skip
     loaded = load_text_int8(out)
     with torch.inference_mode():

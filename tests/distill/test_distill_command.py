@@ -4,6 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
+from torchslim._outdir import RECORD  # the artifact's record of its files
 from torchslim.cli import app
 from torchslim.errors import ConfigError
 
@@ -26,7 +27,7 @@ def test_distill_command_drops_layers_trains_and_reports_before_after(tmp_path):
     assert details["distill_config"]["output_loss"] == "mse"  # no labels: teacher outputs
     assert details["steps"] == 8  # 32 calibration examples / 8 per step x 2 epochs
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["manifest.json", "metrics.jsonl", "model.safetensors"]
+    assert names == [RECORD, "manifest.json", "metrics.jsonl", "model.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["after"]["params"] == payload["after"]["params"]
 

@@ -18,8 +18,10 @@ import importlib
 import itertools
 import multiprocessing
 import random
+import signal
 import statistics
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -174,7 +176,8 @@ def _workers(
                 process = context.Process(
                     target=_worker_main, args=(child, variant, config), name=f"bench-{name}"
                 )
-                process.start()
+                with _sigint_ignored():  # Ctrl-C is the parent's to handle: it stops the workers
+                    process.start()
                 child.close()
                 processes.append((process, parent))
                 status, detail = _receive(parent, start_timeout_s, name)
@@ -185,6 +188,10 @@ def _workers(
             if name not in skipped:
                 timers[name] = _rotating(started)
         yield timers
+    except KeyboardInterrupt:
+        for process, _ in processes:  # no graceful stop: the user is waiting
+            process.kill()
+        raise
     finally:
         for process, connection in processes:
             with suppress(BrokenPipeError, OSError):
@@ -193,6 +200,21 @@ def _workers(
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a worker starts: a spawned process inherits that, and Python keeps
+    an inherited ignore, so a terminal's Ctrl-C (sent to the whole process group) reaches only
+    the parent instead of printing a traceback from every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may change signal handlers
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _rotating(timers: list[Callable[[int], float]]) -> Callable[[int], float]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,7 +124,9 @@ def distill(
 
 def distill_command(
     teacher: Annotated[str, typer.Option(help="Teacher: zoo name or user model spec.")],
-    out: Annotated[Path, typer.Option(help="Artifact directory (training state in OUT/train).")],
+    out: Annotated[
+        Path, typer.Option(help="Artifact directory (training state in .OUT.train beside it).")
+    ],
     student: Annotated[str | None, typer.Option(help="Another model as the student.")] = None,
     student_from: Annotated[
         str | None, typer.Option(help="Build the student from this model (the teacher).")
@@ -159,6 +162,9 @@ def distill_command(
     vocab_size: VocabSizeOption = None,
     seq_len: SeqLenOption = None,
     data: DataOption = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
 ) -> None:
     """Distil TEACHER into a student; print teacher (before) vs student (after).
 
@@ -168,9 +174,13 @@ def distill_command(
     --drop-layers 1,3 --epochs 1 --out r20-student
     """
     from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._devices import check_device
+    from torchslim._outdir import check_out, scratch_directory
     from torchslim.cli import note_synthetic_data, print_outcome
     from torchslim.zoo.options import require_layers, resolve_model
 
+    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
+    check_device(device)
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(teacher, options_)
     require_layers(entry, "distill")
@@ -200,13 +210,15 @@ def distill_command(
     )  # fmt: skip
     options = {"subset": train_subset, "resume": resume, "device": device,
                "eval_each_epoch": eval_each_epoch}  # fmt: skip
-    result = distill(entry, built, config, train_config, out / "train", options)
+    scratch = scratch_directory(out)  # resumable state, beside the artifact until it is written
+    result = distill(entry, built, config, train_config, scratch, options)
     if not result.is_main:  # under torchrun, rank 0 alone measures and writes the artifact
         return
     details = {**build_details, **result.details}
     outcome = measure_before_after(
         entry, entry.load(), result.student, "distill", out, {"details": details}
     )
-    extra = {"metrics.jsonl": out / "train" / "metrics.jsonl"}
+    extra = {"metrics.jsonl": scratch / "metrics.jsonl"}
     write_model_artifact(out, result.student, outcome.to_dict(), extra)
+    shutil.rmtree(scratch, ignore_errors=True)
     print_outcome(outcome, as_json)

@@ -52,17 +52,24 @@ def prune_command(
     vocab_size: VocabSizeOption = None,
     seq_len: SeqLenOption = None,
     data: DataOption = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
 ) -> None:
     """Prune MODEL (structured channels/heads/neurons, unstructured or N:M) and prove the result.
 
     Example: torchslim prune fashion-resnet20 --method l2 --target macs=0.5 --out r20-pruned
     """
     from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._devices import check_device
+    from torchslim._outdir import check_out
     from torchslim.cli import console, note_synthetic_data, print_outcome
     from torchslim.prune.apply import config_from_words, prune_zoo_model
     from torchslim.prune.finetune import FinetuneConfig
     from torchslim.zoo.options import require_layers, resolve_model
 
+    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
+    check_device(device)
     config = config_from_words(method, target, tuple(ignore or ()), scope)
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options_)

@@ -65,16 +65,22 @@ def quantize_command(
     vocab_size: VocabSizeOption = None,
     seq_len: SeqLenOption = None,
     data: DataOption = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
 ) -> None:
     """Quantize MODEL, deploy it on the fastest real backend here, and print before/after.
 
     Example: torchslim quantize fashion-resnet20 --scheme w8a8 --out r20-int8
     """
+    from torchslim._devices import check_device
+    from torchslim._outdir import check_out
     from torchslim.cli import note_synthetic_data, print_outcome
     from torchslim.errors import ConfigError
     from torchslim.quantize.schemes import get_scheme
     from torchslim.zoo.options import require_layers, resolve_model
 
+    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
     if deploy not in DEPLOY_CHOICES:
         raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
     chosen = get_scheme(scheme)
@@ -84,7 +90,8 @@ def quantize_command(
             overrides["weight"] = weight_format
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
     check_method(method, chosen)
-    check_device(device, chosen, deploy)
+    check_device(device)
+    check_deploy_device(device, chosen, deploy)
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options_)
     require_layers(entry, "quantize")
@@ -97,7 +104,7 @@ def quantize_command(
     print_outcome(outcome, as_json)
 
 
-def check_device(device: str, scheme: Scheme, deploy: str) -> None:
+def check_deploy_device(device: str, scheme: Scheme, deploy: str) -> None:
     """Refuse ``--device`` other than cpu where the result runs in a CPU runtime.
 
     Raises:
