@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim._io import atomic_directory, save_tensors, write_json
 from torchslim._machine import machine_facts
+from torchslim._progress import stage
 from torchslim.evaluate import EvaluationReport, comparison_table, evaluate
 from torchslim.zoo import ZooEntry
 
@@ -66,8 +67,10 @@ def measure_before_after(
     details = options.pop("details", {})
     keys = ("batch_size", "threads", "repeats", "device")
     settings = {k: options[k] for k in keys if k in options}
-    report_before = evaluate(before, entry, **settings)
-    report_after = evaluate(after, entry, **settings)
+    with stage("measuring the original"):
+        report_before = evaluate(before, entry, **settings)
+    with stage("measuring the result"):
+        report_after = evaluate(after, entry, **settings)
     details = {"machine": machine_facts(), **details}
     return CompressionOutcome(
         entry.name, technique, report_before, report_after, Path(artifact), details
@@ -93,7 +96,7 @@ def write_model_artifact(
     ``extra_files`` maps a name inside the artifact to a file to copy there (e.g. ``model.onnx``).
     The directory appears complete or not at all; an existing one is replaced only on success.
     """
-    with atomic_directory(out) as tmp:
+    with stage(f"writing {out}"), atomic_directory(out) as tmp:
         save_tensors(tmp / "model.safetensors", model.state_dict())
         for name, source in (extra_files or {}).items():
             (tmp / name).write_bytes(Path(source).read_bytes())

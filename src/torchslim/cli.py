@@ -24,6 +24,7 @@ from torchslim._cli_options import (
     WeightsOption,
     model_options,
 )
+from torchslim._progress import stage
 from torchslim.errors import TorchslimError
 
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
@@ -158,7 +159,10 @@ def evaluate(
     entry = resolve_model(model, options)
     note_synthetic_data(entry)
     batch = batch_size or entry.default_batch_size
-    report = run_evaluation(entry.load(), entry, batch, threads, device, repeats)
+    with stage(f"loading {entry.name}"):
+        loaded = entry.load()
+    with stage("measuring metrics, latency and memory"):
+        report = run_evaluation(loaded, entry, batch, threads, device, repeats)
     if as_json:
         _print_json(report.to_dict())
     else:
@@ -314,6 +318,9 @@ app.command("quantize")(__import__("torchslim.quantize.command", fromlist=["x"])
 
 def main() -> None:
     """Entry point: a TorchslimError becomes one red line and exit code 2, not a traceback."""
+    from torchslim._progress import enable
+
+    enable()
     try:
         app()
     except TorchslimError as error:

@@ -176,6 +176,7 @@ def distill_command(
     from torchslim._compress import measure_before_after, write_model_artifact
     from torchslim._devices import check_device
     from torchslim._outdir import check_out, scratch_directory
+    from torchslim._progress import stage
     from torchslim.cli import note_synthetic_data, print_outcome
     from torchslim.zoo.options import require_layers, resolve_model
 
@@ -211,7 +212,8 @@ def distill_command(
     options = {"subset": train_subset, "resume": resume, "device": device,
                "eval_each_epoch": eval_each_epoch}  # fmt: skip
     scratch = scratch_directory(out)  # resumable state, beside the artifact until it is written
-    result = distill(entry, built, config, train_config, scratch, options)
+    with stage("distilling"):
+        result = distill(entry, built, config, train_config, scratch, options)
     if not result.is_main:  # under torchrun, rank 0 alone measures and writes the artifact
         return
     details = {**build_details, **result.details}

@@ -63,6 +63,7 @@ def prune_command(
     from torchslim._compress import measure_before_after, write_model_artifact
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
+    from torchslim._progress import stage
     from torchslim.cli import console, note_synthetic_data, print_outcome
     from torchslim.prune.apply import config_from_words, prune_zoo_model
     from torchslim.prune.finetune import FinetuneConfig
@@ -80,7 +81,8 @@ def prune_command(
         if finetune_epochs
         else None
     )
-    before, after, result, details = prune_zoo_model(entry, config, finetune)
+    with stage("pruning" + (" and fine-tuning" if finetune else "")):
+        before, after, result, details = prune_zoo_model(entry, config, finetune)
     technique = f"prune {method} {target}" + (f" + {finetune_epochs} epoch(s)" if finetune else "")
     options = {"threads": threads, "repeats": repeats, "device": device, "details": details}
     options = {k: v for k, v in options.items() if v is not None}
