@@ -158,11 +158,10 @@ def evaluate(
     options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options)
     note_synthetic_data(entry)
-    batch = batch_size or entry.default_batch_size
     with stage(f"loading {entry.name}"):
         loaded = entry.load()
     with stage("measuring metrics, latency and memory"):
-        report = run_evaluation(loaded, entry, batch, threads, device, repeats)
+        report = run_evaluation(loaded, entry, batch_size, threads, device, repeats)
     if as_json:
         _print_json(report.to_dict())
     else:

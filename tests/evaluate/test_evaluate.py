@@ -140,3 +140,18 @@ def test_cli_evaluate_json_fashion_resnet20_reaches_its_committed_accuracy():
     assert report["metrics"]["accuracy"] == pytest.approx(0.9395, abs=0.0005)
     assert report["params"] == 272_186
     assert 272_186 * 4 < report["size_bytes"] < 272_186 * 4 * 1.1
+
+
+def test_a_model_held_in_python_is_evaluated_on_its_example_inputs():
+    import torchslim
+    from torchslim.zoo.user import entry_for_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    inputs = torch.randn(3, 8)
+    report = torchslim.evaluate(model, inputs, repeats=3)
+    assert report.details["batch_size"] == 3 and report.metrics["cosine"] == pytest.approx(1.0)
+    changed = torch.nn.Sequential(*[layer for layer in model])  # same layers...
+    changed[0] = torch.nn.Linear(8, 16)  # ...but the first one re-initialised
+    compared = torchslim.evaluate(changed, entry_for_model(model, inputs), repeats=3)
+    assert compared.metrics["cosine"] < 0.999 and compared.metrics["max_abs_error"] > 0

@@ -34,19 +34,32 @@ def _memory(model: nn.Module, batch: Batch) -> tuple[int, int | None]:
 
 def evaluate(
     model: nn.Module,
-    task: ZooEntry | str,
-    batch_size: int = 1,
+    task: ZooEntry | str | torch.Tensor | tuple[torch.Tensor, ...],
+    batch_size: int | None = None,
     threads: int | None = None,
     device: str | torch.device = "cpu",
     repeats: int = 20,
 ) -> EvaluationReport:
-    """Measure ``model`` on ``task`` (a zoo entry or its name): metrics, size, latency, memory.
+    """Measure ``model`` on ``task``: metrics, size, latency, memory.
+
+    ``task`` is a zoo entry (``torchslim.resolve_model(...)`` gives one for any model) or its
+    name, or your model's example inputs (a tensor or a tuple of them): then the metrics are the
+    fidelity of ``model`` to itself as it is now (cosine 1.0 — evaluate a compressed copy with
+    the entry of the original, ``zoo.user.entry_for_model(original, inputs)``, to compare), and
+    ``batch_size`` defaults to the inputs' batch.
 
     Latency is the median/p90 of ``repeats`` forward passes at ``batch_size`` on the entry's
     example inputs after warm-up, with ``threads`` torch threads (default: torch's current count).
     The model is moved to ``device``; the caller's model is otherwise left unchanged.
     """
-    entry = get(task) if isinstance(task, str) else task
+    if isinstance(task, torch.Tensor | tuple):
+        from torchslim.zoo.user import entry_for_model
+
+        entry: ZooEntry = entry_for_model(model, task)
+    else:
+        entry = get(task) if isinstance(task, str) else task
+    if batch_size is None:  # a user model's own batch (a .pt2 may accept no other); else 1
+        batch_size = entry.default_batch_size if entry.task == "user-model" else 1
     device = torch.device(device)
     model = model.to(device).eval()
     batch = _to_device(entry.example_inputs(batch_size), device)

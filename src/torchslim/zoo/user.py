@@ -11,6 +11,7 @@ Its metrics are its fidelity to the original model (``user_entry.py``); its inpu
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import sys
@@ -30,7 +31,7 @@ from torchslim.zoo.options import ModelOptions
 from torchslim.zoo.user_data import read_user_data
 from torchslim.zoo.user_entry import MODEL_SEED, UserEntry, UserInputs, check_inputs
 
-__all__ = ["UserEntry", "UserInputs", "check_inputs", "resolve"]
+__all__ = ["UserEntry", "UserInputs", "check_inputs", "entry_for_model", "resolve"]
 
 
 def resolve(spec: str, options: ModelOptions | None = None) -> UserEntry:
@@ -75,6 +76,26 @@ def resolve(spec: str, options: ModelOptions | None = None) -> UserEntry:
             "directory (with config.json) or a .pt2 file from torch.export.save."
         )
     return entry
+
+
+def entry_for_model(
+    model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], name: str = ""
+) -> UserEntry:
+    """The entry of a model you hold in Python: ``model`` as it is now is the original that
+    fidelity is measured against, ``example_inputs`` (batch first) the evaluation batch."""
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+    if not inputs or not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in inputs):
+        raise ConfigError("example_inputs: a tensor or a tuple of tensors, batch first")
+    reference = copy.deepcopy(model).eval()
+    specs = tuple(_spec_like(tensor) for tensor in inputs)
+    return UserEntry(
+        name=name or type(model).__name__,
+        card="A model given in Python; evaluation inputs are its example inputs. Metrics: "
+        "fidelity to the model as it was given.",
+        build=lambda: copy.deepcopy(reference),
+        inputs=UserInputs(specs, saved=tuple(inputs)),
+        default_batch_size=int(inputs[0].shape[0]),
+    )
 
 
 FLAGS = {"weights": "--weights", "input_dtype": "--input-dtype", "vocab_size": "--vocab-size"}
