@@ -55,7 +55,10 @@ def _print_json(payload: Any) -> None:
 
 @zoo_app.command("list")
 def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the zoo's models, their tasks and metrics."""
+    """List the zoo's models, their tasks and metrics.
+
+    Example: torchslim zoo list --json
+    """
     from torchslim import zoo
 
     rows = [zoo.get(name).to_row() for name in zoo.names()]
@@ -70,7 +73,10 @@ def zoo_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
 
 @app.command()
 def fetch(force: Annotated[bool, typer.Option(help="Download again.")] = False) -> None:
-    """Download the Debian data packages and unpack the files torchslim uses."""
+    """Download the Debian data packages and unpack the files torchslim uses.
+
+    Example: torchslim fetch
+    """
     from torchslim.zoo._assets import fetch_debian_files, home
 
     written = fetch_debian_files(force=force)
@@ -96,7 +102,10 @@ def train(
         bool, typer.Option(help="Train afresh over a finished run at --out.")
     ] = False,
 ) -> None:
-    """Train a zoo architecture (seeded, resumable, checkpointed atomically)."""
+    """Train a zoo architecture (seeded, resumable, checkpointed atomically).
+
+    Example: torchslim train fashion-cnn --epochs 2 --out runs/fashion-cnn
+    """
     from torchslim._devices import check_device
     from torchslim._outdir import check_run_directory
     from torchslim.train import TrainConfig
@@ -173,7 +182,10 @@ def demo(
     model: Annotated[str, typer.Argument(help="Zoo model to run the main job on.")] = DEFAULT_MODEL,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The main job on the default model: evaluate it and profile what it costs."""
+    """The main job on the default model: evaluate it and profile what it costs.
+
+    Example: torchslim demo mnist-cnn
+    """
     from torchslim.evaluate import evaluate as run_evaluation
     from torchslim.profile.analysis import analyze, op_table, summary_table
 
@@ -195,7 +207,10 @@ def hw(
     threads: Annotated[int | None, typer.Option(min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """This machine: CPU, ISA features, measured matmul peaks per dtype, memory bandwidth."""
+    """This machine: CPU, ISA features, measured matmul peaks per dtype, memory bandwidth.
+
+    Example: torchslim hw --json
+    """
     from torchslim.profile.hardware import this_machine
 
     spec = this_machine(refresh=refresh, threads=threads)
