@@ -28,7 +28,7 @@ import torch
 from torchslim._io import write_json
 from torchslim._machine import machine_facts
 from torchslim.distill import DistillConfig, LayerMatch, drop_layers
-from torchslim.distill.command import distill
+from torchslim.distill.run import distill
 from torchslim.train import TrainConfig
 from torchslim.train._checkpoint import exists as checkpoint_exists
 from torchslim.zoo import get

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,13 +23,14 @@ from torchslim._cli_options import (
     model_options,
 )
 from torchslim._progress import stage
+from torchslim.commands._render import _print_json, console, note_synthetic_data
+from torchslim.commands.distill import distill_command
+from torchslim.commands.prune import prune_command
 from torchslim.errors import TorchslimError
 
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
 zoo_app = typer.Typer(help="The zoo of real models.", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
-# Piped output (CI logs, files) gets room for the wide per-op tables instead of 80 columns.
-console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _version(value: bool) -> None:
@@ -47,10 +46,6 @@ def _root(
     ] = False,
 ) -> None:
     """torchslim: measure what a network costs, compress it, prove the result."""
-
-
-def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2))
 
 
 @zoo_app.command("list")
@@ -228,13 +223,6 @@ def hw(
     console.print(table)
 
 
-def note_synthetic_data(entry: Any) -> None:
-    """Say loudly (on stderr) when a user model is fed synthetic inputs instead of --data."""
-    note = getattr(entry, "data_note", None)
-    if note:
-        Console(stderr=True).print(f"[bold yellow]note:[/] {note}", highlight=False)
-
-
 def _cast(model: Any, inputs: tuple[Any, ...], dtype: str | None) -> tuple[Any, tuple[Any, ...]]:
     import torch
 
@@ -310,24 +298,10 @@ def profile_command(
         console.print(f"roofline plot: {plot}")
 
 
-def print_outcome(outcome: Any, as_json: bool) -> None:
-    """Render a ``CompressionOutcome``: the JSON contract, or a before/after table."""
-    if as_json:
-        _print_json(outcome.to_dict())
-        return
-    console.print(outcome.to_table())
-    for key in ("execution", "note"):
-        if key in outcome.details:
-            console.print(f"{key}: {outcome.details[key]}", highlight=False)
-    console.print(f"artifact: {outcome.artifact}")
-
-
-# Technique commands live next to their technique (``<technique>/command.py``) and register here.
-# --- technique commands (one line each) ---
-app.command("prune")(__import__("torchslim.prune.command", fromlist=["x"]).prune_command)
-app.command("distill")(__import__("torchslim.distill.command", fromlist=["x"]).distill_command)
+# Technique commands live in torchslim.commands (light modules: torch is imported when they run).
+app.command("prune")(prune_command)
+app.command("distill")(distill_command)
 app.command("quantize")(__import__("torchslim.quantize.command", fromlist=["x"]).quantize_command)
-# --- end technique commands ---
 
 
 def main() -> None:

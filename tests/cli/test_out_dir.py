@@ -29,7 +29,7 @@ COMMANDS = {
 WORK = {  # the first step of each command that does real work
     "prune": "torchslim.prune.apply.prune_zoo_model",
     "quantize": "torchslim.quantize.command.run_scheme",
-    "distill": "torchslim.distill.command.build_student",
+    "distill": "torchslim.distill.run.build_student",
 }
 
 

@@ -75,7 +75,7 @@ def quantize_command(
     """
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
-    from torchslim.cli import note_synthetic_data, print_outcome
+    from torchslim.commands._render import note_synthetic_data, print_outcome
     from torchslim.errors import ConfigError
     from torchslim.quantize.schemes import get_scheme
     from torchslim.zoo.options import require_layers, resolve_model

@@ -64,7 +64,7 @@ def prune_command(
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
     from torchslim._progress import stage
-    from torchslim.cli import console, note_synthetic_data, print_outcome
+    from torchslim.commands._render import console, note_synthetic_data, print_outcome
     from torchslim.prune.apply import config_from_words, prune_zoo_model
     from torchslim.prune.finetune import FinetuneConfig
     from torchslim.zoo.options import require_layers, resolve_model

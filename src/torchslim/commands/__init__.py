@@ -1,0 +1,1 @@
+"""The command line's technique commands: thin callers of the library, light to import."""
