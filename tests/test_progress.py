@@ -1,7 +1,5 @@
 """Stage lines: printed on stderr by the command line only, never by the Python API."""
 
-import contextvars
-
 from torchslim import _progress
 
 
@@ -14,12 +12,8 @@ def test_stage_is_silent_unless_the_command_line_enabled_it(capsys):
 def test_enabled_stage_prints_its_label_and_duration(capsys, monkeypatch):
     monkeypatch.setattr(_progress, "MIN_SECONDS_SHOWN", 0.0)
 
-    def run() -> None:
-        _progress.enable()
-        with _progress.stage("calibrating"):
-            pass
-
-    contextvars.copy_context().run(run)  # the flag stays inside that context
+    with _progress.enabled(), _progress.stage("calibrating"):
+        pass
     err = capsys.readouterr().err
     assert "calibrating: " in err and err.strip().endswith("s")
     with _progress.stage("silent again"):

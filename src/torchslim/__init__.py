@@ -42,6 +42,9 @@ _EXPORTS = {
     "Trainer": "torchslim.train",
     "ModelOptions": "torchslim.zoo.options",
     "resolve_model": "torchslim.zoo.options",
+    "load": "torchslim.pipeline.artifact",
+    "load_recipe": "torchslim.pipeline",
+    "compress": "torchslim.pipeline.api",
 }
 
 __all__ = [
@@ -65,7 +68,10 @@ __all__ = [
     "UnknownModelError",
     "UnstructuredPruneConfig",
     "__version__",
+    "compress",
     "evaluate",
+    "load",
+    "load_recipe",
     "profile",
     "prune_",
     "quantize_",
@@ -85,6 +91,9 @@ if TYPE_CHECKING:
         UnknownModelError,
     )
     from torchslim.evaluate import EvaluationReport, evaluate
+    from torchslim.pipeline import load_recipe
+    from torchslim.pipeline.api import compress
+    from torchslim.pipeline.artifact import load
     from torchslim.profile import ProfileReport, profile
     from torchslim.prune import (
         NMPruneConfig,

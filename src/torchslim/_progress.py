@@ -16,9 +16,14 @@ _enabled = contextvars.ContextVar("torchslim_progress", default=False)
 MIN_SECONDS_SHOWN = 0.5  # quicker stages print no line
 
 
-def enable() -> None:
-    """Called by the command line's entry point."""
-    _enabled.set(True)
+@contextlib.contextmanager
+def enabled() -> Iterator[None]:
+    """Stage lines on inside the block (the command line's entry point)."""
+    token = _enabled.set(True)
+    try:
+        yield
+    finally:
+        _enabled.reset(token)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from torchslim._cli_options import (
 )
 from torchslim._progress import stage
 from torchslim.commands._render import _print_json, console, note_synthetic_data
+from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
 from torchslim.commands.prune import prune_command
 from torchslim.errors import TorchslimError
@@ -300,17 +301,19 @@ def profile_command(
 
 # Technique commands live in torchslim.commands (light modules: torch is imported when they run).
 app.command("prune")(prune_command)
+app.command("compress")(compress_command)
+app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
 app.command("quantize")(__import__("torchslim.quantize.command", fromlist=["x"]).quantize_command)
 
 
 def main() -> None:
     """Entry point: a TorchslimError becomes one red line and exit code 2, not a traceback."""
-    from torchslim._progress import enable
+    from torchslim._progress import enabled
 
-    enable()
     try:
-        app()
+        with enabled():
+            app()
     except TorchslimError as error:
         Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
         raise SystemExit(2) from None

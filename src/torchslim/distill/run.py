@@ -81,10 +81,10 @@ def distill(
     """Distil ``entry``'s model into ``student`` with the shared trainer (resumable).
 
     ``options``: ``subset`` (training examples), ``resume``, ``device``, ``eval_each_epoch``,
-    ``seq_len`` (text).
+    ``seq_len`` (text), ``teacher`` (default: ``entry.load()``).
     """
     options = options or {}
-    teacher = entry.load()
+    teacher = options.get("teacher") or entry.load()
     data, default_output = training_data(
         entry, options.get("subset"), train_config.seed, options.get("seq_len", 32)
     )

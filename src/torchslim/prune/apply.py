@@ -82,6 +82,9 @@ def needs_gradients(config: PruneConfig) -> bool:
     return importance in ("taylor", "movement")
 
 
+DENSE_MACS_NOTE = "dense MACs: zeroed weights are still multiplied"
+
+
 def prune_zoo_model(
     entry: ZooEntry, config: PruneConfig, finetune: FinetuneConfig | None = None
 ) -> tuple[nn.Module, nn.Module, PruneResult, dict[str, Any]]:
@@ -92,7 +95,27 @@ def prune_zoo_model(
     """
     before = entry.load()
     model = copy.deepcopy(before)
+    result, details = prune_for_entry_(model, entry, config)
+    if finetune is not None:
+        details["metrics_after_prune_before_finetune"] = entry.evaluate(model)
+        details["finetune"] = finetune_(entry, model, finetune)
+    fold_masks_(model)
     inputs = tuple(entry.example_inputs(1))
+    details["macs_after"] = profile(model, inputs, measure_memory=False).total.macs
+    return before, model.eval(), result, details
+
+
+def prune_for_entry_(
+    model: nn.Module, entry: ZooEntry, config: PruneConfig
+) -> tuple[PruneResult, dict[str, Any]]:
+    """Prune ``model`` in place with ``entry``'s data (gradients for Taylor, calibration batches
+    for Wanda); masks of unstructured / N:M pruning stay attached (fine-tuning keeps them).
+
+    Returns:
+        (the prune result, details for the manifest / report).
+    """
+    inputs = tuple(entry.example_inputs(1))
+    macs_before = profile(model, inputs, measure_memory=False).total.macs
     if needs_gradients(config):
         accumulate_gradients(entry, model)
     calibration = None
@@ -104,16 +127,9 @@ def prune_zoo_model(
         "config": {"type": type(config).__name__, **config.to_dict()},
         "params_before": result.params_before,
         "params_after": result.params_after,
-        "macs_before": profile(before, inputs, measure_memory=False).total.macs,
+        "macs_before": macs_before,
         "sparsity": result.sparsity,
         "plan": str(result.plan) if result.plan is not None else None,
+        "macs_note": None if result.sparsity is None else DENSE_MACS_NOTE,
     }
-    if finetune is not None:
-        details["metrics_after_prune_before_finetune"] = entry.evaluate(model)
-        details["finetune"] = finetune_(entry, model, finetune)
-    fold_masks_(model)
-    details["macs_after"] = profile(model, inputs, measure_memory=False).total.macs
-    details["macs_note"] = (
-        "dense MACs: zeroed weights are still multiplied" if result.sparsity is not None else None
-    )
-    return before, model.eval(), result, details
+    return result, details

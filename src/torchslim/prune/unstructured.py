@@ -7,6 +7,7 @@ Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activatio
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,6 +132,22 @@ def fold_masks_(model: nn.Module) -> int:
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
             folded += 1
+    return folded
+
+
+def folded_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with the masked weights as plain parameters; ``model`` keeps its masks.
+
+    ``fold_masks_`` on a deep copy would not do: the copy shares its modules' parametrized
+    classes with the original, and removing a parametrization deletes the class's property.
+    """
+    folded = copy.deepcopy(model)
+    for module in folded.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            weight = module.weight.detach().clone()  # type: ignore[operator]
+            del module._modules["parametrizations"]
+            module.__class__ = module.__class__.__bases__[0]  # the layer's own class
+            nn.Module.register_parameter(module, "weight", nn.Parameter(weight))
     return folded
 
 

@@ -11,6 +11,7 @@ record before the weights are loaded. Any other mismatch is one ``ModelLoadError
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,20 @@ from torchslim.errors import ModelLoadError
 from torchslim.zoo._entry import Batch, ZooEntry
 
 
-def configured(base: ZooEntry, weights: Path | None, seq_len: int | None) -> ZooEntry:
-    """A copy of ``base`` (same class) that loads ``weights`` and feeds ``seq_len`` tokens."""
+def configured(
+    base: ZooEntry,
+    weights: Path | None = None,
+    seq_len: int | None = None,
+    loader: Callable[[], nn.Module] | None = None,
+) -> ZooEntry:
+    """A copy of ``base`` (same class) that loads ``weights`` (or calls ``loader``, e.g. an
+    artifact's) and feeds ``seq_len`` tokens."""
     if weights is not None and not weights.is_file():
         raise ModelLoadError(f"--weights {weights}: no such file")
     cls: Any = type(f"Configured{type(base).__name__}", (_Configured, type(base)), {})
     entry = cls.__new__(cls)
     entry.__dict__.update(base.__dict__)  # the zoo entry's state, shared read-only
-    entry.weights, entry.seq_len = weights, seq_len
+    entry.weights, entry.seq_len, entry.loader = weights, seq_len, loader
     if weights is not None:
         entry.name = f"{base.name} ({weights})"
         entry.card = f"{base.card} Weights from {weights}."
@@ -44,8 +51,11 @@ class _Configured:
     card: str
     weights: Path | None = None
     seq_len: int | None = None
+    loader: Callable[[], nn.Module] | None = None
 
     def load(self) -> nn.Module:
+        if self.loader is not None:
+            return self.loader()
         model: nn.Module = super().load()  # type: ignore[misc]
         if self.weights is None:
             return model
@@ -58,7 +68,9 @@ class _Configured:
         return model.eval()
 
     def meta_model(self) -> nn.Module:
-        return self.load().to("meta") if self.weights else super().meta_model()  # type: ignore[misc]
+        if self.weights or self.loader:
+            return self.load().to("meta")
+        return super().meta_model()  # type: ignore[misc]
 
     def example_inputs(self, batch_size: int = 1, **kwargs: Any) -> Batch:
         return super().example_inputs(batch_size, **self._with_seq_len(kwargs))  # type: ignore[misc]

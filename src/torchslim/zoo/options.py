@@ -75,6 +75,19 @@ class ModelOptions:
             if path is not None and not Path(path).exists():
                 raise ModelLoadError(f"--{name} {path}: no such file or directory")
 
+    def to_dict(self) -> dict[str, object]:
+        """The options that were set, JSON-ready (paths absolute, so an artifact finds them)."""
+        values: dict[str, object] = {}
+        for name in ("weights", "input_shape", "input_dtype", "vocab_size", "seq_len", "data"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                value = str(value.resolve())
+            elif isinstance(value, tuple):
+                value = list(value)
+            if value is not None:
+                values[name] = value
+        return values
+
     def without_weights(self) -> ModelOptions:
         return replace(self, weights=None)
 
@@ -114,13 +127,43 @@ def resolve_model(spec: str, options: ModelOptions | None = None) -> ZooEntry:
 
     options = options or ModelOptions()
     if spec in zoo.names():
-        return _zoo_entry(spec, options)
-    looks_like_user_model = ":" in spec or Path(spec).exists() or spec.endswith(".pt2")
-    if not looks_like_user_model:
-        return zoo.get(spec)  # raises UnknownModelError with a "did you mean"
-    from torchslim.zoo.user import resolve
+        entry = _zoo_entry(spec, options)
+    elif Path(spec).is_dir() and _is_artifact(Path(spec)):
+        entry = _artifact_entry(Path(spec), options)
+    elif ":" in spec or Path(spec).exists() or spec.endswith(".pt2"):
+        from torchslim.zoo.user import resolve
 
-    return resolve(spec, options)
+        entry = resolve(spec, options)
+    else:
+        return zoo.get(spec)  # raises UnknownModelError with a "did you mean"
+    entry.source = {"spec": spec, "options": options.to_dict()}  # type: ignore[attr-defined]
+    return entry
+
+
+def _is_artifact(directory: Path) -> bool:
+    from torchslim.pipeline.artifact import read_manifest
+
+    return read_manifest(directory) is not None
+
+
+def _artifact_entry(directory: Path, options: ModelOptions) -> ZooEntry:
+    """A torchslim artifact as MODEL: the original's data and metric, the artifact's model."""
+    from torchslim.pipeline.artifact import base_entry, load, read_manifest
+    from torchslim.zoo.configured import configured
+
+    if options.given():
+        raise ConfigError(
+            f"{', '.join(options.given())} cannot be used with the artifact {directory}: it "
+            "rebuilds its model with the options recorded in its manifest"
+        )
+    manifest = read_manifest(directory)
+    assert manifest is not None
+    entry = configured(base_entry(manifest), loader=lambda: load(directory))
+    entry.name = str(directory)
+    entry.card = f"{entry.card} Loaded from the torchslim artifact {directory}."
+    if manifest.get("kind") == "deployed":
+        entry.deployed = True  # type: ignore[attr-defined]
+    return entry
 
 
 def _zoo_entry(name: str, options: ModelOptions) -> ZooEntry:
@@ -159,6 +202,11 @@ def require_layers(entry: ZooEntry, command: str) -> None:
     Raises:
         ConfigError: naming the command and what to pass instead.
     """
+    if getattr(entry, "deployed", False):
+        raise ConfigError(
+            f"{command} needs the model's layers but {entry.name} is a deployed runtime graph "
+            "(ONNX / OpenVINO / PT2): transform the artifact it was deployed from instead"
+        )
     inputs = getattr(entry, "inputs", None)
     if inputs is not None and getattr(inputs, "graph_only", False):
         raise ConfigError(

@@ -1,0 +1,148 @@
+"""One artifact format for everything the pipeline writes, and ``load`` for every artifact.
+
+``manifest.json`` holds ``artifact_format: "torchslim"`` and ``artifact_version``, how to rebuild
+the original model (``model``: its spec and options), the resolved recipe, each stage's options,
+figures and structure record, and the before/after outcome. Weights are ``model.safetensors``
+(fake-quant layers stored dequantized, masks folded); a deployed model keeps its runtime files
+(ONNX, OpenVINO IR, PT2) and the deploy manifest's keys beside these.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torchslim.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from torchslim._compress import CompressionOutcome
+    from torchslim.pipeline.recipe import Recipe
+    from torchslim.zoo._entry import ZooEntry
+
+ARTIFACT_FORMAT = "torchslim"
+ARTIFACT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def model_source(entry: ZooEntry) -> dict[str, Any]:
+    """How to rebuild ``entry``'s original model: its spec and model options."""
+    return getattr(entry, "source", None) or {"spec": entry.name, "options": {}}
+
+
+def write_pipeline_artifact(
+    out: Path, entry: ZooEntry, model: Any, recipe: Recipe, outcome: CompressionOutcome
+) -> Path:
+    """Write ``model`` (a module or a deployed runtime) with the one manifest, atomically."""
+    from torch import nn
+
+    from torchslim._compress import versions
+
+    manifest: dict[str, Any] = {
+        "artifact_format": ARTIFACT_FORMAT,
+        "artifact_version": ARTIFACT_VERSION,
+        "model": model_source(entry),
+        "technique": outcome.technique,
+        "recipe": recipe.to_dict(),
+        "stages": outcome.details.get("stages", []),
+        "outcome": outcome.to_dict(),
+        "versions": versions(),
+    }
+    if not isinstance(model, nn.Module) or hasattr(model, "artifact"):
+        from torchslim.deploy._runtime import write_artifact
+
+        runtime: Any = model
+        deployed = runtime.manifest()
+        return write_artifact(out, runtime.artifact, {**deployed, **manifest, "kind": "deployed"})
+    from torchslim._compress import write_model_artifact
+
+    return write_model_artifact(out, storable(model), {**manifest, "kind": "module"})
+
+
+def storable(model: nn.Module) -> nn.Module:
+    """A copy with masks folded and fake-quant layers as float layers holding quantized weights."""
+    from torchslim.prune.unstructured import folded_copy
+    from torchslim.quantize.modules import quant_modules
+    from torchslim.quantize.schemes import dequantized_copy
+
+    folded = folded_copy(model)
+    return dequantized_copy(folded) if quant_modules(folded) else folded
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of a torchslim pipeline artifact, None when ``directory`` is none.
+
+    Raises:
+        ModelLoadError: a manifest that is not JSON, or of a newer artifact version.
+    """
+    file = Path(directory) / MANIFEST
+    if not file.is_file():
+        return None
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"{file}: not a readable manifest ({error})") from error
+    if not isinstance(manifest, dict) or manifest.get("artifact_format") != ARTIFACT_FORMAT:
+        return None
+    version = manifest.get("artifact_version")
+    if not isinstance(version, int) or version > ARTIFACT_VERSION:
+        raise ModelLoadError(
+            f"{directory} is a torchslim artifact of format version {version!r}; this torchslim "
+            f"reads versions up to {ARTIFACT_VERSION}: upgrade torchslim to load it"
+        )
+    return manifest
+
+
+def base_entry(manifest: dict[str, Any]) -> ZooEntry:
+    """The entry of the original model an artifact was made from (its data and metric)."""
+    from torchslim.zoo.options import ModelOptions, resolve_model
+
+    source = manifest.get("model") or {}
+    options = dict(source.get("options") or {})
+    for key in ("weights", "data"):
+        if options.get(key) is not None:
+            options[key] = Path(options[key])
+    if options.get("input_shape") is not None:
+        options["input_shape"] = tuple(options["input_shape"])
+    return resolve_model(str(source.get("spec")), ModelOptions(**options))
+
+
+def load(directory: str | Path) -> nn.Module:
+    """A runnable model from any artifact the pipeline (``torchslim compress``, ``prune``,
+    ``quantize``, ``distill``) writes.
+
+    Raises:
+        ModelLoadError: not an artifact, a newer format version, or weights that do not fit.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise ModelLoadError(
+            f"{directory} is not a torchslim artifact (no manifest.json with artifact_format "
+            f"{ARTIFACT_FORMAT!r}); write one with torchslim compress, prune, quantize or distill"
+        )
+    if manifest.get("kind") == "deployed":
+        from torchslim.deploy import load_deployed
+
+        return load_deployed(directory)
+    return rebuild(base_entry(manifest), manifest, directory)
+
+
+def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Module:
+    """The original model, its stages' structure replayed, the artifact's weights loaded."""
+    from torchslim._io import load_state_dict_strict, load_tensors
+    from torchslim.pipeline.recipe import build_options
+    from torchslim.pipeline.registry import StepContext, get_step
+
+    model = entry.load()
+    context = StepContext(entry, model)
+    for stage in manifest.get("stages", []):
+        step = get_step(stage["step"])
+        if step.restore is not None:
+            options = {k: v for k, v in stage["options"].items() if k != "step"}
+            step.restore(model, build_options(step, options), stage.get("record", {}), context)
+    weights = directory / "model.safetensors"
+    load_state_dict_strict(model, load_tensors(weights), str(weights))
+    return model.eval()

@@ -1,0 +1,57 @@
+"""The ``prune`` step: structured (channels, heads, neurons), unstructured or N:M pruning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from torchslim.pipeline.registry import Step, StepContext, StepResult, register_step
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """``method``: l1 | l2 | bn | taylor (structured), magnitude | wanda (unstructured), nm;
+    ``target``: macs=R | flops=R | params=R | ratio=R | sparsity=S | N:M; ``ignore``: names or
+    ``re:`` patterns left whole; ``scope``: global | layer (sparsity targets only)."""
+
+    method: str = "l2"
+    target: str = "macs=0.5"
+    ignore: tuple[str, ...] = ()
+    scope: str | None = None
+
+    def __post_init__(self) -> None:
+        self.config()  # every value checked when the recipe is read
+
+    def config(self) -> Any:
+        from torchslim.prune.apply import config_from_words
+
+        return config_from_words(self.method, self.target, tuple(self.ignore), self.scope)
+
+
+def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> StepResult:
+    from torchslim.prune.apply import prune_for_entry_
+
+    result, details = prune_for_entry_(model, context.entry, options.config())
+    summary = {k: v for k, v in details.items() if k != "plan"}
+    return StepResult(summary, {"pruned_shapes": result.record})
+
+
+def restore_prune(
+    model: nn.Module, options: PruneOptions, record: dict[str, Any], context: StepContext
+) -> None:
+    from torchslim.prune.artifact import resize_to_record
+
+    resize_to_record(model, record.get("pruned_shapes", {}))
+
+
+register_step(
+    Step(
+        "prune",
+        PruneOptions,
+        run_prune,
+        "structured, unstructured or N:M pruning",
+        restore=restore_prune,
+    )
+)

@@ -1,0 +1,91 @@
+"""The ``quantize`` step: fake-quant layers (any format) calibrated on the entry's data.
+
+For real INT8/bf16 execution end the recipe with ``deploy`` instead: it quantizes for its runtime
+itself. ``method`` gptq/awq sets weight codes from calibration data (weight-only int formats;
+arXiv 2210.17323, 2306.00978).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from torchslim.errors import ConfigError, did_you_mean
+from torchslim.pipeline.registry import Step, StepContext, StepResult, register_step
+
+METHODS = ("rtn", "gptq", "awq")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """``scheme`` (w8a8, w4-weight, ...: see ``torchslim quantize --help``) or ``weight`` /
+    ``activation`` formats; ``observer`` (auto|minmax|...), ``ignore`` (names, ``re:``),
+    ``calibration_batches``, ``method`` (rtn|gptq|awq)."""
+
+    scheme: str | None = None
+    weight: str | None = None
+    activation: str | None = None
+    observer: str = "auto"
+    ignore: tuple[str, ...] = ()
+    calibration_batches: int = 16
+    method: str = "rtn"
+
+    def __post_init__(self) -> None:
+        if self.calibration_batches < 1:
+            raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
+        if self.method not in METHODS:
+            raise ConfigError(
+                f"method {self.method!r}; allowed: {', '.join(METHODS)}."
+                f"{did_you_mean(self.method, METHODS)}"
+            )
+        self.config()
+
+    def config(self) -> Any:
+        from torchslim.quantize.config import QuantConfig
+        from torchslim.quantize.schemes import get_scheme
+
+        if self.scheme is not None:
+            base = get_scheme(self.scheme).config
+            if base is None:
+                raise ConfigError(
+                    f"scheme {self.scheme!r} is a cast, not a fake-quant format: use the deploy "
+                    "step with precision bf16"
+                )
+        elif self.weight is None:
+            raise ConfigError("give scheme (e.g. w8a8) or weight (e.g. int8, int4-g128)")
+        else:
+            base = QuantConfig(weight=self.weight)
+        changes: dict[str, Any] = {"observer": self.observer, "ignore": tuple(self.ignore)}
+        if self.weight is not None:
+            changes["weight"] = self.weight
+        if self.activation is not None:
+            changes["activation"] = self.activation
+        return dataclasses.replace(base, **changes)
+
+
+def run_quantize(model: nn.Module, options: QuantizeOptions, context: StepContext) -> StepResult:
+    from torchslim.prune.unstructured import fold_masks_
+    from torchslim.quantize import quantize_
+    from torchslim.quantize.awq import awq_
+    from torchslim.quantize.gptq import gptq_
+
+    config = options.config()
+    if options.method != "rtn" and (
+        config.activation is not None or config.weight_format("").kind != "int"
+    ):
+        raise ConfigError(f"method {options.method} needs a weight-only int format")
+    batches = context.entry.calibration_batches(options.calibration_batches)
+    folded = fold_masks_(model)  # pruned zeros are now plain weights; quantization keeps them
+    result = quantize_(model, config, calibration=batches)
+    summary: dict[str, Any] = {"quantize": result.to_dict(), "method": options.method,
+                               "masks_folded": folded}  # fmt: skip
+    if options.method != "rtn":
+        report = (awq_ if options.method == "awq" else gptq_)(model, batches)
+        summary["layers_" + options.method] = len(report)
+    return StepResult(summary)
+
+
+register_step(Step("quantize", QuantizeOptions, run_quantize, "fake-quant layers, any format"))
