@@ -65,7 +65,7 @@ def test_an_artifact_of_a_newer_format_is_refused(tmp_path):
     manifest = json.loads(manifest_path.read_text())
     manifest["artifact_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match="format version 99.*upgrade torchslim"):
+    with pytest.raises(ModelLoadError, match=r"format version 99.*upgrade torchslim"):
         torchslim.load(tmp_path / "a")
 
 

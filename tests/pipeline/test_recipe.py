@@ -33,20 +33,24 @@ def test_a_good_recipe_round_trips_to_yaml():
     assert parse_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
 
 
+TYPOS = [
+    ("epochs: 2", "epoch: 2", r'<recipe>:7: .*no option .epoch.*Did you mean "epochs"'),
+    ("step: finetune", "step: finetun", r'<recipe>:6: unknown step .finetun.*"finetune"'),
+    ("target: macs=0.5", "target: macs=0", r"<recipe>:4: .*removes nothing"),
+    ("epochs: 2", "epochs: 0", r"<recipe>:7: .*epochs must be >= 1"),
+    ("version: 1", "version: 2", r"<recipe>:1: recipe version 2.*newer torchslim"),
+    ("stages:", "stagez:", r'unknown key .stagez.*Did you mean "stages"'),
+]
+BROKEN = [
+    (GOOD + "  - step: deploy\n  - step: finetune\n", r"<recipe>:10: .deploy. .*must be the last"),
+    ("version: 1\nstages: []\n", r"non-empty list"),
+    ("version: 1\nstages: [\n", r"not valid YAML"),
+]
+
+
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (GOOD.replace("epochs: 2", "epoch: 2"), r'<recipe>:7: .*no option .epoch.*Did you mean "epochs"'),
-        (GOOD.replace("step: finetune", "step: finetun"), r'<recipe>:6: unknown step .finetun.*Did you mean "finetune"'),
-        (GOOD.replace("target: macs=0.5", "target: macs=0"), r"<recipe>:4: .*removes nothing"),
-        (GOOD.replace("epochs: 2", "epochs: 0"), r"<recipe>:7: .*epochs must be >= 1"),
-        (GOOD.replace("version: 1", "version: 2"), r"<recipe>:1: recipe version 2.*newer torchslim"),
-        (GOOD.replace("stages:", "stagez:"), r'unknown key .stagez.*Did you mean "stages"'),
-        (GOOD + "  - step: deploy\n  - step: finetune\n", r"<recipe>:10: step .deploy. .*must be the last"),
-        ("version: 1\nstages: []\n", r"non-empty list"),
-        ("version: 1\nstages: [\n", r"not valid YAML"),
-    ],
-)  # fmt: skip
+    ("text", "expected"), [(GOOD.replace(old, new), why) for old, new, why in TYPOS] + BROKEN
+)
 def test_recipe_errors_name_the_line_and_the_fix(text, expected):
     with pytest.raises(RecipeError, match=expected):
         parse_recipe(text)
