@@ -42,7 +42,7 @@ TYPOS = [
     ("stages:", "stagez:", r'unknown key .stagez.*Did you mean "stages"'),
 ]
 BROKEN = [
-    (GOOD + "  - step: deploy\n  - step: finetune\n", r"<recipe>:10: step .deploy. .*must be the last"),
+    (GOOD + "  - step: deploy\n  - step: finetune\n", r":10: step .deploy. .*must be the last"),
     ("version: 1\nstages: []\n", r"non-empty list"),
     ("version: 1\nstages: [\n", r"not valid YAML"),
 ]
