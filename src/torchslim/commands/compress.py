@@ -64,7 +64,7 @@ def compress_command(
     entry = resolve_model(model, options)
     require_layers(entry, "compress")
     note_synthetic_data(entry)
-    run = RunOptions(device, threads, repeats, batch_size, resume)
+    run = RunOptions(device, threads, repeats, batch_size, resume, technique=f"compress {recipe}")
     print_outcome(compress(entry, steps, out, run), as_json)
 
 

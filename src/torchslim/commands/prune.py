@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -60,40 +61,37 @@ def prune_command(
 
     Example: torchslim prune fashion-resnet20 --method l2 --target macs=0.5 --out r20-pruned
     """
-    from torchslim._compress import measure_before_after, write_model_artifact
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
-    from torchslim._progress import stage
     from torchslim.commands._render import console, note_synthetic_data, print_outcome
-    from torchslim.prune.apply import config_from_words, prune_zoo_model
-    from torchslim.prune.finetune import FinetuneConfig
+    from torchslim.errors import ConfigError
+    from torchslim.pipeline.recipe import Recipe, Stage
+    from torchslim.pipeline.runner import RunOptions, compress
+    from torchslim.pipeline.steps.prune import PruneOptions
+    from torchslim.pipeline.steps.train import FinetuneOptions
     from torchslim.zoo.options import require_layers, resolve_model
 
     check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
     check_device(device)
-    config = config_from_words(method, target, tuple(ignore or ()), scope)
+    stages = [Stage("prune", PruneOptions(method, target, tuple(ignore or ()), scope))]
+    if finetune_epochs:
+        tuning = FinetuneOptions(epochs=finetune_epochs, lr=finetune_lr, samples=finetune_samples)
+        stages.append(Stage("finetune", tuning))
+    elif finetune_samples is not None:
+        raise ConfigError("--finetune-samples needs --finetune-epochs N (N >= 1)")
     options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options_)
     require_layers(entry, "prune")
     note_synthetic_data(entry)
-    finetune = (
-        FinetuneConfig(epochs=finetune_epochs, samples=finetune_samples, lr=finetune_lr)
-        if finetune_epochs
-        else None
+    technique = f"prune {method} {target}" + (
+        f" + {finetune_epochs} epoch(s)" if finetune_epochs else ""
     )
-    with stage("pruning" + (" and fine-tuning" if finetune else "")):
-        before, after, result, details = prune_zoo_model(entry, config, finetune)
-    technique = f"prune {method} {target}" + (f" + {finetune_epochs} epoch(s)" if finetune else "")
-    options = {"threads": threads, "repeats": repeats, "device": device, "details": details}
-    options = {k: v for k, v in options.items() if v is not None}
-    outcome = measure_before_after(entry, before, after, technique, out, options)
-    manifest = {
-        "model": entry.name,
-        "technique": technique,
-        "pruned_shapes": result.record,
-        "outcome": outcome.to_dict(),
-    }
-    write_model_artifact(out, after, manifest)
+    run = RunOptions(device, threads, repeats, measure_stages=False, technique=technique)
+    outcome = compress(entry, Recipe(tuple(stages)), out, run)
+    details = {**outcome.details["stages"][0]["summary"], **outcome.details}
+    if finetune_epochs:
+        details["finetune"] = outcome.details["stages"][1]["summary"]
+    outcome = dataclasses.replace(outcome, details=details)
     print_outcome(outcome, as_json)
     if not as_json:
         macs_before, macs_after = details["macs_before"], details["macs_after"]

@@ -49,6 +49,7 @@ def write_pipeline_artifact(
         "stages": outcome.details.get("stages", []),
         "outcome": outcome.to_dict(),
         "versions": versions(),
+        "pruned_shapes": pruned_shapes(outcome.details.get("stages", [])),
     }
     if not isinstance(model, nn.Module) or hasattr(model, "artifact"):
         from torchslim.deploy._runtime import write_artifact
@@ -59,6 +60,15 @@ def write_pipeline_artifact(
     from torchslim._compress import write_model_artifact
 
     return write_model_artifact(out, storable(model), {**manifest, "kind": "module"})
+
+
+def pruned_shapes(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The final shapes of every module a prune stage resized (later stages win), so
+    ``--weights DIR/model.safetensors`` and ``load_pruned_artifact`` rebuild the model."""
+    merged: dict[str, Any] = {}
+    for stage in stages:
+        merged.update(stage.get("record", {}).get("pruned_shapes", {}))
+    return merged
 
 
 def storable(model: nn.Module) -> nn.Module:

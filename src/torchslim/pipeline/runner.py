@@ -43,6 +43,7 @@ class RunOptions:
     batch_size: int = 1
     resume: bool = False
     measure_stages: bool = True
+    technique: str = "compress"  # the outcome's and the manifest's name of what was done
 
 
 def compress(
@@ -73,7 +74,7 @@ def compress(
                 "repeats": options.repeats, "device": options.device}  # fmt: skip
     settings = {k: v for k, v in settings.items() if v is not None}
     outcome = measure_before_after(
-        entry, original, model, "compress", out, {**settings, "details": details}
+        entry, original, model, options.technique, out, {**settings, "details": details}
     )
     write_pipeline_artifact(out, entry, model, recipe, outcome)
     shutil.rmtree(scratch, ignore_errors=True)

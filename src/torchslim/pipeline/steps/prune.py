@@ -31,11 +31,13 @@ class PruneOptions:
 
 
 def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> StepResult:
+    from torchslim.profile import profile
     from torchslim.prune.apply import prune_for_entry_
 
     result, details = prune_for_entry_(model, context.entry, options.config())
-    summary = {k: v for k, v in details.items() if k != "plan"}
-    return StepResult(summary, {"pruned_shapes": result.record})
+    inputs = tuple(context.entry.example_inputs(1))
+    details["macs_after"] = profile(model, inputs, measure_memory=False).total.macs
+    return StepResult(details, {"pruned_shapes": result.record})
 
 
 def restore_prune(
