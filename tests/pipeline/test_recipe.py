@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from typer.testing import CliRunner
 
 from torchslim.cli import app
 from torchslim.pipeline import RecipeError, load_recipe, parse_recipe
+from torchslim.pipeline.recipe import BUILT_IN
 from torchslim.pipeline.registry import get_step, step_names
 
-RECIPES = sorted((Path(__file__).parents[2] / "recipes").glob("*.yaml"))
+RECIPES = sorted(BUILT_IN.glob("*.yaml"))
 
 GOOD = """\
 version: 1

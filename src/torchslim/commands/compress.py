@@ -25,7 +25,9 @@ recipe_app = typer.Typer(help="Recipes: validate one, list the steps.", no_args_
 
 def compress_command(
     model: ModelArgument,
-    recipe: Annotated[Path, typer.Option(help="Recipe YAML (see recipes/ and `recipe steps`).")],
+    recipe: Annotated[
+        Path, typer.Option(help="Recipe YAML, or a built-in name (torchslim recipe list).")
+    ],
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
     resume: Annotated[
         bool, typer.Option(help="Continue from the last finished stage of an interrupted run.")
@@ -47,8 +49,7 @@ def compress_command(
 ) -> None:
     """Run a recipe's stages on MODEL, measure before/after, write one artifact.
 
-    Example: torchslim compress fashion-resnet20 --recipe recipes/cnn-prune-distill-int8.yaml
-    --out r20-compressed
+    Example: torchslim compress fashion-resnet20 --recipe cnn-prune-distill-int8 --out r20-small
     """
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
@@ -80,6 +81,22 @@ def validate_command(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")
     loaded = load_recipe(recipe)
     steps = " -> ".join(stage.step for stage in loaded.stages)
     console.print(f"{recipe}: valid, {len(loaded.stages)} stage(s): {steps}", highlight=False)
+
+
+@recipe_app.command("list")
+def list_command() -> None:
+    """The built-in recipes, with their stages.
+
+    Example: torchslim recipe list
+    """
+    from torchslim.commands._render import console
+    from torchslim.pipeline import load_recipe
+    from torchslim.pipeline.recipe import built_in_recipes
+
+    for name in built_in_recipes():
+        recipe = load_recipe(name)
+        steps = " -> ".join(stage.step for stage in recipe.stages)
+        console.print(f"[bold]{name}[/]: {steps}\n  {recipe.description}", highlight=False)
 
 
 @recipe_app.command("steps")

@@ -97,13 +97,30 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _Mapping:
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+BUILT_IN = Path(__file__).parent / "recipes"
+
+
+def built_in_recipes() -> list[str]:
+    """Names of the recipes shipped with torchslim (``recipes/`` in the repository)."""
+    return sorted(path.stem for path in BUILT_IN.glob("*.yaml"))
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate the recipe at ``path``.
+    """Read and validate the recipe at ``path``, or the built-in recipe of that name.
 
     Raises:
-        RecipeError: unreadable YAML, a wrong version, an unknown step or option, a bad value.
+        RecipeError: no such file or built-in, unreadable YAML, a wrong version, an unknown step
+            or option, a bad value.
     """
     path = Path(path)
+    if not path.exists() and path.stem in built_in_recipes() and path.parent == Path("."):
+        path = BUILT_IN / f"{path.stem}.yaml"
+    elif not path.exists():
+        names = built_in_recipes()
+        raise RecipeError(
+            f"recipe {path}: no such file, nor a built-in recipe.{did_you_mean(path.stem, names)}"
+            f" Built-in: {', '.join(names)}."
+        )
     try:
         text = path.read_text()
     except OSError as error:

@@ -44,6 +44,7 @@ class RunOptions:
     resume: bool = False
     measure_stages: bool = True
     technique: str = "compress"  # the outcome's and the manifest's name of what was done
+    seed: int = 0  # of every training stage (data order, augmentation)
 
 
 def compress(
@@ -59,7 +60,7 @@ def compress(
     out = Path(out)
     scratch = out.resolve().parent / f".{out.resolve().name}.stages"
     original = entry.load()
-    context = StepContext(entry, original, options.device, threads=options.threads)
+    context = StepContext(entry, original, options.device, options.seed, options.threads)
     if options.resume:
         model, records = _resume(scratch, recipe, entry, context)
     else:

@@ -30,12 +30,14 @@ class FinetuneConfig:
         samples: training images used (the first ``samples`` of a seeded shuffle); None = all.
         lr: peak learning rate of the trainer's one-cycle schedule (lower than from scratch).
         batch_size: images per step.
+        seed: the trainer's seed (data order, augmentation).
     """
 
     epochs: int = 1
     samples: int | None = None
     lr: float = 0.02
     batch_size: int = 128
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -94,7 +96,7 @@ def finetune_(entry: ZooEntry, model: nn.Module, config: FinetuneConfig) -> dict
     inputs, labels = training_split(entry, config.samples)
     train_config = TrainConfig(
         epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, augment=True,
-        checkpoint_every_steps=10**9,
+        checkpoint_every_steps=10**9, seed=config.seed,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="torchslim-finetune-") as scratch:
         trainer = Trainer(model, train_config, (inputs, labels), Path(scratch))

@@ -44,7 +44,9 @@ class FinetuneOptions:
 def run_finetune(model: nn.Module, options: FinetuneOptions, context: StepContext) -> StepResult:
     from torchslim.prune.finetune import FinetuneConfig, finetune_
 
-    config = FinetuneConfig(options.epochs, options.samples, options.lr, options.batch_size)
+    config = FinetuneConfig(
+        options.epochs, options.samples, options.lr, options.batch_size, seed=context.seed
+    )
     return StepResult(finetune_(context.entry, model, config))
 
 

@@ -1,0 +1,148 @@
+"""The CNN recipe against INT8 alone, in one run: MACs, accuracy, size and measured speed-up.
+
+    python benchmarks/compress_cnn.py                     # fashion-resnet20, recipes/cnn-...
+    python benchmarks/compress_cnn.py --recovery-seeds 0 1 2   # + distill vs finetune, 3 seeds
+
+Both pipelines run here (`torchslim compress` code path); then fp32 eager, the INT8-only model
+and the pruned + distilled + INT8 model are timed interleaved on the same inputs and threads
+(warm-up, medians). With ``--recovery-seeds``, pruning is followed by a fine-tune or by a
+distillation from the original at the same budget (epochs, lr, data), per seed: the mean and
+spread of the accuracy difference say whether distillation earns its place in the recipe.
+Writes benchmarks/results/compress_cnn.json (or --name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from torchslim import zoo
+from torchslim._machine import machine_facts
+from torchslim.benchmark import BenchmarkConfig, compare, write_result_json
+from torchslim.pipeline import load_recipe, parse_recipe
+from torchslim.pipeline.runner import RunOptions, compress
+
+ROOT = Path(__file__).parents[1]
+RESULTS = Path(__file__).parent / "results"
+INT8_ONLY = "version: 1\nstages:\n  - step: deploy\n    precision: int8\n"
+RECOVERY = """\
+version: 1
+stages:
+  - step: prune
+    method: l2
+    target: macs=0.5
+  - step: {step}
+    epochs: {epochs}
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="fashion-resnet20")
+    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes/cnn-prune-distill-int8.yaml")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--recovery-seeds", type=int, nargs="*", default=[])
+    parser.add_argument("--recovery-epochs", type=int, default=1)
+    parser.add_argument("--skip-pipelines", action="store_true", help="only the recovery runs")
+    parser.add_argument("--name", default="compress_cnn")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def summary(outcome: Any) -> dict[str, Any]:
+    stages = outcome.details["stages"]
+    macs = [s["figures"]["macs"] for s in stages if "macs" in s.get("figures", {})]
+    return {
+        "before": outcome.before.to_dict(),
+        "after": outcome.after.to_dict(),
+        "macs_after_last_module_stage": macs[-1] if macs else None,
+        "stages": [
+            {"step": s["step"], "seconds": s["seconds"], "figures": s.get("figures")}
+            for s in stages
+        ],
+    }
+
+
+def pipelines(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    entry = zoo.get(args.model)
+    runs = {"int8_only": parse_recipe(INT8_ONLY), "recipe": load_recipe(args.recipe)}
+    outcomes = {
+        name: compress(entry, recipe, work / name, RunOptions(repeats=20))
+        for name, recipe in runs.items()
+    }
+    from torchslim.profile import profile
+
+    original = entry.load()
+    macs_fp32 = profile(original, tuple(entry.example_inputs(1)), measure_memory=False).total.macs
+    result: dict[str, Any] = {"macs_fp32": macs_fp32}
+    result.update({name: summary(outcome) for name, outcome in outcomes.items()})
+    result["latency"] = timing(entry, original, work, args)
+    return result
+
+
+def timing(entry: Any, original: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """fp32 eager, INT8 only and the recipe's model, interleaved, per batch size."""
+    import torchslim
+
+    models = {"fp32_eager": original, "int8_only": torchslim.load(work / "int8_only"),
+              "recipe": torchslim.load(work / "recipe")}  # fmt: skip
+    config = BenchmarkConfig(warmup=5, rounds=args.rounds, max_seconds=30)
+    out: dict[str, Any] = {}
+    for batch_size in args.batch_sizes:
+        batch = tuple(entry.example_inputs(batch_size))
+        variants = {name: (lambda m=m, b=batch: m(*b)) for name, m in models.items()}
+        result = compare(variants, "fp32_eager", config)
+        Console(width=120).print(result.to_table(title=f"{args.model}, batch {batch_size}"))
+        out[str(batch_size)] = result.to_dict()
+    return out
+
+
+def recovery(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Prune, then fine-tune or distill at the same budget, per seed."""
+    entry = zoo.get(args.model)
+    rows: dict[str, list[float]] = {"finetune": [], "distill": []}
+    for seed in args.recovery_seeds:
+        for step in rows:
+            recipe = parse_recipe(RECOVERY.format(step=step, epochs=args.recovery_epochs))
+            run = RunOptions(repeats=3, measure_stages=False, seed=seed)
+            outcome = compress(entry, recipe, work / f"{step}-{seed}", run)
+            rows[step].append(outcome.after.metrics["accuracy"])
+            print(f"seed {seed} {step}: accuracy {rows[step][-1]:.4f}", flush=True)
+    differences = [d - f for d, f in zip(rows["distill"], rows["finetune"], strict=True)]
+    return {
+        "seeds": args.recovery_seeds,
+        "epochs": args.recovery_epochs,
+        "accuracy": rows,
+        "distill_minus_finetune": differences,
+        "mean_difference": statistics.mean(differences) if differences else None,
+        "spread": [min(differences), max(differences)] if differences else None,
+    }
+
+
+def main() -> None:
+    args = parse_args()
+    payload: dict[str, Any] = {
+        "benchmark": "compress_cnn",
+        "model": args.model,
+        "recipe": str(args.recipe.relative_to(ROOT)) if args.recipe.is_relative_to(ROOT) else "",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_facts(),
+    }
+    with tempfile.TemporaryDirectory(prefix="compress-cnn-") as scratch:
+        if not args.skip_pipelines:
+            payload["pipelines"] = pipelines(args, Path(scratch))
+        if args.recovery_seeds:
+            payload["recovery"] = recovery(args, Path(scratch))
+    path = write_result_json(args.name, payload, args.out_dir)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
