@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -66,7 +68,10 @@ def compress_command(
     require_layers(entry, "compress")
     note_synthetic_data(entry)
     run = RunOptions(device, threads, repeats, batch_size, resume, technique=f"compress {recipe}")
-    print_outcome(compress(entry, steps, out, run), as_json)
+    # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        outcome = compress(entry, steps, out, run)
+    print_outcome(outcome, as_json)
 
 
 @recipe_app.command("validate")

@@ -115,7 +115,7 @@ def _run_stage(
 def stage_figures(entry: ZooEntry, model: Any) -> dict[str, Any]:
     """The metric, parameters and MACs of the model after a stage."""
     figures: dict[str, Any] = {"metrics": entry.evaluate(model)}
-    if isinstance(model, nn.Module):
+    if isinstance(model, nn.Module) and not hasattr(model, "artifact"):  # not a runtime graph
         from torchslim.profile import profile
 
         figures["params"] = sum(p.numel() for p in model.parameters())
