@@ -128,3 +128,27 @@ def test_the_users_model_is_untouched_by_a_failing_recipe():
     with pytest.raises(Exception, match="group"):
         torchslim.compress(model, text, "/tmp/never-written", torch.randn(2, 3, 32, 32))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_llm_recipe_packs_int4_weights(tmp_path):
+    from torchslim.pipeline import load_recipe
+
+    outcome = compress(zoo.get("tiny-llama"), load_recipe("llm-int4-gptq"), tmp_path / "q", FAST)
+    assert outcome.after.size_bytes < 0.5 * outcome.before.size_bytes  # the packed codes
+    assert (tmp_path / "q" / "model.quantized.safetensors").is_file()
+    assert 0.9 < outcome.after.metrics["cosine_vs_reference"] < 1.0
+    assert outcome.details["stages"][0]["summary"]["layers_gptq"] > 0
+
+
+@pytest.mark.assets
+def test_the_quick_recipe_keeps_pruned_weights_zero_through_fine_tuning(tmp_path):
+    from torchslim.pipeline import load_recipe
+
+    entry = zoo.get("fashion-cnn")
+    outcome = compress(entry, load_recipe("quick-sparse-w8"), tmp_path / "q", FAST)
+    assert outcome.after.metrics["accuracy"] > outcome.before.metrics["accuracy"] - 0.01
+    model = torchslim.load(tmp_path / "q")
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    weights = [m.weight for m in model.modules() if isinstance(m, layers)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.5, abs=0.01)  # the 50 % survive fine-tuning and int8

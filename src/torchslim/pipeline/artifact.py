@@ -33,9 +33,15 @@ def model_source(entry: ZooEntry) -> dict[str, Any]:
 
 
 def write_pipeline_artifact(
-    out: Path, entry: ZooEntry, model: Any, recipe: Recipe, outcome: CompressionOutcome
+    out: Path,
+    entry: ZooEntry,
+    model: Any,
+    recipe: Recipe,
+    outcome: CompressionOutcome,
+    packed: Path | None = None,
 ) -> Path:
-    """Write ``model`` (a module or a deployed runtime) with the one manifest, atomically."""
+    """Write ``model`` (a module or a deployed runtime) with the one manifest, atomically;
+    ``packed``: the packed fake-quant weights, stored beside the dequantized ones."""
     from torch import nn
 
     from torchslim._compress import versions
@@ -59,7 +65,8 @@ def write_pipeline_artifact(
         return write_artifact(out, runtime.artifact, {**deployed, **manifest, "kind": "deployed"})
     from torchslim._compress import write_model_artifact
 
-    return write_model_artifact(out, storable(model), {**manifest, "kind": "module"})
+    extra = {packed.name: packed} if packed is not None else None
+    return write_model_artifact(out, storable(model), {**manifest, "kind": "module"}, extra)
 
 
 def pruned_shapes(stages: list[dict[str, Any]]) -> dict[str, Any]:

@@ -9,8 +9,10 @@ user's model untouched (the pipeline works on a copy) and writes no artifact.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,9 +79,29 @@ def compress(
     outcome = measure_before_after(
         entry, original, model, options.technique, out, {**settings, "details": details}
     )
-    write_pipeline_artifact(out, entry, model, recipe, outcome)
+    with tempfile.TemporaryDirectory(prefix="torchslim-packed-") as tmp:
+        packed = packed_weights(model, Path(tmp))
+        if packed is not None:  # fake-quant layers: the size is that of the packed codes
+            size = packed.stat().st_size
+            outcome = dataclasses.replace(
+                outcome, after=dataclasses.replace(outcome.after, size_bytes=size)
+            )
+        write_pipeline_artifact(out, entry, model, recipe, outcome, packed)
     shutil.rmtree(scratch, ignore_errors=True)
     return outcome
+
+
+def packed_weights(model: Any, directory: Path) -> Path | None:
+    """``model.quantized.safetensors`` (codes packed, int4 two per byte) when ``model`` has
+    fake-quant layers, else None."""
+    if not isinstance(model, nn.Module):
+        return None
+    from torchslim.quantize.modules import quant_modules
+    from torchslim.quantize.storage import save_quantized
+
+    if not quant_modules(model):
+        return None
+    return save_quantized(model, directory / "model.quantized.safetensors")
 
 
 def _run_stage(
