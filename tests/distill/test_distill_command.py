@@ -4,6 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
+import torchslim
 from torchslim._outdir import RECORD  # the artifact's record of its files
 from torchslim.cli import app
 from torchslim.errors import ConfigError
@@ -29,7 +30,12 @@ def test_distill_command_drops_layers_trains_and_reports_before_after(tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert names == [RECORD, "manifest.json", "metrics.jsonl", "model.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["after"]["params"] == payload["after"]["params"]
+    assert manifest["outcome"]["after"]["params"] == payload["after"]["params"]
+    assert [stage["step"] for stage in manifest["stages"]] == ["drop_layers", "distill"]
+    student = torchslim.load(out)  # the teacher rebuilt, layers dropped, the student's weights
+    assert sum(p.numel() for p in student.parameters()) == payload["after"]["params"]
+    evaluated = CliRunner().invoke(app, ["evaluate", str(out), "--json", "--repeats", "3"])
+    assert json.loads(evaluated.stdout)["metrics"] == payload["after"]["metrics"]
 
 
 def test_distill_command_refuses_a_student_from_another_model(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -72,7 +72,7 @@ def distill_command(
     Example: torchslim distill --teacher fashion-resnet20 --student-from fashion-resnet20
     --drop-layers 1,3 --epochs 1 --out r20-student
     """
-    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._compress import measure_before_after
     from torchslim._devices import check_device
     from torchslim._outdir import check_out, scratch_directory
     from torchslim._progress import stage
@@ -81,6 +81,7 @@ def distill_command(
     from torchslim.distill.run import StudentSpec, build_student, distill
     from torchslim.distill.student import parse_indices
     from torchslim.errors import ConfigError
+    from torchslim.pipeline.artifact import write_pipeline_artifact
     from torchslim.train import TrainConfig
     from torchslim.zoo.options import require_layers, resolve_model
 
@@ -120,11 +121,26 @@ def distill_command(
         result = distill(entry, built, config, train_config, scratch, options)
     if not result.is_main:  # under torchrun, rank 0 alone measures and writes the artifact
         return
-    details = {**build_details, **result.details}
+    recipe = student_recipe(spec)
+    stages = [{"step": st.step, "options": st.to_dict(), "record": {}} for st in recipe.stages]
+    stages[-1].update(record={"reshaped": spec.weights is not None}, summary=result.details)
+    details = {**build_details, **result.details, "stages": stages}
     outcome = measure_before_after(
         entry, entry.load(), result.student, "distill", out, {"details": details}
     )
+    source = spec.model if spec.model is not None else entry  # what the student is rebuilt from
     extra = {"metrics.jsonl": scratch / "metrics.jsonl"}
-    write_model_artifact(out, result.student, outcome.to_dict(), extra)
+    write_pipeline_artifact(out, source, result.student, recipe, outcome, extra)
     shutil.rmtree(scratch, ignore_errors=True)
     print_outcome(outcome, as_json)
+
+
+def student_recipe(spec: Any) -> Any:
+    """The stages that rebuild the student from its source model (another model, or the teacher):
+    layers dropped, if any, then the distillation (the run's options are in its summary)."""
+    from torchslim.pipeline.recipe import Recipe, Stage
+    from torchslim.pipeline.steps.student import DropLayersOptions
+    from torchslim.pipeline.steps.train import DistillOptions
+
+    stages = [Stage("drop_layers", DropLayersOptions(spec.drop))] if spec.drop else []
+    return Recipe((*stages, Stage("distill", DistillOptions())))

@@ -38,10 +38,10 @@ def write_pipeline_artifact(
     model: Any,
     recipe: Recipe,
     outcome: CompressionOutcome,
-    packed: Path | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write ``model`` (a module or a deployed runtime) with the one manifest, atomically;
-    ``packed``: the packed fake-quant weights, stored beside the dequantized ones."""
+    ``extra_files`` (name in the artifact -> file): e.g. the packed fake-quant weights."""
     from torch import nn
 
     from torchslim._compress import versions
@@ -65,8 +65,8 @@ def write_pipeline_artifact(
         return write_artifact(out, runtime.artifact, {**deployed, **manifest, "kind": "deployed"})
     from torchslim._compress import write_model_artifact
 
-    extra = {packed.name: packed} if packed is not None else None
-    return write_model_artifact(out, storable(model), {**manifest, "kind": "module"}, extra)
+    module = {**manifest, "kind": "module"}
+    return write_model_artifact(out, storable(model), module, extra_files)
 
 
 def pruned_shapes(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,11 +155,20 @@ def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Mo
 
     model = entry.load()
     context = StepContext(entry, model)
+    reshaped = False
     for stage in manifest.get("stages", []):
         step = get_step(stage["step"])
+        record = stage.get("record", {})
+        reshaped = reshaped or bool(record.get("reshaped"))
         if step.restore is not None:
             options = {k: v for k, v in stage["options"].items() if k != "step"}
-            step.restore(model, build_options(step, options), stage.get("record", {}), context)
+            model = step.restore(model, build_options(step, options), record, context) or model
     weights = directory / "model.safetensors"
-    load_state_dict_strict(model, load_tensors(weights), str(weights))
+    state = load_tensors(weights)
+    if reshaped:  # a student loaded from a checkpoint of other shapes: the artifact's shapes
+        from torchslim.distill.student import load_reshaped
+
+        load_reshaped(model, state)
+    else:
+        load_state_dict_strict(model, state, str(weights))
     return model.eval()

@@ -1,9 +1,10 @@
 """The step registry: every technique the pipeline can run, by name, with its options class.
 
 A step is ``handler(model, options, context) -> StepResult``: it changes ``model`` in place (or
-returns a replacement, e.g. a deployed runtime) and says what it did. ``restore(model, record)``
-replays the structural part of a finished stage (new shapes, swapped layers) so a checkpointed
-state dict can be loaded into it on ``--resume``. Register your own with ``register_step``.
+returns a replacement, e.g. a deployed runtime) and says what it did. ``restore(model, options,
+record, context)`` replays the structural part of a finished stage (new shapes, dropped layers)
+in place, or returns the replacement model, so a checkpointed state dict can be loaded into it
+on ``--resume``. Register your own with ``register_step``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Step:
     handler: Callable[[Any, Any, StepContext], StepResult]
     doc: str
     final: bool = False  # produces a runtime graph: must be the last stage
-    restore: Callable[[Any, Any, dict[str, Any], StepContext], None] | None = None
+    restore: Callable[[Any, Any, dict[str, Any], StepContext], Any] | None = None
 
     def option_rows(self) -> list[tuple[str, str, str]]:
         """(name, type, default) of every option, for ``torchslim recipe steps``."""

@@ -86,7 +86,8 @@ def compress(
             outcome = dataclasses.replace(
                 outcome, after=dataclasses.replace(outcome.after, size_bytes=size)
             )
-        write_pipeline_artifact(out, entry, model, recipe, outcome, packed)
+        extra = {packed.name: packed} if packed is not None else None
+        write_pipeline_artifact(out, entry, model, recipe, outcome, extra)
     shutil.rmtree(scratch, ignore_errors=True)
     return outcome
 
@@ -196,7 +197,7 @@ def _resume(
     for record, stage in zip(records, recipe.stages, strict=False):
         step = get_step(stage.step)
         assert step.restore is not None  # only replayable stages are checkpointed
-        step.restore(model, stage.options, record["record"], context)
+        model = step.restore(model, stage.options, record["record"], context) or model
     load_state_dict_strict(model, load_tensors(scratch / WEIGHTS), str(scratch / WEIGHTS))
     reapply_masks(model, records[-1]["masked"] if records else [])
     return model, records

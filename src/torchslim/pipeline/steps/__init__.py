@@ -1,5 +1,5 @@
 """The built-in steps; importing this package registers them."""
 
-from torchslim.pipeline.steps import deploy, prune, quantize, train
+from torchslim.pipeline.steps import deploy, prune, quantize, student, train
 
-__all__ = ["deploy", "prune", "quantize", "train"]
+__all__ = ["deploy", "prune", "quantize", "student", "train"]
