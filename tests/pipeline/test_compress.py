@@ -152,3 +152,15 @@ def test_the_quick_recipe_keeps_pruned_weights_zero_through_fine_tuning(tmp_path
     weights = [m.weight for m in model.modules() if isinstance(m, layers)]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.5, abs=0.01)  # the 50 % survive fine-tuning and int8
+
+
+def test_compress_a_module_with_its_own_calibration_data(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    calibration = [torch.randn(8, 16) for _ in range(4)]
+    text = "version: 1\nstages:\n  - step: quantize\n    scheme: w8a8\n    calibration_batches: 4\n"
+    outcome = torchslim.compress(model, text, tmp_path / "q", torch.randn(8, 16), calibration)
+    assert 0.99 < outcome.after.metrics["cosine"] < 1.0  # int8 is close, not identical
+    assert outcome.before.metrics["cosine"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="for a module"):
+        torchslim.compress("tiny-resnet", text, tmp_path / "r", calibration=calibration)

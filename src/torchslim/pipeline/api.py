@@ -21,6 +21,7 @@ def compress(
     recipe: Recipe | str | Path,
     out: str | Path,
     example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
+    calibration: list[Any] | None = None,
     options: RunOptions | None = None,
 ) -> CompressionOutcome:
     """Run ``recipe`` on ``model`` and write the artifact ``out`` (``torchslim.load(out)``).
@@ -31,6 +32,7 @@ def compress(
         recipe: a ``Recipe``, a recipe file, or recipe YAML text.
         out: the artifact directory (replaced only if it is a torchslim artifact).
         example_inputs: for a module: a tensor or a tuple of tensors, batch first.
+        calibration: for a module: calibration batches (default: random, like the inputs).
         options: devices, threads, timing, resume (``RunOptions``).
     """
     from torch import nn
@@ -47,7 +49,9 @@ def compress(
     if isinstance(model, nn.Module):
         if example_inputs is None:
             raise ValueError("compress(module, ...) needs example_inputs (batch first)")
-        entry = entry_for_model(model, example_inputs)
+        entry = entry_for_model(model, example_inputs, calibration)
+    elif calibration is not None or example_inputs is not None:
+        raise ValueError("example_inputs and calibration are for a module; an entry has its own")
     elif isinstance(model, ZooEntry):
         entry = model
     else:

@@ -28,7 +28,7 @@ from torchslim.errors import ConfigError, ModelLoadError, UnknownModelError, did
 from torchslim.zoo._hf import HuggingFaceOutput, huggingface_class, huggingface_inputs
 from torchslim.zoo._inputs import InputSpec
 from torchslim.zoo.options import ModelOptions
-from torchslim.zoo.user_data import read_user_data
+from torchslim.zoo.user_data import UserData, read_user_data
 from torchslim.zoo.user_entry import MODEL_SEED, UserEntry, UserInputs, check_inputs
 
 __all__ = ["UserEntry", "UserInputs", "check_inputs", "entry_for_model", "resolve"]
@@ -79,23 +79,40 @@ def resolve(spec: str, options: ModelOptions | None = None) -> UserEntry:
 
 
 def entry_for_model(
-    model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...], name: str = ""
+    model: nn.Module,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    calibration: list[Any] | None = None,
+    name: str = "",
 ) -> UserEntry:
     """The entry of a model you hold in Python: ``model`` as it is now is the original that
-    fidelity is measured against, ``example_inputs`` (batch first) the evaluation batch."""
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
-    if not inputs or not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in inputs):
-        raise ConfigError("example_inputs: a tensor or a tuple of tensors, batch first")
+    fidelity is measured against, ``example_inputs`` (batch first) the evaluation batch, and
+    ``calibration`` (batches: tensors or tuples) the calibration data (default: seeded random
+    inputs shaped like the example inputs)."""
+    inputs = _as_batch(example_inputs)
     reference = copy.deepcopy(model).eval()
     specs = tuple(_spec_like(tensor) for tensor in inputs)
+    data = None
+    if calibration is not None:
+        batches = [_as_batch(batch) for batch in calibration]
+        if not batches or any(len(b) != len(inputs) for b in batches):
+            raise ConfigError("calibration: a non-empty list of batches shaped like the inputs")
+        columns = tuple(torch.cat([b[i] for b in batches]) for i in range(len(inputs)))
+        data = UserData(Path("<python>"), "tensors", columns, inputs)
     return UserEntry(
         name=name or type(model).__name__,
         card="A model given in Python; evaluation inputs are its example inputs. Metrics: "
         "fidelity to the model as it was given.",
         build=lambda: copy.deepcopy(reference),
-        inputs=UserInputs(specs, saved=tuple(inputs)),
+        inputs=UserInputs(specs, saved=None if data else inputs, data=data),
         default_batch_size=int(inputs[0].shape[0]),
     )
+
+
+def _as_batch(value: Any) -> tuple[torch.Tensor, ...]:
+    batch = (value,) if isinstance(value, torch.Tensor) else tuple(value)
+    if not batch or not all(isinstance(t, torch.Tensor) and t.dim() > 0 for t in batch):
+        raise ConfigError("inputs: a tensor or a tuple of tensors, batch first")
+    return batch
 
 
 FLAGS = {"weights": "--weights", "input_dtype": "--input-dtype", "vocab_size": "--vocab-size"}
