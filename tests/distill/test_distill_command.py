@@ -15,7 +15,7 @@ def test_distill_command_drops_layers_trains_and_reports_before_after(tmp_path):
     result = CliRunner().invoke(
         app,
         ["distill", "--teacher", "tiny-bert", "--student-from", "tiny-bert", "--drop-layers", "1",
-         "--epochs", "2", "--batch-size", "8", "--lr", "0.001", "--optimizer", "adamw",
+         "--epochs", "2", "--train-batch-size", "8", "--lr", "0.001", "--optimizer", "adamw",
          "--amp", "off", "--out", str(out), "--json"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -15,6 +15,7 @@ from torchslim._cli_options import (
     InputDtypeOption,
     InputShapeOption,
     SeqLenOption,
+    ThreadsOption,
     VocabSizeOption,
     WeightsOption,
     model_options,
@@ -38,7 +39,7 @@ def distill_command(
     ] = None,
     from_scratch: Annotated[bool, typer.Option(help="Re-initialise the student.")] = False,
     epochs: int = 1,
-    batch_size: int = 128,
+    train_batch_size: Annotated[int, typer.Option(min=1, help="Training examples per step.")] = 128,
     lr: Annotated[
         float, typer.Option(help="Peak one-cycle LR; low, since students start from weights.")
     ] = 0.01,
@@ -48,12 +49,17 @@ def distill_command(
     match: Annotated[
         list[str] | None, typer.Option(help="[KIND:]STUDENT=TEACHER[@WEIGHT], repeatable.")
     ] = None,
-    train_subset: Annotated[int | None, typer.Option(help="Train on this many examples.")] = None,
+    train_samples: Annotated[
+        int | None, typer.Option(min=1, help="Train on this many examples (default: all).")
+    ] = None,
     eval_each_epoch: bool = False,
     seed: int = 0,
     amp: Annotated[str, typer.Option(help="auto | bf16 | off")] = "auto",
     resume: bool = False,
     device: DeviceOption = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of the latency.")] = 1,
+    repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
+    threads: ThreadsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     weights: WeightsOption = None,
     input_shape: InputShapeOption = None,
@@ -111,10 +117,10 @@ def distill_command(
         matches=tuple(LayerMatch.parse(m) for m in match or ()),
     )
     train_config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, amp=amp, seed=seed,
+        epochs=epochs, batch_size=train_batch_size, lr=lr, optimizer=optimizer, amp=amp, seed=seed,
         weight_decay=5e-4 if optimizer == "sgd" else 0.01,
     )  # fmt: skip
-    options = {"subset": train_subset, "resume": resume, "device": device,
+    options = {"subset": train_samples, "resume": resume, "device": device,
                "eval_each_epoch": eval_each_epoch}  # fmt: skip
     scratch = scratch_directory(out)  # resumable state, beside the artifact until it is written
     with stage("distilling"):
@@ -125,9 +131,9 @@ def distill_command(
     stages = [{"step": st.step, "options": st.to_dict(), "record": {}} for st in recipe.stages]
     stages[-1].update(record={"reshaped": spec.weights is not None}, summary=result.details)
     details = {**build_details, **result.details, "stages": stages}
-    outcome = measure_before_after(
-        entry, entry.load(), result.student, "distill", out, {"details": details}
-    )
+    settings = {"batch_size": batch_size, "repeats": repeats, "device": device,
+                "details": details, **({"threads": threads} if threads else {})}  # fmt: skip
+    outcome = measure_before_after(entry, entry.load(), result.student, "distill", out, settings)
     source = spec.model if spec.model is not None else entry  # what the student is rebuilt from
     extra = {"metrics.jsonl": scratch / "metrics.jsonl"}
     write_pipeline_artifact(out, source, result.student, recipe, outcome, extra)

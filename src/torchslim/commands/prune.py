@@ -44,7 +44,8 @@ def prune_command(
     ] = None,
     finetune_lr: Annotated[float, typer.Option(min=0.0)] = 0.02,
     threads: ThreadsOption = None,
-    repeats: Annotated[int, typer.Option(min=3)] = 20,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of the latency.")] = 1,
+    repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: DeviceOption = "cpu",
     weights: WeightsOption = None,
@@ -86,7 +87,9 @@ def prune_command(
     technique = f"prune {method} {target}" + (
         f" + {finetune_epochs} epoch(s)" if finetune_epochs else ""
     )
-    run = RunOptions(device, threads, repeats, measure_stages=False, technique=technique)
+    run = RunOptions(
+        device, threads, repeats, batch_size, measure_stages=False, technique=technique
+    )
     outcome = compress(entry, Recipe(tuple(stages)), out, run)
     details = {**outcome.details["stages"][0]["summary"], **outcome.details}
     if finetune_epochs:
