@@ -19,6 +19,7 @@ from torch import nn
 
 from torchslim.benchmark import (
     BenchmarkConfig,
+    BenchmarkResult,
     Isolation,
     WorkerVariant,
     compare_on_inputs,
@@ -104,12 +105,20 @@ def time_isolated(
             )
         isolation = Isolation(instances=config.instances)
         result = compare_on_inputs(variants, inputs, FP32, bench, isolation)
-    timings = {
+    return race_figures(result), dict(result.skipped)
+
+
+def race_figures(result: BenchmarkResult) -> dict[str, dict[str, float]]:
+    """Median/p90 ms of every variant of one race, with its speed-up over the fp32 eager
+    median *of the same race*, recorded beside it (``fp32_eager_median_ms``): a speed-up is
+    only ever read against the fp32 timing it was computed from."""
+    fp32_ms = statistics.median(result.variants[FP32].samples_ms)
+    return {
         name: {
             "median_ms": statistics.median(v.samples_ms),
             "p90_ms": v.stats.p90,
             "speedup_vs_fp32_eager": v.speedup,
+            "fp32_eager_median_ms": fp32_ms,
         }
         for name, v in result.variants.items()
     }
-    return timings, dict(result.skipped)

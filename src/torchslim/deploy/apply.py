@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim._machine import cpu_features, cpu_model
+from torchslim._machine import cpu_features, cpu_model, int8_products_saturate
 from torchslim.benchmark import BenchmarkConfig, compare
 from torchslim.deploy import onnxruntime_backend, openvino_backend, torch_backend
-from torchslim.deploy._isolated import finalists, time_isolated
+from torchslim.deploy._isolated import FP32, finalists, race_figures, time_isolated
 from torchslim.deploy._onnx import export_onnx, input_names
 from torchslim.deploy._runtime import Candidate, Feeds, missing_module, require, to_numpy
 from torchslim.deploy.config import PIP_EXTRAS, DeployConfig, DeployError
@@ -107,7 +106,8 @@ def deploy(
             f"no deployment candidate is usable: failed to build {failed or 'none'}; "
             f"disagreeing with fp32 {checks or 'none'}; not installed {skipped or 'none'}. "
             f"Thresholds: top-1 agreement >= {config.min_top1_agreement}, cosine >= "
-            f"{config.min_cosine} (DeployConfig)."
+            f"{config.min_cosine} (DeployConfig). Built for CPU features "
+            f"{_feature_names(config)}."
         )
     timings = _measure(reference, accepted, calibration, config)
     isolated: dict[str, dict[str, float]] = {}
@@ -156,6 +156,14 @@ def _build_all(
         except Exception as error:  # reported in the decision; other backends still compete
             failed["torch-pt2e-x86-inductor"] = f"{type(error).__name__}: {str(error)[:300]}"
     return candidates, failed, skipped
+
+
+def _feature_names(config: DeployConfig) -> str:
+    """The ISA flags the candidates were built for, and what they implied for int8 weights."""
+    features = config.features()
+    names = [name for name, present in features.items() if present] or ["none known"]
+    bits = "7-bit (reduced range: no VNNI)" if int8_products_saturate(features) else "8-bit"
+    return f"{', '.join(names)}; int8 weights {bits}"
 
 
 def first_samples(calibration: Calibration, count: int) -> Calibration:
@@ -217,15 +225,7 @@ def _measure(
     bench = BenchmarkConfig(
         warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
     )
-    result = compare(variants, "torch-fp32-eager", bench)
-    return {
-        name: {
-            "median_ms": statistics.median(v.samples_ms),
-            "p90_ms": v.stats.p90,
-            "speedup_vs_fp32_eager": v.speedup,
-        }
-        for name, v in result.variants.items()
-    }
+    return race_figures(compare(variants, FP32, bench))
 
 
 def _decision(
@@ -272,5 +272,19 @@ def _decision(
         "candidates": table,
         "not_built": not_built,
         "config": config.to_dict(),
-        "cpu": {"model": cpu_model(), "features": cpu_features()},
+        "cpu": cpu_record(config),
+    }
+
+
+def cpu_record(config: DeployConfig) -> dict[str, Any]:
+    """The CPU the candidates were built for: its features (detected, or given by
+    ``DeployConfig.cpu_features``), torch's kernel level, and the int8 choices they imply."""
+    features = config.features()
+    return {
+        "model": cpu_model(),
+        "features": features,
+        "features_source": "detected" if config.cpu_features is None else "DeployConfig",
+        "detected_features": cpu_features(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "int8_products_saturate": int8_products_saturate(features),
     }

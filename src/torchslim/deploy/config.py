@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from torchslim.errors import ConfigError, TorchslimError, reject_unknown_keys
+from torchslim.errors import ConfigError, TorchslimError, did_you_mean, reject_unknown_keys
 
 T = TypeVar("T")
 
@@ -92,6 +92,12 @@ class DeployConfig:
         instances: worker processes per finalist in the isolated timing (>= 1); their samples
             are pooled, so one process's luck (thread placement, memory layout: 5-20 % here)
             does not decide between close candidates.
+        cpu_features: the ISA flags the candidates are built for (names from
+            ``torchslim._machine.ISA_FLAGS``, e.g. ``("avx2", "fma")`` for an AMD Zen 2), or
+            None (default): this machine's. It decides which int8 graphs can be exact here: on
+            x86 without VNNI, int8 weights use 7 bits (reduced range) so the VPMADDUBSW
+            kernels do not saturate; and whether bf16 is native. Tests set it to exercise
+            every CPU kind on any machine.
     """
 
     backend: str = "auto"
@@ -111,6 +117,7 @@ class DeployConfig:
     timing: str = "isolated"
     finalists: int = 4
     instances: int = 2
+    cpu_features: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
@@ -146,6 +153,7 @@ class DeployConfig:
             raise ConfigError(f"single_thread must be True or False, got {self.single_thread!r}")
         _check_range("min_top1_agreement", self.min_top1_agreement, 0.0, 1.0)
         _check_range("min_cosine", self.min_cosine, 0.0, 1.0)
+        _check_features(self.cpu_features)
 
     def backends_to_try(self) -> tuple[str, ...]:
         """The backends this config builds: the one named, or the "auto" candidates (OpenVINO
@@ -153,6 +161,12 @@ class DeployConfig:
         if self.precision == "bf16":
             return ("openvino",)
         return self.candidates if self.backend == "auto" else (self.backend,)
+
+    def features(self) -> dict[str, bool]:
+        """The ISA features the candidates are built for: ``cpu_features``, or detected."""
+        from torchslim._machine import features_from_flags
+
+        return features_from_flags(self.cpu_features)
 
     def thread_options(self) -> tuple[int, ...]:
         """Intra-op thread counts the candidates are built with: ``threads`` first, then 1."""
@@ -164,6 +178,21 @@ class DeployConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeployConfig:
         return config_from_dict(cls, values)
+
+
+def _check_features(features: tuple[str, ...] | None) -> None:
+    from torchslim._machine import ISA_FLAGS
+
+    if features is None:
+        return
+    if not isinstance(features, tuple):
+        raise ConfigError(f"cpu_features must be None or a tuple of {ISA_FLAGS}, got {features!r}")
+    for name in features:
+        if name not in ISA_FLAGS:
+            raise ConfigError(
+                f"cpu_features entry {name!r} is not a known ISA flag; allowed: {ISA_FLAGS}"
+                f"{did_you_mean(str(name), ISA_FLAGS)}"
+            )
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -119,17 +119,29 @@ def read_model(core: Any, path: Path) -> Any:
     return core.read_model(model=gzip.decompress(path.read_bytes()), weights=ov.Tensor(weights))
 
 
-def nncf_quantize(fp32_path: Path, feeds: Feeds, out_xml_gz: Path) -> None:
+def nncf_quantize(fp32_path: Path, feeds: Feeds, out_xml_gz: Path, overflow_fix: str) -> None:
     """NNCF post-training quantization through its OpenVINO backend (NNCF's documented flow:
     ``ov.convert_model`` of the fp32 export, ``nncf.quantize`` on all calibration samples),
     saved as OpenVINO IR: ``<name>.xml.gz`` (gzipped graph) + ``<name>.bin`` (int8 weights,
-    nothing compressed to fp16)."""
+    nothing compressed to fp16). ``overflow_fix``: NNCF's 7-bit weights on "enable"d layers
+    (every layer where the CPU's int8 products saturate: :func:`overflow_fix_for`)."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     dataset = nncf.Dataset(feeds)
-    quantized = nncf.quantize(ov.convert_model(str(fp32_path)), dataset, subset_size=len(feeds))
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+    model = ov.convert_model(str(fp32_path))
+    quantized = nncf.quantize(model, dataset, subset_size=len(feeds), advanced_parameters=advanced)
     save_ir_gzipped(quantized, out_xml_gz, compress_to_fp16=False)
+
+
+def overflow_fix_for(config: DeployConfig) -> str:
+    """NNCF's overflow fix: on every layer ("enable") where int8 products saturate (x86
+    without VNNI), else NNCF's default, the first layer only."""
+    from torchslim._machine import int8_products_saturate
+
+    return "enable" if int8_products_saturate(config.features()) else "first_layer_only"
 
 
 def save_ir_gzipped(model: Any, out_xml_gz: Path, compress_to_fp16: bool) -> None:
@@ -153,8 +165,9 @@ def build(
     require("openvino")
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
+    overflow_fix = overflow_fix_for(config)
     sources: list[tuple[str, Path | None, dict[str, Any]]] = [
-        ("openvino-nncf", None, {"quantizer": "nncf"})
+        ("openvino-nncf", None, {"quantizer": "nncf", "overflow_fix": overflow_fix})
     ]
     for other in qdq_candidates:
         qdq = other.settings
@@ -169,7 +182,7 @@ def build(
         try:
             if path is None:
                 path = workdir / f"{name}.xml.gz"
-                nncf_quantize(fp32_path, feeds, path)
+                nncf_quantize(fp32_path, feeds, path, overflow_fix)
             built = [
                 _compiled(name, path, settings, compilation, config.threads)
                 for compilation in variants(config)
