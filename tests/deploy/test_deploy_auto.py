@@ -21,7 +21,7 @@ from torchslim.deploy import (
     load_deployed,
 )
 from torchslim.errors import ConfigError
-from torchslim.evaluate import evaluate
+from torchslim.evaluate import comparison_table, evaluate
 from torchslim.evaluate.size import parameter_count, saved_size_bytes
 from torchslim.quantize.observers import CalibrationError
 
@@ -198,3 +198,8 @@ def test_evaluate_reports_the_deployed_artifact() -> None:
     assert after.size_bytes < before.size_bytes / 2  # int8 weights vs fp32 safetensors
     assert after.params == before.params
     assert set(after.metrics) == set(before.metrics)
+    # the runtime's activations are out of sight: not measured, never the file size instead
+    assert after.peak_memory_bytes is None and before.peak_memory_bytes is not None
+    assert "not measured" in after.details["peak_memory"]
+    rows = comparison_table(before, after, "t").columns[2]._cells
+    assert "not measured" in rows

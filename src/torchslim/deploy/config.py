@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from torchslim.errors import ConfigError, TorchslimError, did_you_mean, reject_unknown_keys
@@ -71,7 +71,8 @@ class DeployConfig:
             (ONNX Runtime builds both and the measurement decides).
         calibration_method: ONNX Runtime's activation-range method: minmax, entropy, percentile.
         batch_size: batch size at which "auto" measures latency.
-        threads: intra-op threads of every runtime (and of torch while measuring).
+        threads: intra-op threads of every runtime (and of torch while measuring); default
+            torch's count, which follows ``OMP_NUM_THREADS``.
         single_thread: when ``threads`` > 1, also build the ONNX Runtime sessions and the
             static-shape OpenVINO compilations with 1 thread and let the measurement decide: a
             small batch often runs faster on one core than split over two (no second thread
@@ -98,6 +99,13 @@ class DeployConfig:
             x86 without VNNI, int8 weights use 7 bits (reduced range) so the VPMADDUBSW
             kernels do not saturate; and whether bf16 is native. Tests set it to exercise
             every CPU kind on any machine.
+        budget_s: seconds the deployment aims to take, or None (default): no limit, the
+            race as configured. With a budget, fewer finalists (or none: the in-process race
+            decides) are re-timed in their own processes when the time left would not fit
+            them (in (0, 86400]).
+        ignore: torch module names (as ``model.named_modules()`` lists them) kept in floating
+            point: their ONNX nodes are excluded from quantization in every candidate, and a
+            candidate that still runs one of them in int8 is rejected.
     """
 
     backend: str = "auto"
@@ -107,7 +115,7 @@ class DeployConfig:
     weight_granularity: str = "auto"
     calibration_method: str = "minmax"
     batch_size: int = 1
-    threads: int = 2
+    threads: int = field(default_factory=lambda: _default_threads())
     single_thread: bool = True
     min_top1_agreement: float = 0.97
     min_cosine: float = 0.98
@@ -118,6 +126,8 @@ class DeployConfig:
     finalists: int = 4
     instances: int = 2
     cpu_features: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    budget_s: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
@@ -154,6 +164,18 @@ class DeployConfig:
         _check_range("min_top1_agreement", self.min_top1_agreement, 0.0, 1.0)
         _check_range("min_cosine", self.min_cosine, 0.0, 1.0)
         _check_features(self.cpu_features)
+        if self.budget_s is not None:
+            _check_range("budget_s", self.budget_s, 1e-3, 86400.0)
+        if self.ignore and (self.precision == "bf16" or self.backend == "torch"):
+            raise ConfigError(
+                f"ignore={self.ignore!r} keeps layers out of int8; precision={self.precision!r} "
+                f"with backend={self.backend!r} has no int8 layer to keep out (bf16) or cannot "
+                "exclude layers (torch PT2E): use precision='int8' on onnxruntime or openvino"
+            )
+        if not isinstance(self.ignore, tuple) or not all(
+            isinstance(name, str) and name for name in self.ignore
+        ):
+            raise ConfigError(f"ignore must be a tuple of module names, got {self.ignore!r}")
 
     def backends_to_try(self) -> tuple[str, ...]:
         """The backends this config builds: the one named, or the "auto" candidates (OpenVINO
@@ -178,6 +200,12 @@ class DeployConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeployConfig:
         return config_from_dict(cls, values)
+
+
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _check_features(features: tuple[str, ...] | None) -> None:

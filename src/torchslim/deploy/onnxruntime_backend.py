@@ -70,10 +70,16 @@ def prepare(fp32_path: Path, out: Path) -> Path:
 
 
 def quantize_qdq(
-    prepared: Path, feeds: Feeds, scheme: tuple[str, bool], config: DeployConfig, out: Path
+    prepared: Path,
+    feeds: Feeds,
+    scheme: tuple[str, bool],
+    config: DeployConfig,
+    out: Path,
+    excluded: tuple[str, ...] = (),
 ) -> None:
     """``onnxruntime.quantization.quantize_static`` of the pre-processed graph in QDQ format,
-    int8 weights, into ``out``; ``scheme`` is (activation type, per-channel weights).
+    int8 weights, into ``out``; ``scheme`` is (activation type, per-channel weights);
+    ``excluded``: node names left in floating point (``DeployConfig.ignore``'s layers).
 
     Where the CPU's int8 kernels saturate (x86 without VNNI: :func:`weight_bits` is 7) the
     weights are quantized in reduced range, as ONNX Runtime recommends there.
@@ -101,6 +107,7 @@ def quantize_qdq(
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         reduce_range=weight_bits(config) == 7,
+        nodes_to_exclude=list(excluded) or None,
         calibrate_method=methods[config.calibration_method],
         extra_options={"ActivationSymmetric": activation_type == "int8"},
     )
@@ -127,10 +134,15 @@ def candidate_name(scheme: tuple[str, bool]) -> str:
 
 
 def build(
-    fp32_path: Path, feeds: Feeds, config: DeployConfig, workdir: Path
+    fp32_path: Path,
+    feeds: Feeds,
+    config: DeployConfig,
+    workdir: Path,
+    excluded: tuple[str, ...] = (),
 ) -> tuple[list[Candidate], dict[str, str]]:
     """One candidate per (activation type, weight granularity) and thread count
-    (:meth:`DeployConfig.thread_options`); the failed ones, with why."""
+    (:meth:`DeployConfig.thread_options`), ``excluded`` nodes left in floating point; the
+    failed ones, with why."""
     require("onnxruntime")
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
@@ -143,7 +155,7 @@ def build(
         name = candidate_name(scheme)
         qdq = workdir / f"{name}.qdq.onnx"
         try:
-            quantize_qdq(prepared, feeds, scheme, config, qdq)
+            quantize_qdq(prepared, feeds, scheme, config, qdq, excluded)
             path = workdir / f"{name}.onnx"
             compact(qdq, path)
             listed = fp32_ops(onnx.load(str(qdq)))

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from torch import nn
 
+from torchslim.quantize._deploy_flags import DeployFlags, deploy_fields, flags_record
 from torchslim.quantize.schemes import SCHEMES, Scheme, get_scheme
 
 DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
@@ -43,6 +44,14 @@ def quantize_command(
         str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
     ] = "rtn",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    deploy_budget: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Seconds the deploy race may take (default 20: a quick race); more lets more "
+            "finalists be re-timed each in its own process.",
+        ),
+    ] = None,
 ) -> None:
     """Quantize MODEL, deploy it on the fastest real backend here, and print before/after."""
     from torchslim.cli import print_outcome, resolve_model
@@ -53,16 +62,50 @@ def quantize_command(
     chosen = get_scheme(scheme)
     if chosen.config is not None:
         overrides: dict[str, Any] = {"observer": observer, "ignore": tuple(ignore or ())}
+        overrides["escalate"] = None  # re-derived from the observer (part of "auto" only)
         if weight_format:
             overrides["weight"] = weight_format
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
     check_method(method, chosen)
+    flags = DeployFlags(observer, tuple(ignore or ()), weight_format, threads, deploy_budget)
+    check_flags_apply(chosen, deploy, flags)
     entry = resolve_model(model)
-    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method}
+    options: dict[str, Any] = {"batch_size": batch_size, "threads": threads, "repeats": repeats}
+    options |= {"method": method, "deploy_flags": flags}
     # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
     print_outcome(outcome, as_json)
+
+
+def check_flags_apply(scheme: Scheme, deploy: str, flags: DeployFlags) -> None:
+    """Refuse a flag the chosen path cannot act on (a cast has no observer, layers or weight
+    format; only a deployment races within a budget).
+
+    Raises:
+        ConfigError: naming the flag and what it needs.
+    """
+    from torchslim.errors import ConfigError
+
+    bf16_deploys = scheme.cast_format == "bfloat16" and deploy in ("auto", "openvino")
+    deploys = (scheme.execution == "deployed" and deploy != "none") or bf16_deploys
+    if flags.budget_s is not None and not deploys:
+        raise ConfigError(
+            f"--deploy-budget applies to a deployment; --scheme {scheme.name} with --deploy "
+            f"{deploy} deploys nothing (use --scheme w8a8 or bf16 with --deploy auto)."
+        )
+    given = {
+        "--observer": flags.observer != "auto",
+        "--ignore": bool(flags.ignore),
+        "--weight-format": flags.weight_format is not None,
+    }
+    if scheme.config is None and any(given.values()):
+        used = ", ".join(name for name, present in given.items() if present)
+        raise ConfigError(
+            f"{used}: --scheme {scheme.name} casts the whole model to {scheme.cast_format} and "
+            "has no observer, per-layer choice or weight format; drop them or choose an int "
+            "scheme (e.g. w8a8)."
+        )
 
 
 def check_method(method: str, scheme: Scheme) -> None:
@@ -126,16 +169,21 @@ def run_scheme(
     options: dict[str, Any],
 ) -> Any:
     """Quantize ``entry``'s model with ``scheme``, write the artifact, measure before/after."""
+    from torchslim.errors import ConfigError
+
     fp32 = entry.load()
     # bf16 CNNs run on OpenVINO's bf16 kernels where it can; text encoders keep the cast path
     bf16_cnn = scheme.cast_format == "bfloat16" and entry.task not in TEXT_TASKS
     fallback = None
     if bf16_cnn and deploy in ("auto", "openvino"):
         deployed, fallback = _deploy_bf16(
-            entry, fp32, (calibration_batches, options["batch_size"]), deploy, allow_slower
+            entry, fp32, (calibration_batches, options), deploy, allow_slower
         )
         if deployed is not None:
             return _report_deployed(entry, fp32, scheme, out, deployed, options)
+    flags = options["deploy_flags"]
+    if flags.budget_s is not None and not (bf16_cnn or scheme.execution == "deployed"):
+        raise ConfigError(f"--deploy-budget: {entry.name} in {scheme.name} deploys nothing")
     if scheme.execution == "cast":
         return _run_cast(entry, fp32, scheme, out, allow_slower, options, fallback)
     if scheme.execution == "deployed" and deploy != "none":
@@ -146,7 +194,7 @@ def run_scheme(
 def _deploy_bf16(
     entry: Any,
     fp32: nn.Module,
-    sizes: tuple[int, int],
+    sizes: tuple[int, dict[str, Any]],
     backend: str,
     allow_slower: bool,
 ) -> tuple[Any, str | None]:
@@ -161,23 +209,28 @@ def _deploy_bf16(
     """
     from torchslim.deploy import DeployConfig, DeployError, FormatSlowerError
     from torchslim.deploy import deploy as deploy_static
+    from torchslim.deploy.formats import KEEP_MARGIN
 
-    calibration_batches, batch_size = sizes  # batches to check agreement on; timed batch size
+    calibration_batches, options = sizes  # batches to check agreement on; batch size, flags
     batches = entry.calibration_batches(calibration_batches)
-    config = DeployConfig(precision="bf16", backend=backend, batch_size=batch_size)
+    flags = options["deploy_flags"]
+    fields = {k: v for k, v in deploy_fields(fp32, flags).items() if k in ("threads", "budget_s")}
+    config = DeployConfig(
+        precision="bf16", backend=backend, batch_size=options["batch_size"], **fields
+    )
     try:
-        deployed = deploy_static(fp32, batches, config)
+        deployed = deploy_static(fp32, batches, config, progress=_stage_printer())
     except DeployError as error:
         if backend == "openvino":
             raise
         return None, f"OpenVINO bf16 not used: {error}"
-    fp32_ms = deployed.decision["fp32_eager"]["median_ms"]
     chosen = deployed.decision["candidates"][deployed.candidate]
-    ms = chosen.get("isolated", chosen)["median_ms"]
-    if ms > fp32_ms and not allow_slower:
+    race = chosen.get("isolated", chosen)  # its time and the fp32 time of the same race
+    if race["speedup_vs_fp32_eager"] < KEEP_MARGIN and not allow_slower:
         raise FormatSlowerError(
-            f"bf16 on OpenVINO ({deployed.candidate}) measured {ms:.3f} ms against "
-            f"{fp32_ms:.3f} ms for fp32 eager: slower, so refused; pass --allow-slower to keep it"
+            f"bf16 on OpenVINO ({deployed.candidate}) measured {race['median_ms']:.3f} ms "
+            f"against {race['fp32_eager_median_ms']:.3f} ms for fp32 eager in the same race: "
+            f"not {KEEP_MARGIN:.2f}x faster, so refused; pass --allow-slower to keep it"
         )
     return deployed, None
 
@@ -188,6 +241,8 @@ def _report_deployed(
     """Save ``deployed`` to ``out`` and measure it against ``fp32`` (the command's outcome)."""
     from torchslim._compress import measure_before_after
 
+    if "flags" in options:  # what each flag asked and what the deployment used, in manifest
+        deployed.decision["quantize_flags"] = options.pop("flags")
     deployed.save(out)
     details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
     return measure_before_after(
@@ -204,21 +259,63 @@ def _run_deployed(
     backend: str,
     options: dict[str, Any],
 ) -> Any:
+    import torch
+
     batch_size = options.get("batch_size", 1)
+    flags: DeployFlags = options["deploy_flags"]
     if entry.task in TEXT_TASKS:
         from torchslim.deploy.text_config import TextDeployConfig
         from torchslim.deploy.text_int8 import deploy_text_int8
 
-        config = TextDeployConfig(batch_sizes=(batch_size,))
+        _refuse_for_text(flags)
+        threads = flags.threads or torch.get_num_threads()
+        config = TextDeployConfig(batch_sizes=(batch_size,), threads=threads)
         deployed: Any = deploy_text_int8(fp32, entry, backend, config)
+        record = {"threads": {"requested": flags.threads, "used": threads}}
     else:
         from torchslim.deploy import DeployConfig
         from torchslim.deploy import deploy as deploy_static
 
+        fields = deploy_fields(fp32, flags)
         batches = entry.calibration_batches(calibration_batches)
-        deploy_config = DeployConfig(backend=backend, batch_size=batch_size)
-        deployed = deploy_static(fp32, batches, deploy_config)
-    return _report_deployed(entry, fp32, scheme, out, deployed, options)
+        deploy_config = DeployConfig(backend=backend, batch_size=batch_size, **fields)
+        deployed = deploy_static(fp32, batches, deploy_config, progress=_stage_printer())
+        record = flags_record(flags, fields)
+    return _report_deployed(entry, fp32, scheme, out, deployed, {**options, "flags": record})
+
+
+def _refuse_for_text(flags: DeployFlags) -> None:
+    """A text encoder's deployment quantizes activations at run time with every Linear in
+    int8: no observer, no per-layer choice, no weight format, no budget (ConfigError)."""
+    from torchslim.errors import ConfigError
+
+    given = {
+        "--observer": flags.observer != "auto",
+        "--ignore": bool(flags.ignore),
+        "--weight-format": flags.weight_format is not None,
+        "--deploy-budget": flags.budget_s is not None,
+    }
+    used = [name for name, present in given.items() if present]
+    if used:
+        raise ConfigError(
+            f"{', '.join(used)}: a text encoder deploys dynamic int8 (activations quantized at "
+            "run time, every Linear int8, candidates timed per batch size): these do not "
+            "apply; drop them, or use --deploy none to simulate with them."
+        )
+
+
+def _stage_printer() -> Any:
+    """A progress callback printing each deploy stage to stderr with the elapsed time."""
+    import time
+
+    from rich.console import Console
+
+    console, started = Console(stderr=True), time.perf_counter()
+
+    def say(line: str) -> None:
+        console.print(f"[dim]deploy {time.perf_counter() - started:5.1f} s: {line}[/dim]")
+
+    return say
 
 
 def _run_cast(
@@ -238,8 +335,10 @@ def _run_cast(
     assert scheme.cast_format is not None
     example = entry.example_inputs(options.get("batch_size", 1))
     on_slower = "warn" if allow_slower else "raise"  # FormatSlowerError names the slowdown
-    check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower)
     import torch
+
+    threads = options.get("threads") or torch.get_num_threads()
+    check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower, threads=threads)
 
     cast = CastModel(copy.deepcopy(fp32), getattr(torch, scheme.cast_format))
     manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
