@@ -52,6 +52,32 @@ def cpu_features() -> dict[str, bool]:
     return {name: name in flags for name in ISA_FLAGS}
 
 
+def features_from_flags(flags: tuple[str, ...] | None) -> dict[str, bool]:
+    """:func:`cpu_features` as if the CPU had exactly ``flags`` (names from ``ISA_FLAGS``);
+    None: this machine's. How a test or a config stands in for another CPU kind."""
+    if flags is None:
+        return cpu_features()
+    return {name: name in flags for name in ISA_FLAGS}
+
+
+def bf16_native(features: dict[str, bool]) -> bool:
+    """True where a CPU with ``features`` computes bf16 natively (AVX512-BF16 or AMX-BF16);
+    elsewhere bf16 is emulated, several times slower than fp32."""
+    return features["avx512_bf16"] or features["amx_bf16"]
+
+
+def int8_products_saturate(features: dict[str, bool]) -> bool:
+    """True on an x86 CPU without VNNI (e.g. AMD Zen 2: AVX2 + FMA only).
+
+    Its int8 kernels multiply u8 x s8 pairs with VPMADDUBSW, whose int16 pair sums saturate
+    for full-range weights (255 * 127 * 2 > 32767): ONNX Runtime's U8S8/S8S8 and OpenVINO's
+    int8 lose accuracy there unless weights use 7 bits (reduced range; 255 * 64 * 2 fits).
+    With VNNI (AVX512-VNNI, AVX-VNNI, AMX) products accumulate in int32 and nothing saturates.
+    """
+    x86 = features["avx2"] or features["avx512f"]
+    return x86 and not (features["avx512_vnni"] or features["avx_vnni"] or features["amx_int8"])
+
+
 def bf16_in_hardware(device: torch.device | str = "cpu") -> bool:
     """True where bf16 matmuls run natively: AVX512-BF16 or AMX on CPU, bf16 support on GPU.
 
@@ -60,8 +86,7 @@ def bf16_in_hardware(device: torch.device | str = "cpu") -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    features = cpu_features()
-    return features["avx512_bf16"] or features["amx_bf16"]
+    return bf16_native(cpu_features())
 
 
 def machine_facts() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torchslim.commands._render import _print_json, console, note_synthetic_data
 from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
 from torchslim.commands.prune import prune_command
+from torchslim.commands.quantize import quantize_command
 from torchslim.errors import TorchslimError
 
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
@@ -304,7 +305,7 @@ app.command("prune")(prune_command)
 app.command("compress")(compress_command)
 app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
-app.command("quantize")(__import__("torchslim.quantize.command", fromlist=["x"]).quantize_command)
+app.command("quantize")(quantize_command)
 
 
 def main() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
+from cpu_kinds import ZEN4
 from models import tiny_convnet, tiny_images
+from torchslim import _machine
 from torchslim.deploy import CastModel, FormatSlowerError, check_format
+from torchslim.deploy.formats import KEEP_MARGIN
 from torchslim.errors import ConfigError
 
 
@@ -26,8 +30,8 @@ def test_verdict_follows_the_measured_times(fmt: str) -> None:
         check = check_format(tiny_convnet(), (x,), fmt, rounds=5)
     assert check.fp32_ms is not None and check.format_ms is not None and check.speedup is not None
     assert check.speedup == pytest.approx(check.fp32_ms / check.format_ms)
-    assert check.verdict == ("faster" if check.speedup >= 1 else "slower")
-    slower_warnings = [w for w in caught if "SLOWER" in str(w.message)]
+    assert check.verdict == ("faster" if check.speedup >= KEEP_MARGIN else "slower")
+    slower_warnings = [w for w in caught if re.search("SLOWER|NOT FASTER", str(w.message))]
     assert bool(slower_warnings) == (check.verdict == "slower")
     assert check.cosine > 0.99  # same model, lower precision
 
@@ -41,12 +45,27 @@ def test_a_slower_format_is_refused_with_the_measured_cost(monkeypatch: pytest.M
         return original(self, *inputs)
 
     monkeypatch.setattr(CastModel, "forward", slow_forward)
+    # a CPU with native bf16 (Zen 4): the verdict is measured (without, it is refused up front)
+    monkeypatch.setattr(_machine, "_cpuinfo", lambda: ("zen4", frozenset(ZEN4)))
     x, _ = tiny_images(4)
     with pytest.raises(FormatSlowerError, match=r"bfloat16 is [\d.]+x SLOWER than fp32"):
         check_format(tiny_convnet(), (x,), "bfloat16", on_slower="raise", rounds=3)
     with pytest.warns(RuntimeWarning, match="SLOWER"):
         check = check_format(tiny_convnet(), (x,), "bfloat16", on_slower="warn", rounds=3)
     assert check.verdict == "slower" and check.speedup is not None and check.speedup < 1
+
+
+def test_bf16_without_native_compute_is_refused_before_any_race(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # an AVX2-only CPU (AMD Zen 2): torch emulates bf16; a race could keep it by luck
+    monkeypatch.setattr(_machine, "_cpuinfo", lambda: ("zen2", frozenset({"avx2", "fma"})))
+    raced: list[bool] = []
+    monkeypatch.setattr(CastModel, "forward", lambda self, *x: raced.append(True))
+    x, _ = tiny_images(4)
+    with pytest.raises(FormatSlowerError, match="no native bf16 compute"):
+        check_format(tiny_convnet(), (x,), "bfloat16", on_slower="raise", rounds=3)
+    assert not raced
 
 
 def test_fp8_is_storage_only_smaller_and_close() -> None:

@@ -17,6 +17,8 @@ from torchslim.deploy.config import DeployError
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Ops that only move or reshape data: they carry int8 through a QDQ graph untouched.
 LAYOUT_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Shape")
+# Ops with weights that a quantizer turns into int8 kernels (what "ignore" must keep in fp32).
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 OPSET = 17
 
 
@@ -81,7 +83,8 @@ def _export_with(
 
 
 def fp32_ops(model: onnx.ModelProto) -> list[str]:
-    """Compute ops of a QDQ graph that run in fp32: an input not fed by DequantizeLinear.
+    """Compute ops of a QDQ graph that run in fp32: an input not fed by DequantizeLinear (for
+    a weighted op: its input or its weight; a float weight keeps it in fp32).
 
     Layout ops (Reshape, Flatten, ...) are not compute and are left out; each entry is
     ``"<op_type> <node name>"``.
@@ -93,6 +96,8 @@ def fp32_ops(model: onnx.ModelProto) -> list[str]:
         if node.op_type in QDQ_OPS or node.op_type in LAYOUT_OPS:
             continue
         data_inputs = [name for name in node.input if name and name not in constants]
+        if node.op_type in WEIGHTED_OPS:  # input and weight (not bias) must both be int8
+            data_inputs = [name for name in node.input[:2] if name]
         quantized = all(
             name in produced_by and produced_by[name].op_type == "DequantizeLinear"
             for name in data_inputs
@@ -100,6 +105,60 @@ def fp32_ops(model: onnx.ModelProto) -> list[str]:
         if not quantized or not data_inputs:
             listed.append(f"{node.op_type} {node.name}".strip())
     return listed
+
+
+def scope_module(node_name: str) -> str:
+    """The torch module a TorchScript-exported node came from: ``"/layer1/layer1.0/conv1/Conv"``
+    -> ``"layer1.0.conv1"``, ``"/features/features.0/features.0.0/Conv"`` -> ``"features.0.0"``.
+
+    Each scope level is labelled by the module's qualified name from its last non-numeric
+    segment on (``conv1``, ``features.0.0``): a label that extends the end of the name so far
+    (same attribute, more indices) replaces that end; any other is a new child attribute.
+    """
+    module: list[str] = []
+    for label in (level.split(".") for level in node_name.strip("/").split("/")[:-1]):
+        start = max((i for i, part in enumerate(module) if part == label[0]), default=-1)
+        tail = module[start:] if start >= 0 else []
+        extends = start >= 0 and len(label) > len(tail) and label[: len(tail)] == tail
+        module = module[:start] + label if extends else module + label
+    return ".".join(module)
+
+
+def nodes_of_modules(model: onnx.ModelProto, modules: Sequence[str]) -> dict[str, list[str]]:
+    """Compute nodes (names) of each torch module in ``modules`` and its children.
+
+    Raises:
+        DeployError: a module none of whose nodes is found (an exporter that names nodes
+            differently): it could not be kept in floating point.
+    """
+    found: dict[str, list[str]] = {name: [] for name in modules}
+    for node in model.graph.node:
+        if node.op_type in LAYOUT_OPS or not node.name:
+            continue
+        owner = scope_module(node.name)
+        for name in modules:
+            if owner == name or owner.startswith(name + "."):
+                found[name].append(node.name)
+    missing = [name for name, nodes in found.items() if not nodes]
+    if missing:
+        raise DeployError(
+            f"no ONNX node of the layer(s) {missing} was found in the exported graph, so they "
+            "cannot be kept in floating point; check the names (torch module names, as "
+            "model.named_modules() lists them)."
+        )
+    return found
+
+
+def excluded_nodes(fp32_path: Path, modules: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """(every node of ``modules``, to exclude from quantization; their weighted nodes, which
+    each candidate must be seen running in floating point)."""
+    if not modules:
+        return (), []
+    model = onnx.load(str(fp32_path))
+    found = nodes_of_modules(model, modules)
+    nodes = tuple(name for names in found.values() for name in names)
+    weighted = [n.name for n in model.graph.node if n.name in nodes and n.op_type in WEIGHTED_OPS]
+    return nodes, weighted
 
 
 def compact(source: Path, target: Path) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import statistics
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim._machine import cpu_features, cpu_model
+from torchslim._machine import cpu_features, cpu_model, int8_products_saturate
 from torchslim.benchmark import BenchmarkConfig, compare
 from torchslim.deploy import onnxruntime_backend, openvino_backend, torch_backend
-from torchslim.deploy._isolated import finalists, time_isolated
-from torchslim.deploy._onnx import export_onnx, input_names
+from torchslim.deploy._isolated import FP32, finalists, isolation_plan, race_figures, time_isolated
+from torchslim.deploy._onnx import excluded_nodes, export_onnx, input_names
 from torchslim.deploy._runtime import Candidate, Feeds, missing_module, require, to_numpy
 from torchslim.deploy.config import PIP_EXTRAS, DeployConfig, DeployError
 from torchslim.deploy.model import DeployedModel
@@ -71,7 +71,10 @@ def checked_calibration(batches: Sequence[Any]) -> Calibration:
 
 
 def deploy(
-    model: nn.Module, calibration_batches: Sequence[Any], config: DeployConfig | None = None
+    model: nn.Module,
+    calibration_batches: Sequence[Any],
+    config: DeployConfig | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> DeployedModel:
     """Quantize ``model`` (weights and activations int8, static) and run it on a real backend.
 
@@ -80,6 +83,7 @@ def deploy(
         calibration_batches: tuples of input tensors (or tensors), e.g.
             ``entry.calibration_batches(16)``; also the data the candidates are checked on.
         config: backends, settings and acceptance thresholds (default ``DeployConfig()``).
+        progress: called with a line naming each stage as it starts (e.g. a status display).
 
     Returns:
         The fastest accepted candidate as a :class:`DeployedModel`.
@@ -90,40 +94,73 @@ def deploy(
         DeployError: no candidate could be built or none agrees with fp32.
     """
     config = config or DeployConfig()
+    say = progress or (lambda line: None)
+    started = time.perf_counter()
     calibration = checked_calibration(calibration_batches)
     reference = copy.deepcopy(model).eval()
     for backend in config.backends_to_try() if config.backend != "auto" else ():
         require(backend)
+    say("exporting and building the candidates")
     with tempfile.TemporaryDirectory(prefix="torchslim-deploy-") as tmp:
         candidates, failed, skipped = _build_all(reference, calibration, config, Path(tmp))
         artifacts = {c.name: {n: p.read_bytes() for n, p in c.files.items()} for c in candidates}
-    check_data = first_samples(calibration, config.agreement_samples)
-    with torch.inference_mode():
-        expected = [reference(*batch).float() for batch in check_data]
-    checks = {c.name: agreement(expected, c, check_data) for c in candidates}
+    say(f"checking {len(candidates)} candidates against fp32")
+    checks = _check_all(reference, candidates, calibration, config)
     accepted = [c for c in candidates if _accepted(checks[c.name], config)]
     if not accepted:
         raise DeployError(
             f"no deployment candidate is usable: failed to build {failed or 'none'}; "
             f"disagreeing with fp32 {checks or 'none'}; not installed {skipped or 'none'}. "
             f"Thresholds: top-1 agreement >= {config.min_top1_agreement}, cosine >= "
-            f"{config.min_cosine} (DeployConfig)."
+            f"{config.min_cosine} (DeployConfig). Built for CPU features "
+            f"{_feature_names(config)}."
         )
+    say(f"timing {len(accepted)} accepted candidates in this process")
     timings = _measure(reference, accepted, calibration, config)
+    plan = isolation_plan(config, len(accepted), time.perf_counter() - started)
     isolated: dict[str, dict[str, float]] = {}
-    if config.timing == "isolated" and len(accepted) > 1:
-        race = finalists(accepted, timings, config.finalists)
+    race = finalists(accepted, timings, plan.finalists) if plan.finalists > 1 else []
+    if len(race) > 1:
+        say(f"re-timing {len(race)} finalists, each in its own process")
         inputs = measuring_inputs(calibration, config.batch_size)
-        if len(race) > 1:
-            isolated, broken = time_isolated(reference, race, artifacts, inputs, config)
-            failed |= {name: f"failed in its own process: {why}" for name, why in broken.items()}
+        isolated, broken = time_isolated(reference, race, artifacts, inputs, (config, plan))
+        failed |= {name: f"failed in its own process: {why}" for name, why in broken.items()}
     timed_alone = [c for c in accepted if c.name in isolated]
     if timed_alone:
         chosen = min(timed_alone, key=lambda c: isolated[c.name]["median_ms"])
     else:
         chosen = min(accepted, key=lambda c: timings[c.name]["median_ms"])
     decision = _decision(chosen, candidates, checks, (timings, isolated), failed | skipped, config)
+    decision["isolated_timing"] = plan.to_dict()
     return DeployedModel(chosen, artifacts[chosen.name], decision, parameter_count(model))
+
+
+def _check_all(
+    reference: nn.Module,
+    candidates: list[Candidate],
+    calibration: Calibration,
+    config: DeployConfig,
+) -> dict[str, dict[str, float | str]]:
+    """Each candidate's agreement with fp32; one that still runs an ignored layer in int8
+    fails with why (``config.ignore``: those layers must stay in floating point)."""
+    check_data = first_samples(calibration, config.agreement_samples)
+    with torch.inference_mode():
+        expected = [reference(*batch).float() for batch in check_data]
+    checks = {c.name: agreement(expected, c, check_data) for c in candidates}
+    # ONNX Runtime's graphs are read back node by node; OpenVINO renames nodes as it compiles,
+    # but cannot run int8 without Q/DQ (ORT's graphs) and NNCF refuses an ignored scope that
+    # matches nothing
+    for c in (c for c in candidates if c.backend == "onnxruntime"):
+        quantized = [n for n in c.settings.get("kept_fp32", []) if not _in_fp32(n, c.fp32_ops)]
+        if quantized:
+            checks[c.name] = {"error": f"runs ignored layer node(s) {quantized} in int8"}
+    return checks
+
+
+def _in_fp32(node: str, fp32_ops: list[str]) -> bool:
+    """Whether ``node`` (or a part a backend split it into, ``<node>/...``) is listed in fp32."""
+    names = (name for op in fp32_ops for name in op.split(" ", 1)[-1].split(","))
+    return any(name == node or name.startswith(node + "/") for name in names)
 
 
 def _build_all(
@@ -140,22 +177,49 @@ def _build_all(
         export_onnx(model, calibration[0], fp32_path)
         if config.precision == "bf16":  # OpenVINO alone (DeployConfig checks it)
             return (*openvino_backend.build_bf16(fp32_path, config, workdir), skipped)
+        excluded, weighted = excluded_nodes(fp32_path, _checked_ignore(model, config))
         feeds: Feeds = [
             dict(zip(input_names(len(b)), to_numpy(b), strict=True)) for b in calibration
         ]
-        qdq, qdq_failed = onnxruntime_backend.build(fp32_path, feeds, config, workdir)
+        qdq, qdq_failed = onnxruntime_backend.build(fp32_path, feeds, config, workdir, excluded)
         failed |= qdq_failed
         if "onnxruntime" in usable:
             candidates += qdq
         if "openvino" in usable:
-            built, ov_failed = openvino_backend.build(fp32_path, feeds, config, workdir, qdq)
+            built, ov_failed = openvino_backend.build(
+                fp32_path, feeds, config, workdir, qdq, tuple(weighted)
+            )
             candidates, failed = candidates + built, failed | ov_failed
-    if "torch" in usable:
+        for candidate in candidates if weighted else []:
+            candidate.settings["kept_fp32"] = weighted
+    if "torch" in usable and config.ignore:
+        failed["torch-pt2e-x86-inductor"] = "cannot keep DeployConfig.ignore layers in fp32"
+    elif "torch" in usable:
         try:
             candidates.append(torch_backend.build(model, calibration, config, workdir))
         except Exception as error:  # reported in the decision; other backends still compete
             failed["torch-pt2e-x86-inductor"] = f"{type(error).__name__}: {str(error)[:300]}"
     return candidates, failed, skipped
+
+
+def _checked_ignore(model: nn.Module, config: DeployConfig) -> tuple[str, ...]:
+    """``config.ignore``, every name checked against the model's modules (DeployError)."""
+    names = {name for name, _ in model.named_modules() if name}
+    unknown = [name for name in config.ignore if name not in names]
+    if unknown:
+        raise DeployError(
+            f"DeployConfig.ignore names no module of this model: {unknown}; its modules: "
+            f"{sorted(names)[:20]}"
+        )
+    return config.ignore
+
+
+def _feature_names(config: DeployConfig) -> str:
+    """The ISA flags the candidates were built for, and what they implied for int8 weights."""
+    features = config.features()
+    names = [name for name, present in features.items() if present] or ["none known"]
+    bits = "7-bit (reduced range: no VNNI)" if int8_products_saturate(features) else "8-bit"
+    return f"{', '.join(names)}; int8 weights {bits}"
 
 
 def first_samples(calibration: Calibration, count: int) -> Calibration:
@@ -217,15 +281,7 @@ def _measure(
     bench = BenchmarkConfig(
         warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
     )
-    result = compare(variants, "torch-fp32-eager", bench)
-    return {
-        name: {
-            "median_ms": statistics.median(v.samples_ms),
-            "p90_ms": v.stats.p90,
-            "speedup_vs_fp32_eager": v.speedup,
-        }
-        for name, v in result.variants.items()
-    }
+    return race_figures(compare(variants, FP32, bench))
 
 
 def _decision(
@@ -272,5 +328,19 @@ def _decision(
         "candidates": table,
         "not_built": not_built,
         "config": config.to_dict(),
-        "cpu": {"model": cpu_model(), "features": cpu_features()},
+        "cpu": cpu_record(config),
+    }
+
+
+def cpu_record(config: DeployConfig) -> dict[str, Any]:
+    """The CPU the candidates were built for: its features (detected, or given by
+    ``DeployConfig.cpu_features``), torch's kernel level, and the int8 choices they imply."""
+    features = config.features()
+    return {
+        "model": cpu_model(),
+        "features": features,
+        "features_source": "detected" if config.cpu_features is None else "DeployConfig",
+        "detected_features": cpu_features(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "int8_products_saturate": int8_products_saturate(features),
     }

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from torchslim.errors import ConfigError, TorchslimError, reject_unknown_keys
+from torchslim.errors import ConfigError, TorchslimError, did_you_mean, reject_unknown_keys
 
 T = TypeVar("T")
 
@@ -71,7 +71,8 @@ class DeployConfig:
             (ONNX Runtime builds both and the measurement decides).
         calibration_method: ONNX Runtime's activation-range method: minmax, entropy, percentile.
         batch_size: batch size at which "auto" measures latency.
-        threads: intra-op threads of every runtime (and of torch while measuring).
+        threads: intra-op threads of every runtime (and of torch while measuring); default
+            torch's count, which follows ``OMP_NUM_THREADS``.
         single_thread: when ``threads`` > 1, also build the ONNX Runtime sessions and the
             static-shape OpenVINO compilations with 1 thread and let the measurement decide: a
             small batch often runs faster on one core than split over two (no second thread
@@ -92,6 +93,19 @@ class DeployConfig:
         instances: worker processes per finalist in the isolated timing (>= 1); their samples
             are pooled, so one process's luck (thread placement, memory layout: 5-20 % here)
             does not decide between close candidates.
+        cpu_features: the ISA flags the candidates are built for (names from
+            ``torchslim._machine.ISA_FLAGS``, e.g. ``("avx2", "fma")`` for an AMD Zen 2), or
+            None (default): this machine's. It decides which int8 graphs can be exact here: on
+            x86 without VNNI, int8 weights use 7 bits (reduced range) so the VPMADDUBSW
+            kernels do not saturate; and whether bf16 is native. Tests set it to exercise
+            every CPU kind on any machine.
+        budget_s: seconds the deployment aims to take, or None (default): no limit, the
+            race as configured. With a budget, fewer finalists (or none: the in-process race
+            decides) are re-timed in their own processes when the time left would not fit
+            them (in (0, 86400]).
+        ignore: torch module names (as ``model.named_modules()`` lists them) kept in floating
+            point: their ONNX nodes are excluded from quantization in every candidate, and a
+            candidate that still runs one of them in int8 is rejected.
     """
 
     backend: str = "auto"
@@ -101,7 +115,7 @@ class DeployConfig:
     weight_granularity: str = "auto"
     calibration_method: str = "minmax"
     batch_size: int = 1
-    threads: int = 2
+    threads: int = field(default_factory=lambda: _default_threads())
     single_thread: bool = True
     min_top1_agreement: float = 0.97
     min_cosine: float = 0.98
@@ -111,6 +125,9 @@ class DeployConfig:
     timing: str = "isolated"
     finalists: int = 4
     instances: int = 2
+    cpu_features: tuple[str, ...] | None = None
+    ignore: tuple[str, ...] = ()
+    budget_s: float | None = None
 
     def __post_init__(self) -> None:
         _check_choice("backend", self.backend, ("auto", *BACKENDS))
@@ -146,6 +163,19 @@ class DeployConfig:
             raise ConfigError(f"single_thread must be True or False, got {self.single_thread!r}")
         _check_range("min_top1_agreement", self.min_top1_agreement, 0.0, 1.0)
         _check_range("min_cosine", self.min_cosine, 0.0, 1.0)
+        _check_features(self.cpu_features)
+        if self.budget_s is not None:
+            _check_range("budget_s", self.budget_s, 1e-3, 86400.0)
+        if self.ignore and (self.precision == "bf16" or self.backend == "torch"):
+            raise ConfigError(
+                f"ignore={self.ignore!r} keeps layers out of int8; precision={self.precision!r} "
+                f"with backend={self.backend!r} has no int8 layer to keep out (bf16) or cannot "
+                "exclude layers (torch PT2E): use precision='int8' on onnxruntime or openvino"
+            )
+        if not isinstance(self.ignore, tuple) or not all(
+            isinstance(name, str) and name for name in self.ignore
+        ):
+            raise ConfigError(f"ignore must be a tuple of module names, got {self.ignore!r}")
 
     def backends_to_try(self) -> tuple[str, ...]:
         """The backends this config builds: the one named, or the "auto" candidates (OpenVINO
@@ -153,6 +183,12 @@ class DeployConfig:
         if self.precision == "bf16":
             return ("openvino",)
         return self.candidates if self.backend == "auto" else (self.backend,)
+
+    def features(self) -> dict[str, bool]:
+        """The ISA features the candidates are built for: ``cpu_features``, or detected."""
+        from torchslim._machine import features_from_flags
+
+        return features_from_flags(self.cpu_features)
 
     def thread_options(self) -> tuple[int, ...]:
         """Intra-op thread counts the candidates are built with: ``threads`` first, then 1."""
@@ -164,6 +200,27 @@ class DeployConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DeployConfig:
         return config_from_dict(cls, values)
+
+
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _check_features(features: tuple[str, ...] | None) -> None:
+    from torchslim._machine import ISA_FLAGS
+
+    if features is None:
+        return
+    if not isinstance(features, tuple):
+        raise ConfigError(f"cpu_features must be None or a tuple of {ISA_FLAGS}, got {features!r}")
+    for name in features:
+        if name not in ISA_FLAGS:
+            raise ConfigError(
+                f"cpu_features entry {name!r} is not a known ISA flag; allowed: {ISA_FLAGS}"
+                f"{did_you_mean(str(name), ISA_FLAGS)}"
+            )
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

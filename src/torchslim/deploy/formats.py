@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchslim._machine import cpu_features
+from torchslim._machine import bf16_native, cpu_features
 from torchslim.benchmark import BenchmarkConfig, compare
 from torchslim.deploy.config import DeployError
 from torchslim.errors import ConfigError
@@ -31,6 +31,9 @@ FORMATS = {
     "float8_e5m2": torch.float8_e5m2,
 }
 ON_SLOWER = ("warn", "raise")
+# A format is kept only when it measures at least this much faster than fp32: within it, the
+# load of the moment could flip the verdict from one run to the next.
+KEEP_MARGIN = 1.05
 
 
 class FormatSlowerError(DeployError):
@@ -152,6 +155,12 @@ def check_format(
             fp32_size,
             _fp8_size(reference, dtype),
         )
+    if fmt == "bfloat16" and on_slower == "raise" and not bf16_native(cpu_features()):
+        raise FormatSlowerError(
+            f"bfloat16: this CPU has no native bf16 compute (hardware: {_hardware(fmt)}): torch "
+            "emulates it, several times slower than fp32, so it is refused without a race "
+            "(a race on a busy machine could keep it by luck); keep fp32 or deploy int8"
+        )
     cast = CastModel(reference, dtype)
     variants = {"fp32": lambda: reference(*example_inputs), fmt: lambda: cast(*example_inputs)}
     result = compare(variants, "fp32", BenchmarkConfig(warmup=3, rounds=rounds, threads=threads))
@@ -159,7 +168,7 @@ def check_format(
     with torch.inference_mode():
         cosine, top1 = _agreement(expected, cast(*example_inputs))
     speedup = fp32_ms / fmt_ms
-    faster = speedup >= 1.0
+    faster = speedup >= KEEP_MARGIN
     hardware = _hardware(fmt)
     message = (
         f"{fmt} runs {speedup:.2f}x "
@@ -167,12 +176,19 @@ def check_format(
         + f" fp32 here ({fmt_ms:.3f} vs {fp32_ms:.3f} ms median, {threads} threads; "
         f"hardware: {hardware})"
     )
-    if not faster:
+    if 1.0 <= speedup < KEEP_MARGIN:
+        message = (
+            f"{fmt} is NOT FASTER than fp32 by the {KEEP_MARGIN:.2f}x margin a format must beat "
+            f"to be kept ({speedup:.2f}x: {fmt_ms:.3f} vs {fp32_ms:.3f} ms median, {threads} "
+            f"threads; hardware: {hardware}): keep fp32 or deploy int8"
+        )
+    elif not faster:
         message = (
             f"{fmt} is {1 / speedup:.2f}x SLOWER than fp32 on this CPU ({fmt_ms:.3f} vs "
             f"{fp32_ms:.3f} ms median, {threads} threads; hardware: {hardware}): keep fp32 "
             "or deploy int8"
         )
+    if not faster:
         if on_slower == "raise":
             raise FormatSlowerError(message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)

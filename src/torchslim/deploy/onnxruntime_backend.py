@@ -16,7 +16,14 @@ from torchslim.deploy.config import DeployConfig
 
 ACTIVATION_LABELS = {"uint8": "u8s8", "int8": "s8s8"}
 # The settings that describe the quantized graph itself (the rest configure the session).
-GRAPH_SETTINGS = ("format", "activation_type", "weight_type", "per_channel", "calibration_method")
+GRAPH_SETTINGS = (
+    "format",
+    "activation_type",
+    "weight_type",
+    "weight_bits",
+    "per_channel",
+    "calibration_method",
+)
 
 
 class OnnxRuntimeRunner:
@@ -63,10 +70,20 @@ def prepare(fp32_path: Path, out: Path) -> Path:
 
 
 def quantize_qdq(
-    prepared: Path, feeds: Feeds, scheme: tuple[str, bool], config: DeployConfig, out: Path
+    prepared: Path,
+    feeds: Feeds,
+    scheme: tuple[str, bool],
+    config: DeployConfig,
+    out: Path,
+    excluded: tuple[str, ...] = (),
 ) -> None:
     """``onnxruntime.quantization.quantize_static`` of the pre-processed graph in QDQ format,
-    int8 weights, into ``out``; ``scheme`` is (activation type, per-channel weights)."""
+    int8 weights, into ``out``; ``scheme`` is (activation type, per-channel weights);
+    ``excluded``: node names left in floating point (``DeployConfig.ignore``'s layers).
+
+    Where the CPU's int8 kernels saturate (x86 without VNNI: :func:`weight_bits` is 7) the
+    weights are quantized in reduced range, as ONNX Runtime recommends there.
+    """
     activation_type, per_channel = scheme
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -89,9 +106,18 @@ def quantize_qdq(
         activation_type=QuantType.QUInt8 if activation_type == "uint8" else QuantType.QInt8,
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
+        reduce_range=weight_bits(config) == 7,
+        nodes_to_exclude=list(excluded) or None,
         calibrate_method=methods[config.calibration_method],
         extra_options={"ActivationSymmetric": activation_type == "int8"},
     )
+
+
+def weight_bits(config: DeployConfig) -> int:
+    """8, or 7 (reduced range) on a CPU whose int8 products saturate (x86 without VNNI)."""
+    from torchslim._machine import int8_products_saturate
+
+    return 7 if int8_products_saturate(config.features()) else 8
 
 
 def schemes(config: DeployConfig) -> list[tuple[str, bool]]:
@@ -108,10 +134,15 @@ def candidate_name(scheme: tuple[str, bool]) -> str:
 
 
 def build(
-    fp32_path: Path, feeds: Feeds, config: DeployConfig, workdir: Path
+    fp32_path: Path,
+    feeds: Feeds,
+    config: DeployConfig,
+    workdir: Path,
+    excluded: tuple[str, ...] = (),
 ) -> tuple[list[Candidate], dict[str, str]]:
     """One candidate per (activation type, weight granularity) and thread count
-    (:meth:`DeployConfig.thread_options`); the failed ones, with why."""
+    (:meth:`DeployConfig.thread_options`), ``excluded`` nodes left in floating point; the
+    failed ones, with why."""
     require("onnxruntime")
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
@@ -124,7 +155,7 @@ def build(
         name = candidate_name(scheme)
         qdq = workdir / f"{name}.qdq.onnx"
         try:
-            quantize_qdq(prepared, feeds, scheme, config, qdq)
+            quantize_qdq(prepared, feeds, scheme, config, qdq, excluded)
             path = workdir / f"{name}.onnx"
             compact(qdq, path)
             listed = fp32_ops(onnx.load(str(qdq)))
@@ -147,6 +178,7 @@ def settings_for(scheme: tuple[str, bool], config: DeployConfig, threads: int) -
         "format": "QDQ",
         "activation_type": activation,
         "weight_type": "int8",
+        "weight_bits": weight_bits(config),
         "per_channel": per_channel,
         "calibration_method": config.calibration_method,
         "graph_optimization": "ORT_ENABLE_ALL",

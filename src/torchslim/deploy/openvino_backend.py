@@ -7,6 +7,7 @@ beside it (a compact ``model.onnx``). Each is compiled several ways (:func:`vari
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -119,17 +120,41 @@ def read_model(core: Any, path: Path) -> Any:
     return core.read_model(model=gzip.decompress(path.read_bytes()), weights=ov.Tensor(weights))
 
 
-def nncf_quantize(fp32_path: Path, feeds: Feeds, out_xml_gz: Path) -> None:
+def nncf_quantize(
+    fp32_path: Path, feeds: Feeds, out_xml_gz: Path, overflow_fix: str, excluded: tuple[str, ...]
+) -> None:
     """NNCF post-training quantization through its OpenVINO backend (NNCF's documented flow:
     ``ov.convert_model`` of the fp32 export, ``nncf.quantize`` on all calibration samples),
     saved as OpenVINO IR: ``<name>.xml.gz`` (gzipped graph) + ``<name>.bin`` (int8 weights,
-    nothing compressed to fp16)."""
+    nothing compressed to fp16). ``overflow_fix``: NNCF's 7-bit weights on "enable"d layers
+    (every layer where the CPU's int8 products saturate: :func:`overflow_fix_for`);
+    ``excluded``: weighted node names NNCF leaves in floating point (its ignored scope)."""
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     dataset = nncf.Dataset(feeds)
-    quantized = nncf.quantize(ov.convert_model(str(fp32_path)), dataset, subset_size=len(feeds))
+    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix))
+    model = ov.convert_model(str(fp32_path))
+    # OpenVINO splits an ONNX node into parts named "<node>/..." (Gemm: MatMul + Add)
+    patterns = [f"{re.escape(name)}(/.*)?" for name in excluded]
+    ignored = nncf.IgnoredScope(patterns=patterns) if excluded else None
+    quantized = nncf.quantize(
+        model,
+        dataset,
+        subset_size=len(feeds),
+        advanced_parameters=advanced,
+        ignored_scope=ignored,
+    )
     save_ir_gzipped(quantized, out_xml_gz, compress_to_fp16=False)
+
+
+def overflow_fix_for(config: DeployConfig) -> str:
+    """NNCF's overflow fix: on every layer ("enable") where int8 products saturate (x86
+    without VNNI), else NNCF's default, the first layer only."""
+    from torchslim._machine import int8_products_saturate
+
+    return "enable" if int8_products_saturate(config.features()) else "first_layer_only"
 
 
 def save_ir_gzipped(model: Any, out_xml_gz: Path, compress_to_fp16: bool) -> None:
@@ -148,13 +173,16 @@ def build(
     config: DeployConfig,
     workdir: Path,
     qdq_candidates: list[Candidate],
+    excluded: tuple[str, ...] = (),
 ) -> tuple[list[Candidate], dict[str, str]]:
-    """NNCF's graph and every ONNX Runtime QDQ graph, each compiled by OpenVINO."""
+    """NNCF's graph (``excluded`` nodes left in floating point; the QDQ graphs come so) and
+    every ONNX Runtime QDQ graph, each compiled by OpenVINO."""
     require("openvino")
     candidates: list[Candidate] = []
     failed: dict[str, str] = {}
+    overflow_fix = overflow_fix_for(config)
     sources: list[tuple[str, Path | None, dict[str, Any]]] = [
-        ("openvino-nncf", None, {"quantizer": "nncf"})
+        ("openvino-nncf", None, {"quantizer": "nncf", "overflow_fix": overflow_fix})
     ]
     for other in qdq_candidates:
         qdq = other.settings
@@ -169,7 +197,7 @@ def build(
         try:
             if path is None:
                 path = workdir / f"{name}.xml.gz"
-                nncf_quantize(fp32_path, feeds, path)
+                nncf_quantize(fp32_path, feeds, path, overflow_fix, excluded)
             built = [
                 _compiled(name, path, settings, compilation, config.threads)
                 for compilation in variants(config)
@@ -193,11 +221,15 @@ def build_bf16(
     """
     import openvino as ov
 
+    from torchslim._machine import bf16_native
+
     capabilities = cpu_capabilities()
-    if "BF16" not in capabilities:
+    if "BF16" not in capabilities or not bf16_native(config.features()):
         raise DeployError(
             "this CPU has no bf16 compute (OpenVINO's CPU plugin reports "
-            f"{capabilities}; bf16 needs AVX512-BF16 or AMX): a bf16 model would run in f32 "
+            f"{capabilities}; the CPU features: avx512_bf16={config.features()['avx512_bf16']}, "
+            f"amx_bf16={config.features()['amx_bf16']}; bf16 needs AVX512-BF16 or AMX): a bf16 "
+            "model would run in f32 "
             "here, or slower through torch's emulation. Keep fp32, or deploy int8 "
             "(DeployConfig(precision='int8'))."
         )

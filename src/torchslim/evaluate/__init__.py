@@ -75,12 +75,17 @@ def evaluate(
         params=parameter_count(model),
         size_bytes=saved_size_bytes(model),
         latency=latency,
-        peak_memory_bytes=weights + (activations or 0),
+        # an external runtime's activations are not seen: its peak is not measured (None),
+        # never its file size under that name
+        peak_memory_bytes=None if activations is None else weights + activations,
         details={
             "batch_size": batch_size,
             "threads": threads or torch.get_num_threads(),
             "device": str(device),
             "weights_bytes": weights,
+            "peak_memory": "measured"
+            if activations is not None
+            else "not measured: the activations live inside an external runtime",
             "peak_activation_bytes": activations,  # None: inside an external runtime
             "latency_ms": {"mean": latency.mean, "min": latency.min, "repeats": latency.repeats},
         },

@@ -16,6 +16,8 @@ class EvaluationReport:
 
     ``peak_memory_bytes`` = weights (parameters + buffers) + the peak of activation memory during
     one forward pass at ``batch_size``; both parts are also given separately in ``details``.
+    None where it is not measured: a deployed model's activations live inside its runtime
+    (ONNX Runtime, OpenVINO), out of the tracker's sight.
     """
 
     model: str
@@ -23,7 +25,7 @@ class EvaluationReport:
     params: int
     size_bytes: int
     latency: LatencyStats
-    peak_memory_bytes: int
+    peak_memory_bytes: int | None
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +49,8 @@ class EvaluationReport:
         batch = self.details.get("batch_size", 1)
         table.add_row(f"latency median (batch {batch})", f"{self.latency.median:.3f} ms")
         table.add_row(f"latency p90 (batch {batch})", f"{self.latency.p90:.3f} ms")
-        table.add_row("peak memory", format_bytes(self.peak_memory_bytes))
+        peak = self.peak_memory_bytes
+        table.add_row("peak memory", "not measured" if peak is None else format_bytes(peak))
         return table
 
 
@@ -64,9 +67,10 @@ def comparison_table(before: EvaluationReport, after: EvaluationReport, title: s
     """Before/after side by side, with the ratio after/before for every number."""
     table = Table("measure", "before", "after", "after / before", title=title)
 
-    def row(name: str, a: float, b: float, fmt: str = "{:.4f}") -> None:
-        ratio = f"{b / a:.3f}" if a else "-"
-        table.add_row(name, fmt.format(a), fmt.format(b), ratio)
+    def row(name: str, a: float | None, b: float | None, fmt: str = "{:.4f}") -> None:
+        ratio = f"{b / a:.3f}" if a and b is not None else "-"
+        shown = ["not measured" if v is None else fmt.format(v) for v in (a, b)]
+        table.add_row(name, *shown, ratio)
 
     for name in before.metrics:
         if name in after.metrics:

@@ -1,154 +1,22 @@
-"""``torchslim quantize``: quantize a model, run it for real where a backend can, measure both."""
+"""Quantizing a model for ``torchslim quantize``: deployed on a real backend, cast, or simulated.
+
+The command (``torchslim.commands.quantize``) validates the flags and calls ``run_scheme``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Any
 
-import typer
+from torch import nn
 
-from torchslim._cli_options import (
-    DataOption,
-    DeviceOption,
-    InputDtypeOption,
-    InputShapeOption,
-    ModelArgument,
-    SeqLenOption,
-    ThreadsOption,
-    VocabSizeOption,
-    WeightsOption,
-    model_options,
-)
+from torchslim.quantize._deploy_flags import DeployFlags, deploy_fields, flags_record
+from torchslim.quantize.schemes import Scheme
 
-if TYPE_CHECKING:
-    from torch import nn
-
-    from torchslim.quantize.schemes import Scheme
-
-DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
-METHODS = ("rtn", "gptq", "awq")  # how weight-only int schemes choose their codes
 TEXT_TASKS = ("sentence-embedding",)
-
-
-def quantize_command(
-    model: ModelArgument,
-    out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
-    scheme: Annotated[str, typer.Option(help="w8a8, w8-dynamic, w4a8, w4-weight, bf16, ...")] = (
-        "w8a8"
-    ),
-    observer: Annotated[str, typer.Option(help="auto|minmax|moving_average|percentile|mse|kl")] = (
-        "auto"
-    ),
-    weight_format: Annotated[
-        str | None, typer.Option(help="Override the scheme's weight format, e.g. int4-g32.")
-    ] = None,
-    ignore: Annotated[list[str] | None, typer.Option(help="Layer name or re:<regex>.")] = None,
-    calibration_batches: Annotated[int, typer.Option(min=1)] = 16,
-    deploy: Annotated[str, typer.Option(help="auto|onnxruntime|openvino|torch|none")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Batch size of the latency.")] = 1,
-    threads: ThreadsOption = None,
-    repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
-    allow_slower: Annotated[bool, typer.Option(help="Keep bf16/fp16 even if slower.")] = False,
-    method: Annotated[
-        str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
-    ] = "rtn",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    device: DeviceOption = "cpu",
-    weights: WeightsOption = None,
-    input_shape: InputShapeOption = None,
-    input_dtype: InputDtypeOption = None,
-    vocab_size: VocabSizeOption = None,
-    seq_len: SeqLenOption = None,
-    data: DataOption = None,
-    overwrite: Annotated[
-        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
-    ] = False,
-) -> None:
-    """Quantize MODEL, deploy it on the fastest real backend here, and print before/after.
-
-    Example: torchslim quantize fashion-resnet20 --scheme w8a8 --out r20-int8
-    """
-    from torchslim._devices import check_device
-    from torchslim._outdir import check_out
-    from torchslim.commands._render import note_synthetic_data, print_outcome
-    from torchslim.errors import ConfigError
-    from torchslim.quantize.schemes import get_scheme
-    from torchslim.zoo.options import require_layers, resolve_model
-
-    check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
-    if deploy not in DEPLOY_CHOICES:
-        raise ConfigError(f"--deploy {deploy!r}; allowed: {', '.join(DEPLOY_CHOICES)}")
-    chosen = get_scheme(scheme)
-    if chosen.config is not None:
-        overrides: dict[str, Any] = {"observer": observer, "ignore": tuple(ignore or ())}
-        if weight_format:
-            overrides["weight"] = weight_format
-        chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
-    check_method(method, chosen)
-    check_device(device)
-    check_deploy_device(device, chosen, deploy)
-    options_ = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
-    entry = resolve_model(model, options_)
-    require_layers(entry, "quantize")
-    note_synthetic_data(entry)
-    options = {"batch_size": batch_size, "threads": threads, "repeats": repeats, "method": method,
-               "device": device}  # fmt: skip
-    # Backends (NNCF, ORT) print progress to stdout: with --json stdout carries only the JSON.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
-        outcome = run_scheme(entry, chosen, out, calibration_batches, deploy, allow_slower, options)
-    print_outcome(outcome, as_json)
-
-
-def check_deploy_device(device: str, scheme: Scheme, deploy: str) -> None:
-    """Refuse ``--device`` other than cpu where the result runs in a CPU runtime.
-
-    Raises:
-        ConfigError: a deployed (ONNX Runtime / OpenVINO / torch x86 INT8) scheme on a GPU.
-    """
-    from torchslim.errors import ConfigError
-
-    if device != "cpu" and scheme.execution == "deployed" and deploy != "none":
-        raise ConfigError(
-            f"--device {device}: --scheme {scheme.name} deploys to CPU runtimes (ONNX Runtime, "
-            "OpenVINO, torch x86 INT8 kernels); use --device cpu, or --deploy none to measure "
-            "the fake-quant model on the device"
-        )
-
-
-def check_method(method: str, scheme: Scheme) -> None:
-    """Refuse ``--method`` gptq/awq where it has no meaning: only weight-only "int" schemes.
-
-    Raises:
-        ConfigError: an unknown method, or gptq/awq with activations quantized or a non-int
-            weight format.
-    """
-    from torchslim.errors import ConfigError, did_you_mean
-    from torchslim.quantize.schemes import SCHEMES
-
-    if method not in METHODS:
-        raise ConfigError(
-            f"--method {method!r}; allowed: {', '.join(METHODS)}.{did_you_mean(method, METHODS)}"
-        )
-    if method == "rtn":
-        return
-    config = scheme.config
-    if config is None or config.activation is not None or config.weight_format("").kind != "int":
-        weight_only = [
-            name for name, s in SCHEMES.items()
-            if s.config is not None and s.config.activation is None
-            and s.config.weight_format("").kind == "int"
-        ]  # fmt: skip
-        raise ConfigError(
-            f"--method {method} needs a weight-only int scheme (it sets weight codes from "
-            f"calibration data); --scheme {scheme.name} is not one. Use one of "
-            f"{', '.join(weight_only)} (optionally with --weight-format int4-g128), or "
-            "--method rtn."
-        )
 
 
 def _apply_method(model: nn.Module, method: str, batches: list[Any]) -> dict[str, Any]:
@@ -182,16 +50,21 @@ def run_scheme(
     options: dict[str, Any],
 ) -> Any:
     """Quantize ``entry``'s model with ``scheme``, write the artifact, measure before/after."""
+    from torchslim.errors import ConfigError
+
     fp32 = entry.load()
     # bf16 CNNs run on OpenVINO's bf16 kernels where it can; text encoders keep the cast path
     bf16_cnn = scheme.cast_format == "bfloat16" and entry.task not in TEXT_TASKS
     fallback = None
     if bf16_cnn and deploy in ("auto", "openvino"):
         deployed, fallback = _deploy_bf16(
-            entry, fp32, (calibration_batches, options["batch_size"]), deploy, allow_slower
+            entry, fp32, (calibration_batches, options), deploy, allow_slower
         )
         if deployed is not None:
             return _report_deployed(entry, fp32, scheme, out, deployed, options)
+    flags = options["deploy_flags"]
+    if flags.budget_s is not None and not (bf16_cnn or scheme.execution == "deployed"):
+        raise ConfigError(f"--deploy-budget: {entry.name} in {scheme.name} deploys nothing")
     if scheme.execution == "cast":
         return _run_cast(entry, fp32, scheme, out, allow_slower, options, fallback)
     if scheme.execution == "deployed" and deploy != "none":
@@ -202,7 +75,7 @@ def run_scheme(
 def _deploy_bf16(
     entry: Any,
     fp32: nn.Module,
-    sizes: tuple[int, int],
+    sizes: tuple[int, dict[str, Any]],
     backend: str,
     allow_slower: bool,
 ) -> tuple[Any, str | None]:
@@ -217,23 +90,28 @@ def _deploy_bf16(
     """
     from torchslim.deploy import DeployConfig, DeployError, FormatSlowerError
     from torchslim.deploy import deploy as deploy_static
+    from torchslim.deploy.formats import KEEP_MARGIN
 
-    calibration_batches, batch_size = sizes  # batches to check agreement on; timed batch size
+    calibration_batches, options = sizes  # batches to check agreement on; batch size, flags
     batches = entry.calibration_batches(calibration_batches)
-    config = DeployConfig(precision="bf16", backend=backend, batch_size=batch_size)
+    flags = options["deploy_flags"]
+    fields = {k: v for k, v in deploy_fields(fp32, flags).items() if k in ("threads", "budget_s")}
+    config = DeployConfig(
+        precision="bf16", backend=backend, batch_size=options["batch_size"], **fields
+    )
     try:
-        deployed = deploy_static(fp32, batches, config)
+        deployed = deploy_static(fp32, batches, config, progress=_stage_printer())
     except DeployError as error:
         if backend == "openvino":
             raise
         return None, f"OpenVINO bf16 not used: {error}"
-    fp32_ms = deployed.decision["fp32_eager"]["median_ms"]
     chosen = deployed.decision["candidates"][deployed.candidate]
-    ms = chosen.get("isolated", chosen)["median_ms"]
-    if ms > fp32_ms and not allow_slower:
+    race = chosen.get("isolated", chosen)  # its time and the fp32 time of the same race
+    if race["speedup_vs_fp32_eager"] < KEEP_MARGIN and not allow_slower:
         raise FormatSlowerError(
-            f"bf16 on OpenVINO ({deployed.candidate}) measured {ms:.3f} ms against "
-            f"{fp32_ms:.3f} ms for fp32 eager: slower, so refused; pass --allow-slower to keep it"
+            f"bf16 on OpenVINO ({deployed.candidate}) measured {race['median_ms']:.3f} ms "
+            f"against {race['fp32_eager_median_ms']:.3f} ms for fp32 eager in the same race: "
+            f"not {KEEP_MARGIN:.2f}x faster, so refused; pass --allow-slower to keep it"
         )
     return deployed, None
 
@@ -244,6 +122,8 @@ def _report_deployed(
     """Save ``deployed`` to ``out`` and measure it against ``fp32`` (the command's outcome)."""
     from torchslim._compress import measure_before_after
 
+    if "flags" in options:  # what each flag asked and what the deployment used, in manifest
+        deployed.decision["quantize_flags"] = options.pop("flags")
     deployed.save(out)
     details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
     return measure_before_after(
@@ -260,21 +140,63 @@ def _run_deployed(
     backend: str,
     options: dict[str, Any],
 ) -> Any:
+    import torch
+
     batch_size = options.get("batch_size", 1)
+    flags: DeployFlags = options["deploy_flags"]
     if entry.task in TEXT_TASKS:
         from torchslim.deploy.text_config import TextDeployConfig
         from torchslim.deploy.text_int8 import deploy_text_int8
 
-        config = TextDeployConfig(batch_sizes=(batch_size,))
+        _refuse_for_text(flags)
+        threads = flags.threads or torch.get_num_threads()
+        config = TextDeployConfig(batch_sizes=(batch_size,), threads=threads)
         deployed: Any = deploy_text_int8(fp32, entry, backend, config)
+        record = {"threads": {"requested": flags.threads, "used": threads}}
     else:
         from torchslim.deploy import DeployConfig
         from torchslim.deploy import deploy as deploy_static
 
+        fields = deploy_fields(fp32, flags)
         batches = entry.calibration_batches(calibration_batches)
-        deploy_config = DeployConfig(backend=backend, batch_size=batch_size)
-        deployed = deploy_static(fp32, batches, deploy_config)
-    return _report_deployed(entry, fp32, scheme, out, deployed, options)
+        deploy_config = DeployConfig(backend=backend, batch_size=batch_size, **fields)
+        deployed = deploy_static(fp32, batches, deploy_config, progress=_stage_printer())
+        record = flags_record(flags, fields)
+    return _report_deployed(entry, fp32, scheme, out, deployed, {**options, "flags": record})
+
+
+def _refuse_for_text(flags: DeployFlags) -> None:
+    """A text encoder's deployment quantizes activations at run time with every Linear in
+    int8: no observer, no per-layer choice, no weight format, no budget (ConfigError)."""
+    from torchslim.errors import ConfigError
+
+    given = {
+        "--observer": flags.observer != "auto",
+        "--ignore": bool(flags.ignore),
+        "--weight-format": flags.weight_format is not None,
+        "--deploy-budget": flags.budget_s is not None,
+    }
+    used = [name for name, present in given.items() if present]
+    if used:
+        raise ConfigError(
+            f"{', '.join(used)}: a text encoder deploys dynamic int8 (activations quantized at "
+            "run time, every Linear int8, candidates timed per batch size): these do not "
+            "apply; drop them, or use --deploy none to simulate with them."
+        )
+
+
+def _stage_printer() -> Any:
+    """A progress callback printing each deploy stage to stderr with the elapsed time."""
+    import time
+
+    from rich.console import Console
+
+    console, started = Console(stderr=True), time.perf_counter()
+
+    def say(line: str) -> None:
+        console.print(f"[dim]deploy {time.perf_counter() - started:5.1f} s: {line}[/dim]")
+
+    return say
 
 
 def _run_cast(
@@ -294,8 +216,10 @@ def _run_cast(
     assert scheme.cast_format is not None
     example = entry.example_inputs(options.get("batch_size", 1))
     on_slower = "warn" if allow_slower else "raise"  # FormatSlowerError names the slowdown
-    check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower)
     import torch
+
+    threads = options.get("threads") or torch.get_num_threads()
+    check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower, threads=threads)
 
     cast = CastModel(copy.deepcopy(fp32), getattr(torch, scheme.cast_format))
     manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
