@@ -1,5 +1,23 @@
 """The built-in steps; importing this package registers them."""
 
-from torchslim.pipeline.steps import deploy, prune, quantize, train
+from torchslim.pipeline.steps import (
+    deploy,
+    mixed_precision,
+    prune,
+    qat,
+    quantize,
+    quantize_accuracy,
+    train,
+    transforms,
+)
 
-__all__ = ["deploy", "prune", "quantize", "train"]
+__all__ = [
+    "deploy",
+    "mixed_precision",
+    "prune",
+    "qat",
+    "quantize",
+    "quantize_accuracy",
+    "train",
+    "transforms",
+]
