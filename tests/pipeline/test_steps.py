@@ -15,7 +15,6 @@ from torchslim.pipeline import RecipeError, load_recipe, parse_recipe
 from torchslim.pipeline.runner import RunOptions, compress
 from torchslim.zoo.tiny import TinyEntry
 
-torch.set_num_threads(1)
 FAST = RunOptions(repeats=3, measure_stages=False)
 COSINE = "cosine_vs_reference"
 W8A8 = "  - step: quantize\n    scheme: w8a8\n    observer: minmax\n    calibration_batches: 2\n"
@@ -271,6 +270,7 @@ def test_the_accurate_ptq_recipe_runs_and_reloads(tmp_path):
 
 
 @pytest.mark.assets
+@pytest.mark.slow  # three evaluations of the 10 000 test images (before, before training, after)
 def test_qat_trains_the_quantized_model_on_the_training_split(tmp_path):
     entry = zoo.get("fashion-cnn")
     text = recipe("  - step: qat\n    scheme: w4a8\n    observer: minmax\n    samples: 1024\n"
