@@ -199,10 +199,31 @@ def build_options(
 
 
 def check_order(recipe: Recipe) -> None:
-    """A final step (``deploy``) must be the last stage: nothing can run on a runtime graph."""
-    for index, stage in enumerate(recipe.stages[:-1]):
-        if get_step(stage.step).final:
+    """A final step (``deploy``) must be the last stage: nothing can run on a runtime graph.
+    A step that works on fake-quant layers (gptq, adaround, ...) needs an earlier quantizing
+    stage; a step that changes the float model (smoothquant, equalize) must precede it."""
+    quantized_at: Stage | None = None
+    for index, stage in enumerate(recipe.stages):
+        step = get_step(stage.step)
+        where = f"{recipe.source}:{stage.line}: step {stage.step!r}"
+        if step.final and index + 1 < len(recipe.stages):
             raise RecipeError(
-                f"{recipe.source}:{stage.line}: step {stage.step!r} produces a runtime graph "
-                f"and must be the last stage; {len(recipe.stages) - index - 1} stage(s) follow it"
+                f"{where} produces a runtime graph and must be the last stage; "
+                f"{len(recipe.stages) - index - 1} stage(s) follow it"
             )
+        if step.needs_quantized and quantized_at is None:
+            raise RecipeError(
+                f"{where} works on fake-quant layers: put a stage that quantizes "
+                f"({', '.join(_quantizing_steps())}) before it"
+            )
+        if step.before_quantize and quantized_at is not None:
+            raise RecipeError(
+                f"{where} changes the float model and must come before the "
+                f"{quantized_at.step!r} stage (line {quantized_at.line})"
+            )
+        if step.quantizes and quantized_at is None:
+            quantized_at = stage
+
+
+def _quantizing_steps() -> list[str]:
+    return [name for name in step_names() if get_step(name).quantizes]

@@ -53,6 +53,9 @@ class Step:
     doc: str
     final: bool = False  # produces a runtime graph: must be the last stage
     restore: Callable[[Any, Any, dict[str, Any], StepContext], Any] | None = None
+    quantizes: bool = False  # leaves fake-quant layers (quantize, qat, mixed_precision)
+    needs_quantized: bool = False  # works on fake-quant layers: an earlier stage quantizes
+    before_quantize: bool = False  # changes the float model: no earlier stage quantizes
 
     def option_rows(self) -> list[tuple[str, str, str]]:
         """(name, type, default) of every option, for ``torchslim recipe steps``."""

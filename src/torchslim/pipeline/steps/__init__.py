@@ -1,5 +1,25 @@
 """The built-in steps; importing this package registers them."""
 
-from torchslim.pipeline.steps import deploy, prune, quantize, student, train
+from torchslim.pipeline.steps import (
+    deploy,
+    mixed_precision,
+    prune,
+    qat,
+    quantize,
+    quantize_accuracy,
+    student,
+    train,
+    transforms,
+)
 
-__all__ = ["deploy", "prune", "quantize", "student", "train"]
+__all__ = [
+    "deploy",
+    "mixed_precision",
+    "prune",
+    "qat",
+    "quantize",
+    "quantize_accuracy",
+    "student",
+    "train",
+    "transforms",
+]

@@ -59,6 +59,8 @@ class QuantizeOptions:
         else:
             base = QuantConfig(weight=self.weight)
         changes: dict[str, Any] = {"observer": self.observer, "ignore": tuple(self.ignore)}
+        if self.observer != "auto":  # escalation is part of "auto": a fixed observer keeps
+            changes["escalate"] = False  # the scheme's formats as requested (QuantConfig)
         if self.weight is not None:
             changes["weight"] = self.weight
         if self.activation is not None:
@@ -88,4 +90,12 @@ def run_quantize(model: nn.Module, options: QuantizeOptions, context: StepContex
     return StepResult(summary)
 
 
-register_step(Step("quantize", QuantizeOptions, run_quantize, "fake-quant layers, any format"))
+register_step(
+    Step(
+        "quantize",
+        QuantizeOptions,
+        run_quantize,
+        "fake-quant layers, any format",
+        quantizes=True,
+    )
+)
