@@ -121,14 +121,36 @@ def _report_deployed(
 ) -> Any:
     """Save ``deployed`` to ``out`` and measure it against ``fp32`` (the command's outcome)."""
     from torchslim._compress import measure_before_after
+    from torchslim.pipeline.steps.deploy import DeployOptions
 
     if "flags" in options:  # what each flag asked and what the deployment used, in manifest
         deployed.decision["quantize_flags"] = options.pop("flags")
-    deployed.save(out)
     details = {"scheme": scheme.name, "execution": "deployed", "deploy": deployed.manifest()}
-    return measure_before_after(
+    outcome = measure_before_after(
         entry, fp32, deployed, f"quantize {scheme.name}", out, {**options, "details": details}
     )
+    precision = "bf16" if scheme.cast_format == "bfloat16" else "int8"
+    return write_artifact(out, entry, deployed, outcome, ("deploy", DeployOptions(precision)))
+
+
+def write_artifact(
+    out: Path,
+    entry: Any,
+    model: Any,
+    outcome: Any,
+    stage: tuple[str, Any] | None,
+    extra_files: dict[str, Path] | None = None,
+) -> Any:
+    """Write the one artifact format (``torchslim.load`` and every command read it): ``stage``
+    is the (step, options) that made ``model`` from the original, None for a plain cast."""
+    from torchslim.pipeline.artifact import write_pipeline_artifact
+    from torchslim.pipeline.recipe import Recipe, Stage
+
+    stages = (Stage(*stage),) if stage is not None else ()
+    records = [{"step": s.step, "options": s.to_dict(), "record": {}} for s in stages]
+    outcome = dataclasses.replace(outcome, details={**outcome.details, "stages": records})
+    write_pipeline_artifact(out, entry, model, Recipe(stages), outcome, extra_files)
+    return outcome
 
 
 def _run_deployed(
@@ -210,7 +232,7 @@ def _run_cast(
 ) -> Any:
     """torch's own cast to bf16/fp16, measured first (``bf16_fallback``: why OpenVINO's bf16
     was not used, recorded in the details)."""
-    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._compress import measure_before_after
     from torchslim.deploy import CastModel, check_format
 
     assert scheme.cast_format is not None
@@ -222,14 +244,13 @@ def _run_cast(
     check = check_format(fp32, example, scheme.cast_format, on_slower=on_slower, threads=threads)
 
     cast = CastModel(copy.deepcopy(fp32), getattr(torch, scheme.cast_format))
-    manifest = {"technique": f"quantize {scheme.name}", "format_check": check.to_dict()}
-    write_model_artifact(out, cast.model, manifest)
     details = {"scheme": scheme.name, "execution": "cast", "format_check": check.to_dict()}
     if bf16_fallback is not None:
         details["bf16_fallback"] = bf16_fallback
-    return measure_before_after(
+    outcome = measure_before_after(
         entry, fp32, cast, f"quantize {scheme.name}", out, {**options, "details": details}
     )
+    return write_artifact(out, entry, cast.model, outcome, None)  # weights in the cast dtype
 
 
 def _run_simulated(
@@ -240,7 +261,8 @@ def _run_simulated(
     calibration_batches: int,
     options: dict[str, Any],
 ) -> Any:
-    from torchslim._compress import measure_before_after, write_model_artifact
+    from torchslim._compress import measure_before_after
+    from torchslim.pipeline.steps.quantize import QuantizeOptions
     from torchslim.quantize import quantize_
     from torchslim.quantize.schemes import dequantized_copy
     from torchslim.quantize.storage import save_quantized
@@ -251,15 +273,6 @@ def _run_simulated(
     result = quantize_(fake, scheme.config, calibration=batches)
     method = _apply_method(fake, options.get("method", "rtn"), batches)
     metrics = entry.evaluate(fake.eval())
-    with tempfile.TemporaryDirectory() as tmp:
-        packed = save_quantized(fake, Path(tmp) / "model.quantized.safetensors")
-        packed_size = packed.stat().st_size
-        manifest = {
-            "technique": f"quantize {scheme.name}",
-            "quantize": result.to_dict(),
-            "method": method,
-        }
-        write_model_artifact(out, dequantized_copy(fake), manifest, {packed.name: packed})
     details = {
         "scheme": scheme.name,
         "execution": "simulated",
@@ -272,5 +285,11 @@ def _run_simulated(
         entry, fp32, dequantized_copy(fake), f"quantize {scheme.name}", out,
         {**options, "details": details},
     )  # fmt: skip
-    after = dataclasses.replace(outcome.after, metrics=metrics, size_bytes=packed_size)
-    return dataclasses.replace(outcome, after=after)
+    stage = ("quantize", QuantizeOptions(scheme=scheme.name, method=options.get("method", "rtn")))
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = save_quantized(fake, Path(tmp) / "model.quantized.safetensors")
+        after = dataclasses.replace(
+            outcome.after, metrics=metrics, size_bytes=packed.stat().st_size
+        )
+        outcome = dataclasses.replace(outcome, after=after)
+        return write_artifact(out, entry, fake, outcome, stage, {packed.name: packed})
