@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import gc
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -122,7 +121,6 @@ def deploy(
     isolated: dict[str, dict[str, float]] = {}
     race = finalists(accepted, timings, plan.finalists) if plan.finalists > 1 else []
     if len(race) > 1:
-        _release(candidates, keep=race)
         say(f"re-timing {len(race)} finalists, each in its own process")
         inputs = measuring_inputs(calibration, config.batch_size)
         isolated, broken = time_isolated(reference, race, artifacts, inputs, config, plan.instances)
@@ -135,21 +133,6 @@ def deploy(
     decision = _decision(chosen, candidates, checks, (timings, isolated), failed | skipped, config)
     decision["isolated_timing"] = plan.to_dict()
     return DeployedModel(chosen, artifacts[chosen.name], decision, parameter_count(model))
-
-
-def _release(candidates: list[Candidate], keep: list[Candidate]) -> None:
-    """Drop the runtimes of the candidates out of the race: fp32 eager is timed next in this
-    process, which must not hold a dozen idle runtimes' thread pools and pinned threads (they
-    slowed its calls by 10-100x at times, inflating every speed-up against it)."""
-    kept = {id(c) for c in keep}
-    for candidate in candidates:
-        if id(candidate) not in kept:
-            candidate.runtime = _released
-    gc.collect()
-
-
-def _released(*inputs: torch.Tensor) -> torch.Tensor:
-    raise DeployError("this candidate's runtime was released: it lost the in-process race")
 
 
 def _check_all(
