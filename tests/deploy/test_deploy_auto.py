@@ -181,6 +181,13 @@ def test_config_validation_and_round_trip() -> None:
     assert DeployConfig(threads=2).thread_options() == (2, 1)
     assert DeployConfig(threads=2, single_thread=False).thread_options() == (2,)
     assert DeployConfig(threads=1).thread_options() == (1,)
+    # threads follow torch's count (OMP_NUM_THREADS), not a fixed 2
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert DeployConfig().threads == 1
+    finally:
+        torch.set_num_threads(threads)
     # the CPU the candidates are built for: detected, or stood in for by its ISA flags
     zen2 = DeployConfig(cpu_features=ZEN2)
     assert DeployConfig.from_dict(zen2.to_dict()) == zen2

@@ -37,7 +37,9 @@ def test_ignored_layers_stay_fp32_in_every_onnxruntime_candidate() -> None:
         backend="onnxruntime", ignore=("layer1.0.conv1", "fc"), rounds=3, warmup=1,
         timing="in-process", cpu_features=ZEN2,
     )  # fmt: skip
-    deployed = deploy(model, entry.calibration_batches(2), config)
+    stages: list[str] = []
+    deployed = deploy(model, entry.calibration_batches(2), config, progress=stages.append)
+    assert [line.split()[0] for line in stages] == ["exporting", "checking", "timing"]
     kept = ["/layer1/layer1.0/conv1/Conv", "/fc/Gemm"]
     assert deployed.settings["kept_fp32"] == kept
     for node in kept:  # read back from the quantized graph: a float weight, fp32 compute

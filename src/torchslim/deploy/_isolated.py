@@ -117,12 +117,12 @@ def time_isolated(
     candidates: list[Candidate],
     artifacts: dict[str, dict[str, bytes]],
     inputs: tuple[torch.Tensor, ...],
-    setup: tuple[DeployConfig, IsolationPlan],
+    config: DeployConfig,
+    instances: int | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
     """Median/p90 ms and speed-up vs fp32 eager of each candidate in its own process(es)
-    (``setup``: the config, and the plan giving the worker processes per candidate); the
-    candidates whose worker failed, with why. fp32 eager runs in this process, interleaved."""
-    config, plan = setup
+    (``instances`` per candidate: default ``config.instances``); the candidates whose worker
+    failed, with why. fp32 eager runs in this process, interleaved."""
     bench = BenchmarkConfig(
         warmup=config.warmup, rounds=config.rounds, threads=config.threads, max_seconds=5.0
     )
@@ -142,7 +142,7 @@ def time_isolated(
                     "threads": candidate_threads(candidate.settings, config.threads),
                 },
             )
-        isolation = Isolation(instances=max(plan.instances, 1))
+        isolation = Isolation(instances=instances or config.instances)
         result = compare_on_inputs(variants, inputs, FP32, bench, isolation)
     return race_figures(result), dict(result.skipped)
 

@@ -123,7 +123,7 @@ def deploy(
     if len(race) > 1:
         say(f"re-timing {len(race)} finalists, each in its own process")
         inputs = measuring_inputs(calibration, config.batch_size)
-        isolated, broken = time_isolated(reference, race, artifacts, inputs, (config, plan))
+        isolated, broken = time_isolated(reference, race, artifacts, inputs, config, plan.instances)
         failed |= {name: f"failed in its own process: {why}" for name, why in broken.items()}
     timed_alone = [c for c in accepted if c.name in isolated]
     if timed_alone:

@@ -116,7 +116,7 @@ def check_format(
     example_inputs: tuple[torch.Tensor, ...],
     fmt: str,
     on_slower: str = "warn",
-    threads: int = 2,
+    threads: int | None = None,
     rounds: int = 20,
 ) -> FormatCheck:
     """Measure ``fmt`` against fp32 on ``model`` with ``example_inputs``.
@@ -124,9 +124,12 @@ def check_format(
     bf16/fp16: the model cast to the format vs fp32, interleaved; slower -> a warning (or
     FormatSlowerError with ``on_slower="raise"``) that states the measured slowdown.
     fp8: storage size and output agreement of fp8-rounded weights; no timing (no CPU kernels).
+    ``threads``: torch threads while timing (default: torch's count, from OMP_NUM_THREADS).
+    bf16 with ``on_slower="raise"`` on a CPU without native bf16 is refused before any timing.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"fmt must be one of {tuple(FORMATS)}, got {fmt!r}")
+    threads = threads or torch.get_num_threads()  # follows OMP_NUM_THREADS
     if on_slower not in ON_SLOWER:
         raise ConfigError(f"on_slower must be one of {ON_SLOWER}, got {on_slower!r}")
     reference = copy.deepcopy(model).eval()

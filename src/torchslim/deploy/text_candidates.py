@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from torchslim._machine import cpu_features, int8_products_saturate
 from torchslim.deploy import text_onnx, text_openvino
 from torchslim.deploy.config import DeployError
 from torchslim.deploy.text_config import TextDeployConfig
@@ -64,8 +65,10 @@ def _onnxruntime(context: BuildContext, fusion: str, name: str) -> TextCandidate
             context.fp32_onnx, source, (context.heads, context.hidden), fusion == "all"
         )
     target = context.workdir / f"{name}.onnx"
-    text_onnx.quantize_dynamic_int8(source, target, context.config.per_channel)
+    saturate = int8_products_saturate(cpu_features())  # x86 without VNNI: 7-bit weights
+    text_onnx.quantize_dynamic_int8(source, target, context.config.per_channel, saturate)
     build |= {
+        "weight_bits": 7 if saturate else 8,
         "quantizer": "onnxruntime.quantize_dynamic",
         "weights": "int8 " + ("per-channel" if context.config.per_channel else "per-tensor"),
         "activations": "uint8, dynamic per-tensor (U8S8)",

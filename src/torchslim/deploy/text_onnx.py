@@ -141,11 +141,15 @@ def fuse_transformer(
     return counts
 
 
-def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool) -> None:
+def quantize_dynamic_int8(
+    source: Path, target: Path, per_channel: bool, reduce_range: bool = False
+) -> None:
     """Dynamic int8: int8 weights (per channel or per tensor), uint8 activations at run time.
 
     U8S8 is the pairing VNNI (``vpdpbusd``) multiplies natively; on AVX2 without VNNI it is
-    also the fast one (S8S8 goes through a slower path there).
+    also the fast one (S8S8 goes through a slower path there), but its VPMADDUBSW pair sums
+    saturate int16 for full-range weights: ``reduce_range`` (7-bit weights) avoids that
+    (:func:`torchslim._machine.int8_products_saturate` decides).
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -158,7 +162,7 @@ def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool) -> None
     try:
         quantize_dynamic(
             str(source), str(target), weight_type=QuantType.QInt8, per_channel=per_channel,
-            extra_options=options,
+            reduce_range=reduce_range, extra_options=options,
         )  # fmt: skip
     finally:
         logging.disable(previous)
