@@ -160,6 +160,37 @@ def test_module_attribution_uses_state_dict_names():
     assert report.by_module(depth=1)["2"].macs == 8
 
 
+class _SharedBlock(nn.Module):
+    """One Linear run three times, one tied to nothing: calls and params must not multiply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            x = torch.relu(self.shared(x))
+        return self.head(x)
+
+
+def test_modules_report_their_forward_calls_and_their_params():
+    model = _SharedBlock()
+    report = profile(model, (torch.randn(2, 4),), measure_memory=False)
+    by_module = report.by_module()
+    assert by_module["shared"].calls == 3 and by_module["head"].calls == 1
+    assert by_module["shared"].params == 4 * 4 + 4 and by_module["head"].params == 4 * 2 + 2
+    assert by_module["(model)"].calls == 1
+    assert sum(t.params for t in report.by_op().values()) == 20 + 10  # each read once
+    assert report.total.params == 20 + 10 + 20  # the unused Linear is still the model's
+    assert report.by_op()["addmm"].calls == 4 and report.by_op()["addmm"].params > 0
+    nested = profile(
+        nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 2))), (torch.randn(1, 4),)
+    )
+    assert nested.by_module(depth=1)["1"].params == 10 and nested.by_module(depth=1)["1"].calls == 1
+
+
 def test_meta_tensors_give_the_same_counts():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)

@@ -50,6 +50,7 @@ def profile(
         predicted_peak_activation_bytes=counter.lifetimes.peak_bytes(len(counter.records), outputs),
         input_shapes=[tuple(t.shape) for t in tensors],
         measured_peak_activation_bytes=measured,
+        module_calls=dict(counter.module_calls),
     )
 
 

@@ -24,6 +24,7 @@ class OpRecord:
     dtype: str
     input_shapes: tuple[tuple[int, ...], ...]
     cost: OpCost | None
+    params: int = 0  # parameters this op is the first (non-view) op of the pass to read
 
 
 class _Lifetimes:
@@ -60,7 +61,8 @@ class _Lifetimes:
 
 
 class CostCounter(TorchDispatchMode):
-    """Records every ATen call with its module path and cost.
+    """Records every ATen call with its module path, cost and the parameters it reads first;
+    counts how often each module's forward ran.
 
     Module paths are state-dict names ("layer1.0.conv1"); "" is the model itself.
     """
@@ -69,18 +71,29 @@ class CostCounter(TorchDispatchMode):
         super().__init__()
         self.records: list[OpRecord] = []
         self.lifetimes = _Lifetimes()
+        self.module_calls: dict[str, int] = {}
         self._stack: list[str] = [""]
         self._hooks: list[Any] = []
+        self._unread_params: dict[int, int] = {}  # storage -> parameters no op has read yet
+        for p in {id(p): p for p in model.parameters()}.values():
+            key = p.untyped_storage()._cdata
+            self._unread_params[key] = self._unread_params.get(key, 0) + p.numel()
         for name, module in model.named_modules():
-            if name:
-                self._hooks.append(module.register_forward_pre_hook(self._enter(name)))
-                self._hooks.append(module.register_forward_hook(self._leave))
+            self._hooks.append(module.register_forward_pre_hook(self._enter(name)))
+            self._hooks.append(module.register_forward_hook(self._leave))
 
     def _enter(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
+            self.module_calls[name] = self.module_calls.get(name, 0) + 1
             self._stack.append(name)
 
         return hook
+
+    def _claim_params(self, inputs: list[torch.Tensor], op_class_name: str) -> int:
+        """Parameters read for the first time by this op (views such as ``t`` pass them on)."""
+        if op_class_name == "view":
+            return 0
+        return sum(self._unread_params.pop(t.untyped_storage()._cdata, 0) for t in inputs)
 
     def _leave(self, module: nn.Module, args: Any, out: Any) -> None:
         self._stack.pop()
@@ -107,6 +120,7 @@ class CostCounter(TorchDispatchMode):
                 self.lifetimes.create(t, index, input_storages)
         name = op_name(func)
         shapes = tuple(tuple(t.shape) for t in inputs)
+        cls = op_class(name, shapes)
         first = (
             inputs[0]
             if inputs
@@ -117,10 +131,11 @@ class CostCounter(TorchDispatchMode):
                 index=index,
                 op=name,
                 module=self._stack[-1],
-                op_class=op_class(name, shapes),
+                op_class=cls,
                 dtype=str(first.dtype).removeprefix("torch.") if first is not None else "-",
                 input_shapes=shapes,
                 cost=cost_of(func, args, kwargs, out),
+                params=self._claim_params(inputs, cls),
             )
         )
         return out
