@@ -7,12 +7,9 @@ are split into ``t`` + ``addmm`` there too), so predicted and measured rows line
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-import sys
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._torch_profiler import native_output_silenced
 from torchslim.profile.costs import op_name, rule_name
 from torchslim.profile.hardware import HardwareSpec
 from torchslim.profile.report import ProfileReport
@@ -106,26 +104,6 @@ def _matching_events(event: Any) -> list[Any]:
     return found
 
 
-@contextlib.contextmanager
-def _native_output_silenced() -> Iterator[None]:
-    """Send file descriptors 1 and 2 to /dev/null: Kineto prints "USDT: ... profiler_start" and
-    "profiler_stop" from C++ straight to the process's stderr when a profile starts and stops,
-    which Python's sys.stderr cannot intercept and which would land in the middle of our tables."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(fd) for fd in (1, 2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            os.dup2(devnull, fd)
-        yield
-    finally:
-        for fd, copy in zip((1, 2), saved, strict=True):
-            os.dup2(copy, fd)
-            os.close(copy)
-        os.close(devnull)
-
-
 def measure_op_times(model: nn.Module, inputs: Sequence[Any], repeats: int = 5) -> dict[str, float]:
     """Seconds per forward pass spent in each op name, measured with torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -135,7 +113,7 @@ def measure_op_times(model: nn.Module, inputs: Sequence[Any], repeats: int = 5) 
         activities.append(ProfilerActivity.CUDA)
     with torch.no_grad():
         model(*inputs)  # warm-up
-        with _native_output_silenced(), profile(activities=activities) as prof:
+        with native_output_silenced(), profile(activities=activities) as prof:
             for _ in range(repeats):
                 model(*inputs)
     totals: dict[str, float] = defaultdict(float)

@@ -73,7 +73,7 @@ def checked_forward(model: nn.Module, batch: Batch, name: str) -> Any:
     except TorchslimError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
-        shapes = ", ".join(_describe(item) for item in batch)
+        shapes = ", ".join(describe_input(item) for item in batch)
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         raise InputShapeError(
             f"{name} rejected inputs of shape {shapes}: {type(error).__name__}: {reason}. "
@@ -81,7 +81,8 @@ def checked_forward(model: nn.Module, batch: Batch, name: str) -> Any:
         ) from error
 
 
-def _describe(item: Any) -> str:
+def describe_input(item: Any) -> str:
+    """ "(1, 3, 32, 32) float32" for a tensor, the type name for anything else."""
     if isinstance(item, torch.Tensor):
         return f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}"
     return type(item).__name__
