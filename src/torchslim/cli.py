@@ -183,7 +183,9 @@ def hw(
         return
     table = Table("measure", "value", title=f"torchslim hw: {spec.name}")
     features = spec.details.get("cpu_features", {})
-    table.add_row("ISA features", ", ".join(k for k, v in features.items() if v) or "-")
+    for label, present in (("present", True), ("absent", False)):
+        names = [name for name, has in features.items() if has == present]
+        table.add_row(f"ISA features {label}", ", ".join(names) or "none")
     for dtype, peak in spec.peak_flops_per_s.items():
         table.add_row(f"matmul peak {dtype}", f"{peak / 1e9:,.1f} GFLOP/s")
     table.add_row("memory bandwidth", f"{spec.mem_bw_bytes_per_s / 1e9:,.1f} GB/s")
