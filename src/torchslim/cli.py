@@ -194,11 +194,14 @@ def hw(
     console.print(table)
 
 
-def _profile_inputs(entry: Any, batch_size: int, seq_len: int | None) -> tuple[Any, ...]:
+def _profile_inputs(
+    entry: Any, batch_size: int, seq_len: int | None, meta: bool
+) -> tuple[Any, ...]:
+    make = entry.meta_inputs if meta else entry.example_inputs  # meta: shapes, no data to read
     if seq_len is None:
-        return tuple(entry.example_inputs(batch_size))
+        return tuple(make(batch_size))
     try:
-        return tuple(entry.example_inputs(batch_size, seq_len=seq_len))
+        return tuple(make(batch_size, seq_len=seq_len))
     except TypeError:
         raise typer.BadParameter(
             f"{entry.name} takes no --seq-len (it is not a text model)"
@@ -239,7 +242,6 @@ def profile_command(
     input_shape: Annotated[str | None, typer.Option(help="For factories: 1,3,32,32.")] = None,
 ) -> None:
     """MACs, FLOPs, bytes, intensity, peak memory, roofline and latency (predicted vs measured)."""
-    import torch
 
     from torchslim.evaluate.latency import fixed_threads
     from torchslim.profile.analysis import analyze, module_table, op_table, summary_table
@@ -250,10 +252,8 @@ def profile_command(
     analyses = []
     for index, spec_name in enumerate([model, compare] if compare else [model]):
         entry = resolve_model(spec_name, weights if index == 0 else None, input_shape)
-        inputs = _profile_inputs(entry, batch_size, seq_len)
+        inputs = _profile_inputs(entry, batch_size, seq_len, meta)
         loaded = entry.meta_model() if meta else entry.load()
-        if meta:
-            inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
         loaded, inputs = _cast(loaded, inputs, dtype)
         with fixed_threads(threads):
             analyses.append(analyze(loaded, inputs, entry.name, spec, not meta, threads))

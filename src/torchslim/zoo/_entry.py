@@ -48,6 +48,14 @@ class ZooEntry(ABC):
         """
         return self.load().to("meta")
 
+    def meta_inputs(self, batch_size: int = 1, **options: Any) -> Batch:
+        """``example_inputs``' shapes and dtypes on ``meta``, for counting without any data.
+
+        Entries whose example inputs are slow to make (tokenising a novel) override this.
+        """
+        batch = self.example_inputs(batch_size, **options)
+        return tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in batch)
+
     def metric_names(self) -> tuple[str, ...]:
         """Names of the metrics ``evaluate`` returns (for listings)."""
         return ()
