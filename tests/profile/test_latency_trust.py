@@ -125,6 +125,18 @@ def test_every_op_pays_the_framework_overhead_and_every_module_call_its_own():
     assert overheads.work_seconds(2e-6, ops=3, is_module=True) == pytest.approx(2e-7)  # floor
 
 
+def test_a_class_keeps_the_fixed_cost_of_its_smallest_op():
+    # tiny op: 10 us (all fixed cost); large op: 10 us fixed + 1 ms of work for 1e7 FLOPs
+    fit = ClassFit.of([(1e2, 1e2, 10e-6), (1e7, 1e6, 1010e-6)])
+    assert fit.fixed_s == 10e-6
+    assert fit.predict(1e7, 1e6) == pytest.approx(1010e-6, rel=1e-3)
+    # 10x the tiny op's work is still mostly fixed cost, not 10x its time
+    assert fit.predict(1e3, 1e3) < 2 * 10e-6
+    assert 10e-6 < fit.predict(1e6, 1e5) <= 10e-6 + 100e-6  # between: fixed, fixed + 1/10 work
+    proportional = ClassFit(fit.samples)  # the old, intercept-free interpolation
+    assert proportional.predict(1e3, 1e3) > 5 * 10e-6  # scaled the tiny op's time with work
+
+
 def test_profile_says_the_machine_is_busy_instead_of_an_error_percentage(home, monkeypatch):
     _Machine(monkeypatch, BUSY)
     result = CliRunner().invoke(app, ["profile", "tiny-cnn", "--threads", "1"])

@@ -33,7 +33,7 @@ from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, drift, verdict
 from torchslim.zoo._assets import home
 
-CALIBRATION_VERSION = 2
+CALIBRATION_VERSION = 3
 WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
 
 
@@ -49,13 +49,25 @@ def _features(flops: float, moved: float) -> np.ndarray:
 class ClassFit:
     """Measured micro-benchmarks of one op class; predicts by interpolating their efficiency.
 
-    An op's time is its work (FLOPs, or bytes for ops without FLOPs) times the seconds per unit
-    of work of the nearest micro-benchmarks in (log FLOPs, log bytes), inverse-distance weighted:
-    small convs run far below peak, large ones near it, and the samples say by how much.
+    An op's time is the class's fixed cost (``fixed_s``: what its smallest micro-benchmark took,
+    e.g. creating a oneDNN primitive) plus its work (FLOPs, or bytes for ops without FLOPs) times
+    the marginal seconds per unit of work of the nearest micro-benchmarks in (log FLOPs, log
+    bytes), inverse-distance weighted: small convs run far below peak, large ones near it, and
+    the samples say by how much. Without the fixed cost, an op smaller than the samples would be
+    predicted as a proportional share of their time, far too little.
     """
 
     samples: list[Sample]
     neighbours: int = 3
+    fixed_s: float = 0.0
+
+    def _scaled(self, seconds: float, ratio: float) -> float:
+        """A sample's time for ``ratio`` times its work: fixed cost + scaled marginal time. A
+        sample that is (nearly) all fixed cost says nothing about the work: its time stands."""
+        marginal = seconds - self.fixed_s
+        if marginal <= WORK_FLOOR * seconds:
+            return seconds
+        return self.fixed_s + marginal * ratio
 
     def predict(self, flops: float, moved: float) -> float:
         points = np.array([_features(f, b) for f, b, _ in self.samples])
@@ -66,9 +78,9 @@ class ClassFit:
         for i in nearest:
             f, b, seconds = self.samples[i]
             if flops > 0 and f > 0:
-                estimates.append(seconds * flops / f)
+                estimates.append(self._scaled(seconds, flops / f))
             elif b > 0:
-                estimates.append(seconds * max(moved, 1.0) / b)
+                estimates.append(self._scaled(seconds, max(moved, 1.0) / b))
             else:
                 estimates.append(seconds)
         return float(np.dot(weights, estimates) / weights.sum())
@@ -79,9 +91,15 @@ class ClassFit:
             return 0.0
         errors = []
         for i, (f, b, seconds) in enumerate(self.samples):
-            others = ClassFit(self.samples[:i] + self.samples[i + 1 :], self.neighbours)
+            rest = self.samples[:i] + self.samples[i + 1 :]
+            others = ClassFit(rest, self.neighbours, self.fixed_s)
             errors.append(abs(others.predict(f, b) - seconds) / seconds)
         return float(np.median(errors))
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> ClassFit:
+        """A fit whose fixed cost is the time of its smallest (fastest) micro-benchmark."""
+        return cls(samples, fixed_s=min(seconds for _, _, seconds in samples))
 
 
 @dataclass(frozen=True)
@@ -127,7 +145,7 @@ class LatencyModel:
         probe = values.get("probe")
         return cls(
             classes={
-                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"])
+                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"], f["fixed_s"])
                 for n, f in values["classes"].items()
             },
             module_call_s=values["module_call_s"],
@@ -155,6 +173,7 @@ def _cases(device: torch.device) -> Iterator[Case]:
     def layer(module: nn.Module) -> nn.Module:
         return module.to(device).eval()
 
+    yield from _tiny_cases(randn, layer)
     for m in (1, 16, 128, 512):
         for k, n in ((64, 64), (256, 256), (256, 1024), (1024, 256), (1024, 1024), (768, 3072)):
             yield layer(nn.Linear(k, n)), (randn(m, k),)
@@ -202,6 +221,26 @@ def _cases(device: torch.device) -> Iterator[Case]:
     for numel in (100, 10_000, 1_000_000):
         x = randn(numel)
         yield lambda t: t.view(-1, 10).transpose(0, 1), (x,)
+
+
+def _tiny_cases(
+    randn: Callable[..., torch.Tensor], layer: Callable[[nn.Module], nn.Module]
+) -> Iterator[Case]:
+    """The smallest op of each class: its time is the class's fixed cost (``ClassFit.of``)."""
+    x = randn(1, 2, 4, 4)
+    yield layer(nn.Linear(8, 8)), (randn(1, 8),)
+    yield layer(nn.Conv2d(2, 2, 1, bias=False)), (x,)
+    yield layer(nn.Conv2d(2, 2, 3, padding=1, bias=False)), (x,)
+    yield layer(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)), (randn(1, 8, 4, 4),)
+    yield layer(nn.BatchNorm2d(2)), (x,)
+    yield layer(nn.LayerNorm(8)), (randn(4, 8),)
+    yield layer(nn.MaxPool2d(2)), (x,)
+    yield layer(nn.ReLU()), (x,)
+    yield torch.add, (x, x)
+    yield lambda t: t.mean(-1), (x,)
+    yield layer(nn.Softmax(-1)), (x,)
+    q = randn(1, 1, 4, 8)
+    yield F.scaled_dot_product_attention, (q, q, q)
 
 
 def _record_case(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[OpRecord]:
@@ -291,7 +330,7 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
     if moved > DRIFT_LIMIT:
         trust = trust.and_(Trust(False, f"machine drifted {moved:.0%} while calibrating"))
     return LatencyModel(
-        classes={name: ClassFit(class_rows) for name, class_rows in rows.items()},
+        classes={name: ClassFit.of(class_rows) for name, class_rows in rows.items()},
         module_call_s=overheads.module_call_s,
         threads=count,
         device=str(device),
