@@ -242,7 +242,6 @@ def profile_command(
     input_shape: Annotated[str | None, typer.Option(help="For factories: 1,3,32,32.")] = None,
 ) -> None:
     """MACs, FLOPs, bytes, intensity, peak memory, roofline and latency (predicted vs measured)."""
-
     from torchslim.evaluate.latency import fixed_threads
     from torchslim.profile.analysis import analyze, module_table, op_table, summary_table
     from torchslim.profile.hardware import load_spec
