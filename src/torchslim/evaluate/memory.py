@@ -1,4 +1,9 @@
-"""Peak memory of a forward pass, measured by tracking every tensor storage the ops allocate."""
+"""Peak memory of a forward pass: what the CPU allocator (or the CUDA caching allocator) held.
+
+Measured from the allocator itself, so kernel workspaces (e.g. the im2col columns of a native
+convolution) count as well as the tensors ops return. ``LiveStorages`` follows tensor storages
+as Python frees them; the profiler's cost counter uses it to predict the same peak on meta.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,20 @@ from typing import Any
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from torchslim._torch_profiler import native_output_silenced
 
-class StorageTracker(TorchDispatchMode):
-    """Counts the bytes of live storages created by ATen ops; records the peak.
 
-    Inputs and parameters exist before the mode starts and are not counted: the peak is the
-    activation (and output) memory of the call. A storage is freed when its last tensor dies.
+class LiveStorages:
+    """Bytes of the storages ops created that are still referenced; the peak seen.
+
+    Storages that existed before (inputs, weights) are never counted. A storage is freed when its
+    last tensor dies, which is seen at the next op (``sweep``): Python's references, not the last
+    use, decide how long an activation lives.
     """
 
     def __init__(self) -> None:
-        super().__init__()
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.known: set[int] = set()
         self.live_bytes = 0
@@ -30,31 +36,57 @@ class StorageTracker(TorchDispatchMode):
         for t in tensors:
             self.known.add(t.untyped_storage()._cdata)
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
             self.live_bytes -= self.live.pop(key)[1]
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        out = func(*args, **(kwargs or {}))
-        self._sweep()
+    def add_outputs(self, out: Any, workspace_bytes: int = 0) -> None:
+        """Count an op's new output storages; ``workspace_bytes`` are held during the op only."""
         for t in tree_leaves(out):
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            if not isinstance(t, torch.Tensor):
                 continue
             storage = t.untyped_storage()
             key = storage._cdata
             if key in self.live or key in self.known:
-                continue
+                continue  # a view, an in-place result, or an input
             size = storage.nbytes()
             self.live[key] = (StorageWeakRef(storage), size)
             self.live_bytes += size
-        self.peak_bytes = max(self.peak_bytes, self.live_bytes)
-        return out
+        self.peak_bytes = max(self.peak_bytes, self.live_bytes + workspace_bytes)
+
+
+def cpu_allocator_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak bytes the CPU allocator held beyond what it held before ``fn`` (every allocation
+    and free while ``fn`` runs, from the profiler's memory events, in time order)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up: one-off caches (e.g. packed weights) are not activations
+    with native_output_silenced(), profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+        pass  # the profiler's own first-start allocations happen here, not in the measured run
+    with (
+        native_output_silenced(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
+        fn()
+    changes: list[tuple[int, int]] = []
+    pending = list(prof.profiler.kineto_results.experimental_event_tree())
+    while pending:
+        node = pending.pop()
+        if node.tag == _EventType.Allocation and node.extra_fields.device.type == "cpu":
+            changes.append((node.start_time_ns, node.extra_fields.alloc_size))
+        pending.extend(node.children)
+    live = peak = 0
+    for _, size in sorted(changes):
+        live += size
+        peak = max(peak, live)
+    return peak
 
 
 def peak_activation_bytes(fn: Callable[[], Any], existing: list[torch.Tensor]) -> int:
-    """Peak bytes of tensors allocated while ``fn`` runs (``existing`` tensors excluded).
+    """Peak bytes allocated while ``fn`` runs beyond ``existing`` tensors (inputs, weights).
 
-    On CUDA the caching allocator's own peak is used instead, which also sees workspace memory.
+    On CPU the allocator's own record (workspaces included); on CUDA the caching allocator's peak.
     """
     cuda = [t for t in existing if t.is_cuda]
     if cuda:
@@ -66,11 +98,8 @@ def peak_activation_bytes(fn: Callable[[], Any], existing: list[torch.Tensor]) -
             fn()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device) - before)
-    tracker = StorageTracker()
-    tracker.track_existing(existing)
-    with torch.inference_mode(), tracker:
-        fn()
-    return tracker.peak_bytes
+    with torch.inference_mode():
+        return cpu_allocator_peak_bytes(fn)
 
 
 def tensor_bytes(module: torch.nn.Module) -> int:

@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
+from torchslim.errors import InputShapeError
 from torchslim.evaluate.memory import peak_activation_bytes
 from torchslim.profile.costs import OpCost, cost_of, tensor_bytes
 from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.report import CostTotals, ProfileReport
+from torchslim.zoo._entry import INPUT_HINT, describe_input
 
 
 def profile(
@@ -28,14 +29,16 @@ def profile(
     memory needs real tensors and is skipped on meta.
     """
     inputs = tuple(example_inputs)
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
     counter = CostCounter(model)
+    counter.storages.track_existing(tensors)  # the inputs exist before the model runs
     try:
         with torch.no_grad(), counter:  # not inference_mode: composite ops must decompose
-            out = model(*inputs)
+            model(*inputs)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as error:
+        raise _input_error(model, counter.failed_in(), inputs, error) from None
     finally:
         counter.remove_hooks()
-    outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
     unique = {id(p): p for p in [*model.parameters(), *model.buffers()]}
     on_meta = any(t.device.type == "meta" for t in [*tensors, *unique.values()])
     measured = None
@@ -47,9 +50,39 @@ def profile(
         records=counter.records,
         params=sum(p.numel() for p in params.values()),
         param_bytes=sum(tensor_bytes(p) for p in unique.values()),
-        predicted_peak_activation_bytes=counter.lifetimes.peak_bytes(len(counter.records), outputs),
+        predicted_peak_activation_bytes=counter.storages.peak_bytes,
         input_shapes=[tuple(t.shape) for t in tensors],
         measured_peak_activation_bytes=measured,
+        module_calls=dict(counter.module_calls),
+    )
+
+
+def _expects(module: nn.Module) -> str:
+    """What a first layer takes, in words (empty when the module type says nothing simple)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        dims = ", ".join(["H", "W", "D"][: len(module.kernel_size)])
+        return f"expects (N, {module.in_channels}, {dims}) floating point"
+    if isinstance(module, nn.Linear):
+        return f"expects (..., {module.in_features}) floating point"
+    if isinstance(module, nn.Embedding):
+        return f"expects integer token ids in [0, {module.num_embeddings})"
+    return ""
+
+
+def _input_error(
+    model: nn.Module, path: str, given: tuple[Any, ...], error: Exception
+) -> InputShapeError:
+    """One sentence: the inputs given, where the model rejected them, what that layer expects."""
+    module = model.get_submodule(path) if path else model
+    expected = _expects(module)
+    what = type(module).__name__ + (f", which {expected}" if expected else "")
+    where = f"in {path!r} ({what})" if path else f"({what})"
+    reason = (str(error).strip().splitlines() or [""])[0][:300]
+    shapes = ", ".join(describe_input(item) for item in given)
+    return InputShapeError(
+        f"{type(model).__name__} rejected inputs of shape {shapes} {where}: "
+        f"{type(error).__name__}: {reason}. If the model expects another shape or dtype, "
+        f"{INPUT_HINT}."
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,7 +14,8 @@ from torchslim.evaluate.latency import measure_latency
 from torchslim.evaluate.report import format_bytes
 from torchslim.profile import profile
 from torchslim.profile.hardware import HardwareSpec, this_machine
-from torchslim.profile.latency_model import calibrated_model
+from torchslim.profile.latency_model import trusted_model
+from torchslim.profile.machine_state import Trust
 from torchslim.profile.report import ProfileReport
 from torchslim.profile.roofline import (
     RooflineRow,
@@ -31,6 +32,7 @@ class ProfileAnalysis:
     ``predicted_latency_ms`` comes from the latency model calibrated on this machine's
     micro-benchmarks; for a datasheet spec (another device) it is the roofline time (each op at
     its roof), an optimistic bound. ``measured_latency_ms`` is the median of timed forwards.
+    ``trust`` says whether this machine was quiet enough for either figure to mean anything.
     """
 
     report: ProfileReport
@@ -39,6 +41,7 @@ class ProfileAnalysis:
     predicted_latency_ms: float
     prediction_method: str
     measured_latency_ms: float | None = None
+    trust: Trust = field(default_factory=lambda: Trust(True))
 
     @property
     def latency_error(self) -> float | None:
@@ -57,6 +60,8 @@ class ProfileAnalysis:
                 "prediction_method": self.prediction_method,
                 "measured_median": self.measured_latency_ms,
                 "relative_error": self.latency_error,
+                "trusted": self.trust.trusted,
+                "not_trusted_because": self.trust.reason or None,
             },
         }
 
@@ -80,12 +85,15 @@ def analyze(
     here = hardware is None
     spec = hardware or this_machine(threads=threads)
     measured_ops = measured_ms = None
+    trust = Trust(True)
     if here:
-        latency_model = calibrated_model(threads, device=str(device))
-        containers = sum(1 for _, m in model.named_modules() if next(m.children(), None))
-        predicted_s = latency_model.predict(report.records, containers)
+        latency_model, trust = trusted_model(threads, device=str(device))
+        predicted_s = latency_model.predict(report.records, sum(report.module_calls.values()))
         per_op = predicted_by_op(report, latency_model)
-        method = "per-op-class efficiency calibrated on this machine's micro-benchmarks"
+        method = (
+            "per-op framework overhead + per-op-class efficiency, calibrated on this machine's "
+            "micro-benchmarks"
+        )
     else:
         per_op = {}
         method = f"roofline time on {spec.name} (every op at its roof; optimistic)"
@@ -95,7 +103,16 @@ def analyze(
     rows = roofline_rows(report, spec, per_op or None, measured_ops)
     if not here:
         predicted_s = sum(row.roofline_s for row in rows)
-    return ProfileAnalysis(report, spec, rows, predicted_s * 1e3, method, measured_ms)
+    return ProfileAnalysis(report, spec, rows, predicted_s * 1e3, method, measured_ms, trust)
+
+
+def _error_cell(analysis: ProfileAnalysis) -> str:
+    """The prediction error, or why there is none worth printing."""
+    if analysis.latency_error is None:
+        return "-"
+    if not analysis.trust.trusted:
+        return f"machine busy, prediction not trusted ({analysis.trust.reason})"
+    return f"{analysis.latency_error:+.1%}"
 
 
 def _ms(seconds: float | None) -> str:
@@ -126,7 +143,7 @@ def summary_table(analyses: list[ProfileAnalysis]) -> Table:
                 "latency measured (ms)",
                 "-" if a.measured_latency_ms is None else f"{a.measured_latency_ms:.3f}",
             ),
-            ("prediction error", "-" if a.latency_error is None else f"{a.latency_error:+.1%}"),
+            ("prediction error", _error_cell(a)),
             ("unsupported ops", ", ".join(report.unsupported_ops) or "none"),
         ]
         for i, (label, value) in enumerate(values):
@@ -172,11 +189,14 @@ def op_table(analysis: ProfileAnalysis, limit: int = 20) -> Table:
 
 
 def module_table(report: ProfileReport, depth: int = 2) -> Table:
-    table = Table("module", "calls", "MACs", "FLOPs", "bytes", title=f"per module (depth {depth})")
+    table = Table(
+        "module", "calls", "params", "MACs", "FLOPs", "bytes", title=f"per module (depth {depth})"
+    )
     for name, totals in report.by_module(depth).items():
         table.add_row(
             name,
             str(totals.calls),
+            f"{totals.params:,}",
             f"{totals.macs:,}",
             f"{totals.flops:,}",
             format_bytes(totals.bytes),

@@ -10,7 +10,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from torchslim.profile.costs import OpCost, cost_of, op_class, op_name, tensor_bytes
+from torchslim.evaluate.memory import LiveStorages
+from torchslim.profile.costs import OpCost, cost_of, op_class, op_name
+from torchslim.profile.workspace import workspace_bytes
 
 
 @dataclass(frozen=True)
@@ -24,43 +26,13 @@ class OpRecord:
     dtype: str
     input_shapes: tuple[tuple[int, ...], ...]
     cost: OpCost | None
-
-
-class _Lifetimes:
-    """Tensor lifetimes in op order, keyed by storage, for the predicted peak memory."""
-
-    def __init__(self) -> None:
-        self.current: dict[int, int] = {}  # storage cdata -> lifetime id
-        self.spans: list[list[int]] = []  # [size, created_at, last_used_at]
-
-    def use(self, t: torch.Tensor, index: int) -> None:
-        lifetime = self.current.get(t.untyped_storage()._cdata)
-        if lifetime is not None:
-            self.spans[lifetime][2] = index
-
-    def create(self, t: torch.Tensor, index: int, input_storages: set[int]) -> None:
-        key = t.untyped_storage()._cdata
-        if key in input_storages:
-            return  # a view or in-place result of an input (a weight, or a live activation)
-        self.current[key] = len(self.spans)
-        self.spans.append([tensor_bytes(t), index, index])
-
-    def peak_bytes(self, n_ops: int, outputs: list[torch.Tensor]) -> int:
-        for t in outputs:  # the model's outputs stay alive to the end
-            self.use(t, n_ops)
-        delta = [0] * (n_ops + 2)
-        for size, start, end in self.spans:
-            delta[start] += size
-            delta[end + 1] -= size
-        live = peak = 0
-        for change in delta:
-            live += change
-            peak = max(peak, live)
-        return peak
+    params: int = 0  # parameters this op is the first (non-view) op of the pass to read
 
 
 class CostCounter(TorchDispatchMode):
-    """Records every ATen call with its module path and cost.
+    """Records every ATen call with its module path, cost and the parameters it reads first;
+    counts how often each module's forward ran; predicts the peak activation memory from the
+    storages Python keeps alive between ops plus each kernel's workspace (``storages``).
 
     Module paths are state-dict names ("layer1.0.conv1"); "" is the model itself.
     """
@@ -68,22 +40,38 @@ class CostCounter(TorchDispatchMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.records: list[OpRecord] = []
-        self.lifetimes = _Lifetimes()
+        self.storages = LiveStorages()
+        self.storages.track_existing([*model.parameters(), *model.buffers()])
+        self.module_calls: dict[str, int] = {}
         self._stack: list[str] = [""]
         self._hooks: list[Any] = []
+        self._unread_params: dict[int, int] = {}  # storage -> parameters no op has read yet
+        for p in {id(p): p for p in model.parameters()}.values():
+            key = p.untyped_storage()._cdata
+            self._unread_params[key] = self._unread_params.get(key, 0) + p.numel()
         for name, module in model.named_modules():
-            if name:
-                self._hooks.append(module.register_forward_pre_hook(self._enter(name)))
-                self._hooks.append(module.register_forward_hook(self._leave))
+            self._hooks.append(module.register_forward_pre_hook(self._enter(name)))
+            self._hooks.append(module.register_forward_hook(self._leave))
 
     def _enter(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
+            self.module_calls[name] = self.module_calls.get(name, 0) + 1
             self._stack.append(name)
 
         return hook
 
+    def _claim_params(self, inputs: list[torch.Tensor], op_class_name: str) -> int:
+        """Parameters read for the first time by this op (views such as ``t`` pass them on)."""
+        if op_class_name == "view":
+            return 0
+        return sum(self._unread_params.pop(t.untyped_storage()._cdata, 0) for t in inputs)
+
     def _leave(self, module: nn.Module, args: Any, out: Any) -> None:
         self._stack.pop()
+
+    def failed_in(self) -> str:
+        """The innermost module running when the forward pass raised ("" for the model)."""
+        return self._stack[-1]
 
     def remove_hooks(self) -> None:
         for handle in self._hooks:
@@ -99,14 +87,11 @@ class CostCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         index = len(self.records)
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        for t in inputs:
-            self.lifetimes.use(t, index)
-        input_storages = {t.untyped_storage()._cdata for t in inputs}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.lifetimes.create(t, index, input_storages)
+        self.storages.sweep()
+        self.storages.add_outputs(out, workspace_bytes(func, args, out))
         name = op_name(func)
         shapes = tuple(tuple(t.shape) for t in inputs)
+        cls = op_class(name, shapes)
         first = (
             inputs[0]
             if inputs
@@ -117,10 +102,11 @@ class CostCounter(TorchDispatchMode):
                 index=index,
                 op=name,
                 module=self._stack[-1],
-                op_class=op_class(name, shapes),
+                op_class=cls,
                 dtype=str(first.dtype).removeprefix("torch.") if first is not None else "-",
                 input_shapes=shapes,
                 cost=cost_of(func, args, kwargs, out),
+                params=self._claim_params(inputs, cls),
             )
         )
         return out

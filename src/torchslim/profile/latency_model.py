@@ -3,8 +3,12 @@
 Each op class (conv, conv_depthwise, matmul, attention, elementwise, normalization, ...) keeps
 the measured time of isolated layers over a grid of generic shapes timed here; an op is predicted
 from the efficiency of its nearest micro-benchmarks (see ``ClassFit``). The model being predicted
-is never timed for the calibration. A whole model is predicted as the sum over its ops, plus
-an overhead for each container module call (``nn.Module.__call__`` of blocks and Sequentials).
+is never timed for the calibration. A whole model is predicted as the sum over its ops of a fixed
+framework overhead per ATen op (dispatch, allocation: timed on a chain of tiny ops) plus the
+op's work time, plus an overhead for each module call (``nn.Module.__call__``).
+
+A calibration records a probe of the machine (``machine_state``): a noisy calibration is never
+cached, and a cached one is re-validated by a short probe before each use.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,10 +28,13 @@ from torch import nn
 from torchslim._io import write_json
 from torchslim._machine import cpu_model
 from torchslim.evaluate.latency import measure_latency
+from torchslim.profile import machine_state
 from torchslim.profile.counter import CostCounter, OpRecord
+from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, drift, verdict
 from torchslim.zoo._assets import home
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 3
+WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
 
 
 Sample = tuple[float, float, float]  # (flops, bytes, seconds) of one micro-benchmark
@@ -42,13 +49,25 @@ def _features(flops: float, moved: float) -> np.ndarray:
 class ClassFit:
     """Measured micro-benchmarks of one op class; predicts by interpolating their efficiency.
 
-    An op's time is its work (FLOPs, or bytes for ops without FLOPs) times the seconds per unit
-    of work of the nearest micro-benchmarks in (log FLOPs, log bytes), inverse-distance weighted:
-    small convs run far below peak, large ones near it, and the samples say by how much.
+    An op's time is the class's fixed cost (``fixed_s``: what its smallest micro-benchmark took,
+    e.g. creating a oneDNN primitive) plus its work (FLOPs, or bytes for ops without FLOPs) times
+    the marginal seconds per unit of work of the nearest micro-benchmarks in (log FLOPs, log
+    bytes), inverse-distance weighted: small convs run far below peak, large ones near it, and
+    the samples say by how much. Without the fixed cost, an op smaller than the samples would be
+    predicted as a proportional share of their time, far too little.
     """
 
     samples: list[Sample]
     neighbours: int = 3
+    fixed_s: float = 0.0
+
+    def _scaled(self, seconds: float, ratio: float) -> float:
+        """A sample's time for ``ratio`` times its work: fixed cost + scaled marginal time. A
+        sample that is (nearly) all fixed cost says nothing about the work: its time stands."""
+        marginal = seconds - self.fixed_s
+        if marginal <= WORK_FLOOR * seconds:
+            return seconds
+        return self.fixed_s + marginal * ratio
 
     def predict(self, flops: float, moved: float) -> float:
         points = np.array([_features(f, b) for f, b, _ in self.samples])
@@ -59,9 +78,9 @@ class ClassFit:
         for i in nearest:
             f, b, seconds = self.samples[i]
             if flops > 0 and f > 0:
-                estimates.append(seconds * flops / f)
+                estimates.append(self._scaled(seconds, flops / f))
             elif b > 0:
-                estimates.append(seconds * max(moved, 1.0) / b)
+                estimates.append(self._scaled(seconds, max(moved, 1.0) / b))
             else:
                 estimates.append(seconds)
         return float(np.dot(weights, estimates) / weights.sum())
@@ -72,29 +91,40 @@ class ClassFit:
             return 0.0
         errors = []
         for i, (f, b, seconds) in enumerate(self.samples):
-            others = ClassFit(self.samples[:i] + self.samples[i + 1 :], self.neighbours)
+            rest = self.samples[:i] + self.samples[i + 1 :]
+            others = ClassFit(rest, self.neighbours, self.fixed_s)
             errors.append(abs(others.predict(f, b) - seconds) / seconds)
         return float(np.median(errors))
+
+    @classmethod
+    def of(cls, samples: list[Sample]) -> ClassFit:
+        """A fit whose fixed cost is the time of its smallest (fastest) micro-benchmark."""
+        return cls(samples, fixed_s=min(seconds for _, _, seconds in samples))
 
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Per-class fits plus the overhead of one module call."""
+    """Per-class fits of work time, the framework overhead of one ATen op and of one module call,
+    and the probe of the machine taken when it was calibrated."""
 
     classes: dict[str, ClassFit]
     module_call_s: float
     threads: int
     device: str
+    op_overhead_s: float = 0.0
+    probe: ProbeReading | None = None
+    trust: Trust = field(default_factory=lambda: Trust(True))
 
     def predict_op(self, record: OpRecord) -> float:
-        fit = self.classes.get(record.op_class) or self.classes["elementwise"]
+        """Overhead plus work; an op without a cost rule costs its overhead only."""
         if record.cost is None:
-            return self.classes["view"].predict(0, 0)  # unknown work: dispatch cost only
-        return fit.predict(record.cost.flops, record.cost.bytes)
+            return self.op_overhead_s + self.classes["view"].predict(0, 0)
+        fit = self.classes.get(record.op_class) or self.classes["elementwise"]
+        return self.op_overhead_s + fit.predict(record.cost.flops, record.cost.bytes)
 
     def predict(self, records: list[OpRecord], module_calls: int) -> float:
-        """Predicted seconds of one forward pass; ``module_calls`` counts container modules only
-        (leaf layers' call overhead is in their class's fitted intercept)."""
+        """Predicted seconds of one forward pass; ``module_calls`` counts every module forward
+        that ran (the model's own included)."""
         return sum(self.predict_op(r) for r in records) + module_calls * self.module_call_s
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,20 +133,27 @@ class LatencyModel:
             "classes": {name: asdict(fit) for name, fit in self.classes.items()},
             "leave_one_out_error": {n: f.leave_one_out_error() for n, f in self.classes.items()},
             "module_call_s": self.module_call_s,
+            "op_overhead_s": self.op_overhead_s,
             "threads": self.threads,
             "device": self.device,
+            "probe": None if self.probe is None else self.probe.to_dict(),
+            "trust": asdict(self.trust),
         }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LatencyModel:
+        probe = values.get("probe")
         return cls(
             classes={
-                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"])
+                n: ClassFit([tuple(x) for x in f["samples"]], f["neighbours"], f["fixed_s"])
                 for n, f in values["classes"].items()
             },
             module_call_s=values["module_call_s"],
             threads=values["threads"],
             device=values["device"],
+            op_overhead_s=values.get("op_overhead_s", 0.0),
+            probe=None if probe is None else ProbeReading.from_dict(probe),
+            trust=Trust(**values.get("trust", {"trusted": True})),
         )
 
 
@@ -136,6 +173,7 @@ def _cases(device: torch.device) -> Iterator[Case]:
     def layer(module: nn.Module) -> nn.Module:
         return module.to(device).eval()
 
+    yield from _tiny_cases(randn, layer)
     for m in (1, 16, 128, 512):
         for k, n in ((64, 64), (256, 256), (256, 1024), (1024, 256), (1024, 1024), (768, 3072)):
             yield layer(nn.Linear(k, n)), (randn(m, k),)
@@ -185,6 +223,26 @@ def _cases(device: torch.device) -> Iterator[Case]:
         yield lambda t: t.view(-1, 10).transpose(0, 1), (x,)
 
 
+def _tiny_cases(
+    randn: Callable[..., torch.Tensor], layer: Callable[[nn.Module], nn.Module]
+) -> Iterator[Case]:
+    """The smallest op of each class: its time is the class's fixed cost (``ClassFit.of``)."""
+    x = randn(1, 2, 4, 4)
+    yield layer(nn.Linear(8, 8)), (randn(1, 8),)
+    yield layer(nn.Conv2d(2, 2, 1, bias=False)), (x,)
+    yield layer(nn.Conv2d(2, 2, 3, padding=1, bias=False)), (x,)
+    yield layer(nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)), (randn(1, 8, 4, 4),)
+    yield layer(nn.BatchNorm2d(2)), (x,)
+    yield layer(nn.LayerNorm(8)), (randn(4, 8),)
+    yield layer(nn.MaxPool2d(2)), (x,)
+    yield layer(nn.ReLU()), (x,)
+    yield torch.add, (x, x)
+    yield lambda t: t.mean(-1), (x,)
+    yield layer(nn.Softmax(-1)), (x,)
+    q = randn(1, 1, 4, 8)
+    yield F.scaled_dot_product_attention, (q, q, q)
+
+
 def _record_case(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[OpRecord]:
     counter = CostCounter(nn.Module())
     with torch.no_grad(), counter:
@@ -193,8 +251,8 @@ def _record_case(fn: Callable[..., Any], args: tuple[Any, ...]) -> list[OpRecord
 
 
 def _module_call_seconds(device: torch.device) -> float:
-    """Cost of one container call (Sequential, a block) beyond its children: timed on 50 nested
-    Sequentials around an Identity, divided."""
+    """Cost of one module call beyond its children: timed on 50 nested Sequentials around an
+    Identity, divided."""
     chain: nn.Module = nn.Identity()
     for _ in range(50):
         chain = nn.Sequential(chain)
@@ -203,14 +261,39 @@ def _module_call_seconds(device: torch.device) -> float:
     return measure_latency(lambda: chain(x), repeats=30).median / 1e3 / 51
 
 
-def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
-    """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU)."""
-    device = torch.device(device)
+def _op_overhead_seconds(device: torch.device, ops: int = 200) -> float:
+    """Framework overhead of one ATen op called from Python (argument parsing, dispatch, output
+    allocation): a chain of ``ops`` additions of 4-element tensors, timed and divided."""
+    tiny = torch.ones(4, device=device)
+
+    def chain() -> None:
+        for _ in range(ops):
+            torch.add(tiny, tiny)
+
+    return measure_latency(chain, repeats=30).median / 1e3 / ops
+
+
+@dataclass(frozen=True)
+class _Overheads:
+    op_s: float
+    module_call_s: float
+
+    def work_seconds(self, seconds: float, ops: int, is_module: bool) -> float:
+        """A micro-benchmark's time less its framework overhead (never below WORK_FLOOR of it)."""
+        overhead = ops * self.op_s + (self.module_call_s if is_module else 0.0)
+        return max(seconds - overhead, WORK_FLOOR * seconds)
+
+
+def _time_cases(
+    device: torch.device, threads: int | None, overheads: _Overheads
+) -> tuple[dict[str, list[Sample]], float]:
+    """Work samples per class, and the median spread ((p90 - min) / median) of the cases."""
     rows: dict[str, list[Sample]] = {}
+    spreads = []
     for fn, args in _cases(device):
-        records = [r for r in _record_case(fn, args) if r.cost is not None]
-        costs = [r.cost for r in records if r.cost is not None]
-        main = max(zip(records, costs, strict=True), key=lambda rc: (rc[1].flops, rc[1].bytes))[0]
+        records = _record_case(fn, args)
+        costed = [(r, r.cost) for r in records if r.cost is not None]
+        main = max(costed, key=lambda rc: (rc[1].flops, rc[1].bytes))[0]
         stats = measure_latency(
             functools.partial(fn, *args),
             warmup=2,
@@ -219,16 +302,41 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
             device=device,
             max_seconds=1.0,
         )
-        seconds = stats.median / 1e3
-        flops = sum(c.flops for c in costs)
-        moved = sum(c.bytes for c in costs)
+        spreads.append((stats.p90 - stats.min) / stats.median)
+        work = overheads.work_seconds(stats.median / 1e3, len(records), isinstance(fn, nn.Module))
+        flops = sum(c.flops for _, c in costed)
+        moved = sum(c.bytes for _, c in costed)
         cls = "view" if all(r.op_class == "view" for r in records) else main.op_class
-        rows.setdefault(cls, []).append((float(flops), float(moved), seconds))
+        rows.setdefault(cls, []).append((float(flops), float(moved), work))
+    return rows, float(np.median(spreads))
+
+
+def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
+    """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU).
+
+    The machine is probed before and after; the model's ``trust`` says whether the calibration
+    ran on a quiet machine (low spread and load, no drift between the two probes).
+    """
+    device = torch.device(device)
+    count = threads or torch.get_num_threads()
+    before = machine_state.probe_machine(count, str(device))
+    overheads = _Overheads(_op_overhead_seconds(device), _module_call_seconds(device))
+    rows, case_spread = _time_cases(device, threads, overheads)
+    after = machine_state.probe_machine(count, str(device))
+    trust = verdict(before, count)
+    if case_spread > machine_state.SPREAD_LIMIT:
+        trust = trust.and_(Trust(False, f"calibration timings spread {case_spread:.0%}"))
+    moved = drift(before, after)
+    if moved > DRIFT_LIMIT:
+        trust = trust.and_(Trust(False, f"machine drifted {moved:.0%} while calibrating"))
     return LatencyModel(
-        classes={name: ClassFit(class_rows) for name, class_rows in rows.items()},
-        module_call_s=_module_call_seconds(device),
-        threads=threads or torch.get_num_threads(),
+        classes={name: ClassFit.of(class_rows) for name, class_rows in rows.items()},
+        module_call_s=overheads.module_call_s,
+        threads=count,
         device=str(device),
+        op_overhead_s=overheads.op_s,
+        probe=before,
+        trust=trust,
     )
 
 
@@ -236,19 +344,52 @@ def _cache_path(threads: int, device: str) -> Any:
     slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
     if device.startswith("cuda"):
         slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    return home() / "hardware" / f"{slug}-{threads}t-torch{torch.__version__}-latency.json"
+    name = f"{slug}-{threads}t-torch{torch.__version__}-latency-v{CALIBRATION_VERSION}.json"
+    return home() / "hardware" / name
+
+
+def _cached(path: Any) -> LatencyModel | None:
+    if not path.is_file():
+        return None
+    values = json.loads(path.read_text())
+    if values.get("version") != CALIBRATION_VERSION or values.get("probe") is None:
+        return None
+    return LatencyModel.from_dict(values)
+
+
+def trusted_model(
+    threads: int | None = None, device: str = "cpu", refresh: bool = False
+) -> tuple[LatencyModel, Trust]:
+    """The latency model for this machine and thread count, and whether to trust it now.
+
+    A short probe is taken first. A cached calibration is used while the probe agrees with the
+    one taken at calibration; when the machine has drifted it is redone, unless the machine is
+    busy now (then the cached one is kept and the answer is "not trusted"). A calibration made
+    on a busy machine is never cached as this machine's: it is kept aside as provisional, reused
+    only while the machine stays busy (so each busy run does not calibrate again), never trusted.
+    """
+    count = threads or torch.get_num_threads()
+    path = _cache_path(count, device)
+    provisional = path.with_name(path.stem + "-provisional.json")
+    now = machine_state.probe_machine(count, device)
+    busy_now = verdict(now, count)
+    cached = None if refresh else _cached(path)
+    if cached is not None and cached.probe is not None:
+        moved = drift(cached.probe, now)
+        if moved <= DRIFT_LIMIT:
+            return cached, busy_now
+        if not busy_now.trusted:
+            return cached, busy_now.and_(Trust(False, f"{moved:.0%} off its calibration"))
+    kept = None if refresh or busy_now.trusted else _cached(provisional)
+    if kept is not None:
+        return kept, busy_now.and_(kept.trust)
+    model = calibrate(count, device)
+    write_json(path if model.trust.trusted else provisional, model.to_dict())
+    return model, model.trust.and_(busy_now)
 
 
 def calibrated_model(
     threads: int | None = None, device: str = "cpu", refresh: bool = False
 ) -> LatencyModel:
-    """The cached latency model for this machine and thread count (calibrating if needed)."""
-    count = threads or torch.get_num_threads()
-    path = _cache_path(count, device)
-    if path.is_file() and not refresh:
-        values = json.loads(path.read_text())
-        if values.get("version") == CALIBRATION_VERSION:
-            return LatencyModel.from_dict(values)
-    model = calibrate(count, device)
-    write_json(path, model.to_dict())
-    return model
+    """The latency model for this machine and thread count (see ``trusted_model``)."""
+    return trusted_model(threads, device, refresh)[0]

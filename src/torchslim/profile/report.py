@@ -32,6 +32,7 @@ class CostTotals:
 
     def add(self, record: OpRecord) -> None:
         self.calls += 1
+        self.params += record.params
         if record.cost is not None:
             self.macs += record.cost.macs
             self.flops += record.cost.flops
@@ -63,12 +64,14 @@ class ProfileReport:
     input_shapes: list[tuple[int, ...]]
     measured_peak_activation_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    module_calls: dict[str, int] = field(default_factory=dict)  # path -> forward runs
 
     @property
     def total(self) -> CostTotals:
-        totals = CostTotals(params=self.params)
+        totals = CostTotals()
         for record in self.records:
             totals.add(record)
+        totals.params = self.params  # every parameter, also those no op read
         return totals
 
     @property
@@ -84,14 +87,19 @@ class ProfileReport:
         return dict(sorted(groups.items(), key=lambda kv: (-kv[1].flops, -kv[1].bytes)))
 
     def by_module(self, depth: int | None = None) -> dict[str, CostTotals]:
-        """Totals per module path, cut to ``depth`` components ("layer1.0" at depth 2)."""
+        """Totals per module path, cut to ``depth`` components ("layer1.0" at depth 2).
+
+        ``calls`` is how often the module's forward ran; ``params`` are the parameters read by
+        the module's ops (its own and its children's)."""
         groups: dict[str, CostTotals] = defaultdict(CostTotals)
         for record in self.records:
             path = record.module
             if depth is not None and path:
                 path = ".".join(path.split(".")[:depth])
-            groups[path or "(model)"].add(record)
-        return dict(groups)
+            groups[path].add(record)
+        for path, totals in groups.items():
+            totals.calls = self.module_calls.get(path, totals.calls)
+        return {path or "(model)": totals for path, totals in groups.items()}
 
     def to_dict(self) -> dict[str, Any]:
         return {

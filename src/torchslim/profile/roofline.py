@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._torch_profiler import native_output_silenced
 from torchslim.profile.costs import op_name, rule_name
 from torchslim.profile.hardware import HardwareSpec
 from torchslim.profile.report import ProfileReport
@@ -112,7 +113,7 @@ def measure_op_times(model: nn.Module, inputs: Sequence[Any], repeats: int = 5) 
         activities.append(ProfilerActivity.CUDA)
     with torch.no_grad():
         model(*inputs)  # warm-up
-        with profile(activities=activities) as prof:
+        with native_output_silenced(), profile(activities=activities) as prof:
             for _ in range(repeats):
                 model(*inputs)
     totals: dict[str, float] = defaultdict(float)

@@ -48,6 +48,14 @@ class ZooEntry(ABC):
         """
         return self.load().to("meta")
 
+    def meta_inputs(self, batch_size: int = 1, **options: Any) -> Batch:
+        """``example_inputs``' shapes and dtypes on ``meta``, for counting without any data.
+
+        Entries whose example inputs are slow to make (tokenising a novel) override this.
+        """
+        batch = self.example_inputs(batch_size, **options)
+        return tuple(t.to("meta") if isinstance(t, torch.Tensor) else t for t in batch)
+
     def metric_names(self) -> tuple[str, ...]:
         """Names of the metrics ``evaluate`` returns (for listings)."""
         return ()
@@ -73,7 +81,7 @@ def checked_forward(model: nn.Module, batch: Batch, name: str) -> Any:
     except TorchslimError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as error:
-        shapes = ", ".join(_describe(item) for item in batch)
+        shapes = ", ".join(describe_input(item) for item in batch)
         reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
         raise InputShapeError(
             f"{name} rejected inputs of shape {shapes}: {type(error).__name__}: {reason}. "
@@ -81,7 +89,8 @@ def checked_forward(model: nn.Module, batch: Batch, name: str) -> Any:
         ) from error
 
 
-def _describe(item: Any) -> str:
+def describe_input(item: Any) -> str:
+    """ "(1, 3, 32, 32) float32" for a tensor, the type name for anything else."""
     if isinstance(item, torch.Tensor):
         return f"{tuple(item.shape)} {str(item.dtype).removeprefix('torch.')}"
     return type(item).__name__

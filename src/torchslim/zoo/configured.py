@@ -75,6 +75,9 @@ class _Configured:
     def example_inputs(self, batch_size: int = 1, **kwargs: Any) -> Batch:
         return super().example_inputs(batch_size, **self._with_seq_len(kwargs))  # type: ignore[misc]
 
+    def meta_inputs(self, batch_size: int = 1, **kwargs: Any) -> Batch:
+        return super().meta_inputs(batch_size, **self._with_seq_len(kwargs))  # type: ignore[misc]
+
     def calibration_batches(self, n: int, **kwargs: Any) -> list[Batch]:
         return super().calibration_batches(n, **self._with_seq_len(kwargs))  # type: ignore[misc]
 

