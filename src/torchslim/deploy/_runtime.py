@@ -84,8 +84,15 @@ def candidate_threads(settings: dict[str, Any], default: int = 1) -> int:
 
 
 def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
-    return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]
+    """Contiguous numpy views of CPU tensors (no copy where already so): floating tensors as
+    float32, integer ones (token ids) keep their type, which the exported graph declares."""
+    return [
+        x.detach()
+        .to("cpu", torch.float32 if x.is_floating_point() else x.dtype)
+        .contiguous()
+        .numpy()
+        for x in inputs
+    ]
 
 
 def file_digests(artifact: dict[str, bytes]) -> dict[str, dict[str, Any]]:
