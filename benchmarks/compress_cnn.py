@@ -112,7 +112,9 @@ def recovery(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows: dict[str, list[float]] = {"finetune": [], "distill": []}
     for seed in args.recovery_seeds:
         for step in rows:
-            recipe = parse_recipe(RECOVERY.format(target=target, step=step, epochs=args.recovery_epochs))
+            recipe = parse_recipe(
+                RECOVERY.format(target=target, step=step, epochs=args.recovery_epochs)
+            )
             run = RunOptions(repeats=3, measure_stages=False, seed=seed)
             outcome = compress(entry, recipe, work / f"{step}-{seed}", run)
             rows[step].append(outcome.after.metrics["accuracy"])

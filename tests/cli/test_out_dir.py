@@ -6,6 +6,7 @@ fails the test, so a late check shows up as that failure instead of a refusal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -168,10 +169,8 @@ def _children(pid: int) -> list[str]:
     """Child process ids of every thread of ``pid``."""
     children: list[str] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             children += (task / "children").read_text().split()
-        except OSError:
-            pass
     return children
 
 

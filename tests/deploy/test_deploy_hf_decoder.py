@@ -49,15 +49,16 @@ def test_export_failure_is_one_readable_line_without_colour_codes():
 
 
 @pytest.mark.slow
-def test_quantize_w8a8_deploys_a_huggingface_llama_directory(tmp_path):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_quantize_w8a8_deploys_a_huggingface_llama_directory(tmp_path, backend):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+    config = LlamaConfig(vocab_size=256, num_attention_heads=4, num_key_value_heads=2, **sizes)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     result = CliRunner().invoke(
-        app, ["quantize", str(tmp_path / "llama"), "--scheme", "w8a8", "--deploy", "onnxruntime",
+        app, ["quantize", str(tmp_path / "llama"), "--scheme", "w8a8", "--deploy", backend,
               "--out", str(tmp_path / "q"), "--repeats", "3"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -13,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from torchslim.deploy._runtime import batch_dynamic_shapes
 from torchslim.deploy.config import DeployError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -77,8 +78,7 @@ def _export_with(
                 opset_version=OPSET,
             )
         else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            shapes = tuple({0: batch} for _ in names)
+            shapes = batch_dynamic_shapes(model, len(names))
             program = torch.onnx.export(
                 model,
                 example,
