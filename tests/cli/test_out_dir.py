@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -214,20 +215,31 @@ def test_ctrl_c_during_quantize_is_one_line_exit_130_and_leaves_nothing(tmp_path
         str(out),
         "--deploy-budget",
         "600",
-    ]  # a full race: finalists re-timed in worker processes
+    ]  # a full race: finalists within 1.5x of the best are re-timed in worker processes
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
     )  # fmt: skip
-    while process.poll() is None and not _worker_runs_and_parent_handles_ctrl_c(process.pid):
-        time.sleep(0.005)  # a worker runs, ignoring Ctrl-C, and the parent handles Ctrl-C
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")))
+    reader.start()
+    while process.poll() is None and not (
+        _worker_runs_and_parent_handles_ctrl_c(process.pid)
+        or any(line.startswith("measuring the original") for line in lines)
+    ):  # a worker runs (ignoring Ctrl-C) while the parent handles it; or, where this machine's
+        # race had one clear winner and so no workers, Ctrl-C lands in the final measurement
+        time.sleep(0.005)
     if process.poll() is not None:
-        pytest.fail(f"quantize ended before its workers started: {process.communicate()}")
+        reader.join()
+        pytest.fail(f"quantize ended before it could be interrupted: {''.join(lines)}")
     os.killpg(process.pid, signal.SIGINT)
-    _, err = process.communicate()
+    process.wait()
+    reader.join()
+    err = "".join(lines)
     assert process.returncode == 130, err
     assert "Traceback" not in err  # the deploy's stage lines, then one line
     assert err.strip().splitlines()[-1] == "interrupted; no half-written output was left behind"
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "tmp"] == []  # no staging
-    assert [p for p in tmp.iterdir() if p.is_dir()] == []  # no temporary folders
+    ours = [p for p in tmp.iterdir() if p.is_dir() and not p.name.startswith("torchinductor_")]
+    assert ours == []  # no temporary folders (torch.compile's own cache may stay, as it does)
