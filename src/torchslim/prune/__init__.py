@@ -23,6 +23,7 @@ from torch import nn
 from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError
 from torchslim.profile import profile
+from torchslim.prune._inputs import positional_inputs
 from torchslim.prune.artifact import (
     from_pretrained,
     load_pruned,
@@ -68,20 +69,23 @@ class PruneResult:
 def prune_(
     model: nn.Module,
     config: PruneConfig,
-    example_inputs: Sequence[Any] | None = None,
+    example_inputs: Any = None,
     calibration: Sequence[Sequence[Any]] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``config``; raise and leave it untouched on failure.
 
-    Structured pruning needs ``example_inputs`` (to trace and to measure MACs). The "wanda"
-    method reads input-feature norms from ``calibration`` batches (default: the example inputs).
+    Structured pruning needs ``example_inputs`` (to trace and to measure MACs): one tensor, a
+    tuple of positional inputs or a dict of keyword inputs. The "wanda" method reads
+    input-feature norms from ``calibration`` batches (default: the example inputs).
     """
+    if example_inputs is not None:
+        example_inputs = positional_inputs(model, example_inputs)
     params_before = sum(p.numel() for p in model.parameters())
     if isinstance(config, StructuredPruneConfig):
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
         with untouched_on_failure(model):
-            plan, record = _structured(model, tuple(example_inputs), config)
+            plan, record = _structured(model, example_inputs, config)
         return PruneResult(
             params_before, plan.params_after, plan.macs_before, plan.macs_after, None, plan, record
         )
