@@ -119,13 +119,7 @@ def _structured(
         return rule_plan, record
     plan = build_plan(model, example_inputs, config)
     plan.apply()
-    keep = {g.root for g in plan.groups if g.keep is not None}
-    touched = {
-        m.name
-        for m in plan.graph.members
-        if any(plan.graph.root(s.source) in keep for s in m.layout)
-    }
-    return plan, shape_record(model, touched)
+    return plan, shape_record(model, plan.touched_modules())
 
 
 def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:

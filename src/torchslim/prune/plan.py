@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from torchslim.profile import profile
-from torchslim.prune._slicing import keep_indices, slice_member
+from torchslim.prune._slicing import keep_indices, member_owner, slice_member
 from torchslim.prune._targets import matches
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import DependencyGraph, PruneError, build_graph
@@ -67,10 +67,10 @@ class PrunePlan:
     def pruned_copy(self) -> nn.Module:
         """A deep copy of the model with this plan's channels sliced away."""
         pruned = copy.deepcopy(self.model)
-        modules = dict(pruned.named_modules())
         keep = {g.root: g.keep for g in self.groups if g.keep is not None}
+        done: set[tuple[int, int]] = set()
         for member in self.graph.members:
-            slice_member(modules, member, keep_indices(self.graph, member.layout, keep))
+            slice_member(pruned, member, keep_indices(self.graph, member.layout, keep), done)
         return pruned
 
     def apply(self) -> nn.Module:
@@ -80,13 +80,23 @@ class PrunePlan:
             pruned.eval()
             pruned(*self.example_inputs)  # fails here, before the original is touched
         pruned.train(self.model.training)
-        names = {member.name for member in self.graph.members}
-        new_modules = dict(pruned.named_modules())
-        for name in names:
+        modules = {m.name for m in self.graph.members if m.kind != "param"}
+        params = {m.name for m in self.graph.members if m.kind == "param"}
+        for name in sorted(modules | params):
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            setattr(parent, child, new_modules[name])
+            source = pruned.get_submodule(parent_name) if parent_name else pruned
+            setattr(parent, child, getattr(source, child))
         return self.model
+
+    def touched_modules(self) -> set[str]:
+        """Names of the modules whose shapes ``apply()`` changes (for the reload record)."""
+        keep = {g.root for g in self.groups if g.keep is not None}
+        return {
+            member_owner(m)
+            for m in self.graph.members
+            if any(self.graph.root(s.source) in keep for s in m.layout)
+        }
 
 
 def build_plan(
@@ -118,7 +128,9 @@ def _group_scores(
 ) -> torch.Tensor:
     total = torch.zeros(graph.source_size[root])
     for member in graph.members:
-        module = modules[member.name]
+        module = modules.get(member.name)
+        if module is None:  # a raw parameter: adds no score of its own
+            continue
         per_feature = _feature_scores(module, member.kind, importance)
         if per_feature is None:
             continue
@@ -133,6 +145,8 @@ def _group_scores(
 
 
 def _feature_scores(module: nn.Module, kind: str, importance: str) -> torch.Tensor | None:
+    if kind in ("ln", "param"):
+        return None
     if kind == "bn":
         if importance == "bn_scale" and isinstance(module, nn.modules.batchnorm._BatchNorm):
             return module.weight.detach().abs() if module.weight is not None else None
@@ -148,7 +162,7 @@ def _feature_scores(module: nn.Module, kind: str, importance: str) -> torch.Tens
         values = (weight * parameter.grad).abs()
     else:
         values = weight.abs() if importance == "l1" else weight.pow(2)
-    dim = 1 if kind == "in" else 0
+    dim = 1 if kind == "in" or isinstance(module, nn.Embedding) else 0
     return values.transpose(0, dim).flatten(1).sum(1)  # (features along dim,)
 
 
@@ -239,26 +253,10 @@ def _set_keep(
 
 
 def _measure(plan: PrunePlan) -> tuple[int, int]:
-    """Conv/Linear MACs (forward hooks: fast) and parameter count of the pruned copy."""
-    pruned = plan.pruned_copy()
-    macs = [0]
-
-    def count(module: nn.Module, _: tuple[Any, ...], output: torch.Tensor) -> None:
-        weight = module.weight  # (C_out, C_in/groups, *kernel) or (out, in)
-        macs[0] += output.numel() * weight[0].numel()  # type: ignore[index]
-
-    handles = [
-        m.register_forward_hook(count)
-        for m in pruned.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            pruned(*plan.example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return macs[0], sum(p.numel() for p in pruned.parameters())
+    """MACs (the project's profiler: every op, attention included) and parameters of the
+    pruned copy."""
+    report = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
+    return report.total.macs, report.params
 
 
 def _ratio(after: int, before: int) -> str:
