@@ -119,7 +119,7 @@ class TinyTransformer(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(ids)  # (B, T, C)
         for block in self.blocks:
-            batch, length, channels = x.shape
+            batch, length, _ = x.shape
             qkv = block["qkv"](block["norm1"](x)).view(batch, length, 3, self.heads, -1)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, T, d)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, h, T, d)

@@ -197,8 +197,8 @@ def _getitem(graph: DependencyGraph, node: fx.Node, values: dict[fx.Node, Any]) 
     if not isinstance(value, Tracked):
         return None
     items = index if isinstance(index, tuple) else (index,)
-    dim, position = value.dim, 0
-    for item in items:
+    dim = value.dim
+    for position, item in enumerate(items):
         if item is Ellipsis or item is None or isinstance(item, fx.Node):
             graph.freeze(value, f"indexing {node.name} not followed")
             return None
@@ -208,7 +208,6 @@ def _getitem(graph: DependencyGraph, node: fx.Node, values: dict[fx.Node, Any]) 
                 return None
         elif isinstance(item, int) and position < value.dim:
             dim -= 1
-        position += 1
     shape = shape_of(node)
     return None if shape is None else _with_dim(value, dim, len(shape))
 
