@@ -33,6 +33,7 @@ from torchslim.prune.artifact import (
     update_hf_configs,
 )
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
+from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
 from torchslim.prune.graph import PruneError, build_graph
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
@@ -62,7 +63,7 @@ class PruneResult:
     macs_before: int | None
     macs_after: int | None
     sparsity: float | None = None
-    plan: PrunePlan | RulePlan | None = None
+    plan: PrunePlan | RulePlan | WidthPlan | None = None
     record: dict[str, Any] = field(default_factory=dict)  # shapes to rebuild the pruned model
 
 
@@ -107,8 +108,23 @@ def prune_(
 
 def _structured(
     model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
-) -> tuple[PrunePlan | RulePlan, dict[str, Any]]:
-    """Module rules when they recognise a block (HF models), else the fx dependency graph."""
+) -> tuple[PrunePlan | RulePlan | WidthPlan, dict[str, Any]]:
+    """A transformers model through its config widths; any other model through the fx
+    dependency graph, or module rules where fx cannot trace it (wrapped HF models)."""
+    if is_hugging_face_model(model):
+        width_plan = build_width_plan(model, example_inputs, config)
+        before = _own_shapes(model)
+        width_plan.apply(config.importance)
+        after = _own_shapes(model)
+        return width_plan, shape_record(model, [n for n in after if after[n] != before.get(n)])
+    try:
+        plan = build_plan(model, example_inputs, config)
+    except PruneError as error:
+        if not (str(error).startswith("cannot trace") and has_rules(model)):
+            raise
+    else:
+        plan.apply()
+        return plan, shape_record(model, plan.touched_modules())
     if has_rules(model):
         rule_plan = build_rule_plan(model, example_inputs, config)
         rule_plan.apply()
@@ -117,9 +133,12 @@ def _structured(
         record = shape_record(model, spans | owners)
         update_hf_configs(model, rule_plan.groups, record)
         return rule_plan, record
-    plan = build_plan(model, example_inputs, config)
-    plan.apply()
-    return plan, shape_record(model, plan.touched_modules())
+    raise AssertionError("unreachable")
+
+
+def _own_shapes(model: nn.Module) -> dict[str, Any]:
+    """Every module's own tensor shapes and size attributes (what a reload must rebuild)."""
+    return {name: shape_record(model, [name])[name] for name, _ in model.named_modules()}
 
 
 def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:
@@ -138,9 +157,11 @@ __all__ = [
     "StructuredPruneConfig",
     "UnstructuredPruneConfig",
     "WeightMask",
+    "WidthPlan",
     "build_graph",
     "build_plan",
     "build_rule_plan",
+    "build_width_plan",
     "fold_masks_",
     "from_pretrained",
     "load_pruned",
