@@ -306,12 +306,17 @@ def _reshape(graph: DependencyGraph, node: fx.Node, x: Tracked | None, constants
 
 
 def _constant_size(node: fx.Node, dim: int) -> bool:
-    sizes = list(node.args[1:])
+    sizes: list[Any] = list(node.args[1:])
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = list(sizes[0])
     if not sizes:
-        sizes = list(node.kwargs.get("shape", node.kwargs.get("size", ())))
-    return dim < len(sizes) and isinstance(sizes[dim], int) and sizes[dim] != -1
+        given: Any = node.kwargs.get("shape", node.kwargs.get("size", ()))
+        sizes = list(given)
+    return dim < len(sizes) and isinstance(sizes[dim], int) and bool(sizes[dim] != -1)
+
+
+def _int(value: Any) -> int:
+    return int(value)
 
 
 def _product(sizes: tuple[int, ...]) -> int:
@@ -325,20 +330,20 @@ def _permute(node: fx.Node, x: Tracked | None) -> Any:
     if x is None:
         return None
     if node.target in (torch.transpose, "transpose"):
-        a, b = (int(d) % x.ndim for d in node.args[1:3])
+        a, b = (_int(d) % x.ndim for d in node.args[1:3])
         dim = b if x.dim == a else a if x.dim == b else x.dim
         return _with_dim(x, dim, x.ndim)
     order = node.args[1:]
     if len(order) == 1 and isinstance(order[0], (tuple, list)):
         order = tuple(order[0])
-    order = tuple(int(d) % x.ndim for d in order)
+    order = tuple(_int(d) % x.ndim for d in order)
     return _with_dim(x, order.index(x.dim), x.ndim)
 
 
 def _unsqueeze(node: fx.Node, x: Tracked | None) -> Any:
     if x is None:
         return None
-    at = int(node.args[1]) % (x.ndim + 1)
+    at = _int(node.args[1]) % (x.ndim + 1)
     return _with_dim(x, x.dim + 1 if at <= x.dim else x.dim, x.ndim + 1)
 
 
