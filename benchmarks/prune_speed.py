@@ -69,7 +69,7 @@ def time_variants(entry: Any, models: dict[str, Any], args: argparse.Namespace) 
     out: dict[str, Any] = {}
     for batch_size in args.batch_sizes:
         batch = tuple(entry.example_inputs(batch_size))
-        calls = {name: (lambda m=m: m(*batch)) for name, m in models.items()}
+        calls = {name: (lambda m=m, b=batch: m(*b)) for name, m in models.items()}
         with torch.no_grad():
             result = compare(calls, "dense", config)
         Console(width=120).print(result.to_table(title=f"{entry.name}, batch {batch_size}"))
