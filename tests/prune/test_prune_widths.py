@@ -1,0 +1,75 @@
+"""Config-width pruning of transformers models and the graph's named refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from architectures import hugging_face
+from torch import nn
+
+from torchslim.prune import PruneError, StructuredPruneConfig, build_width_plan, prune_
+from torchslim.prune._inputs import positional_inputs
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    now = model.state_dict()
+    return set(now) == set(state) and all(torch.equal(now[k], v) for k, v in state.items())
+
+
+def test_width_plan_prints_before_apply_and_keeps_output_setting_widths() -> None:
+    model, inputs, _ = hugging_face("bert")  # a bare encoder: hidden_size is its output width
+    state = _state(model)
+    args = positional_inputs(model, inputs)
+    plan = build_width_plan(model, args, StructuredPruneConfig(uniform_ratio=0.5))
+    text = str(plan)
+    assert "intermediate_size: 256 -> 128" in text
+    assert "hidden_size: kept (it sets the model's output shape)" in text
+    assert _same(model, state)  # printing a plan changes nothing
+    plan.apply()
+    assert model.config.intermediate_size == 128
+    assert model.encoder.layer[0].intermediate.dense.out_features == 128
+
+
+def test_llama_widths_keep_whole_heads_and_every_layer_alike() -> None:
+    model, inputs, _ = hugging_face("llama_gqa")
+    prune_(model, StructuredPruneConfig(uniform_ratio=0.5), inputs)
+    config = model.config
+    assert config.hidden_size < 64 and config.intermediate_size == 64
+    assert config.head_dim == 8 and config.num_key_value_heads == 2  # heads untouched
+    for layer in model.model.layers:
+        assert layer.mlp.up_proj.out_features == 64
+        assert layer.self_attn.q_proj.in_features == config.hidden_size
+
+
+def test_width_plan_failures_leave_the_model_untouched() -> None:
+    model, inputs, _ = hugging_face("gpt2")
+    state = _state(model)
+    with pytest.raises(PruneError, match="`ignore` names modules"):
+        prune_(model, StructuredPruneConfig(target_macs_ratio=0.5, ignore=("lm_head",)), inputs)
+    with pytest.raises(PruneError, match="out of reach"):
+        prune_(model, StructuredPruneConfig(target_params_ratio=0.99), inputs)
+    assert _same(model, state)
+
+
+def test_constant_view_freezes_its_features_and_the_error_names_it() -> None:
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.mix = nn.Linear(16, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x).reshape(x.shape[0], 8, 16)  # (B, C, HW): C is a constant
+            return self.mix(y)
+
+    model, x = Head(), torch.randn(2, 3, 4, 4)
+    state = _state(model)
+    with pytest.raises(PruneError, match=r"conv: view reshape has a constant size"):
+        prune_(model, StructuredPruneConfig(target_macs_ratio=0.5), x)
+    assert _same(model, state)
