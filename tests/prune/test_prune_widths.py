@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from architectures import hugging_face
 from torch import nn
 
+from architectures import hugging_face
 from torchslim.prune import PruneError, StructuredPruneConfig, build_width_plan, prune_
 from torchslim.prune._inputs import positional_inputs
 
