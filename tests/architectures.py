@@ -219,12 +219,22 @@ def _hf_configs() -> dict[str, tuple[str, Any, dict[str, Any]]]:
         "resnet": ("ResNetForImageClassification", t.ResNetConfig(embedding_size=16,
                    hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], layer_type="basic",
                    num_labels=10), _pixels()),
+        "t5": ("T5ForConditionalGeneration", t.T5Config(vocab_size=256, d_model=64, d_kv=16,
+               d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0),
+               {**_text_inputs(), "decoder_input_ids": _text_inputs(length=8)["input_ids"]}),
+        "whisper": ("WhisperForConditionalGeneration", t.WhisperConfig(vocab_size=256,
+                    num_mel_bins=16, d_model=64, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                    decoder_ffn_dim=128, max_source_positions=16, max_target_positions=32,
+                    decoder_start_token_id=0, pad_token_id=0),
+                    {"input_features": torch.randn(1, 16, 32, generator=torch.Generator()
+                     .manual_seed(4)), "decoder_input_ids": _text_inputs(length=8)["input_ids"]}),
     }  # fmt: skip
 
 
 HUGGING_FACE = (
     "bert", "gpt2", "llama_gqa", "qwen2", "mistral", "vit", "swin", "convnext", "mobilenet_v2",
-    "resnet",
+    "resnet", "t5", "whisper",
 )  # fmt: skip
 
 
