@@ -73,3 +73,23 @@ def test_constant_view_freezes_its_features_and_the_error_names_it() -> None:
     with pytest.raises(PruneError, match=r"conv: view reshape has a constant size"):
         prune_(model, StructuredPruneConfig(target_macs_ratio=0.5), x)
     assert _same(model, state)
+
+
+def test_tied_embedding_and_lm_head_are_sliced_once_and_stay_tied() -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.mlp = nn.Embedding(50, 32), nn.Linear(32, 32)
+            self.norm, self.lm_head = nn.LayerNorm(32), nn.Linear(32, 50, bias=False)
+            self.lm_head.weight = self.embed.weight
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            x = self.embed(ids)  # (B, T, C)
+            return self.lm_head(self.norm(x + torch.relu(self.mlp(x))))  # (B, T, vocab)
+
+    torch.manual_seed(0)
+    model, ids = Tied(), torch.randint(0, 50, (2, 6))
+    prune_(model, StructuredPruneConfig(uniform_ratio=0.5), ids)
+    assert model.lm_head.weight is model.embed.weight
+    assert model.embed.weight.shape == (50, 16) and model.norm.normalized_shape == (16,)
+    assert model(ids).shape == (2, 6, 50)

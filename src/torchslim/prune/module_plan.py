@@ -58,6 +58,12 @@ class RulePlan:
             )
         kept = len(self.not_pruned) - len(self.unsupported)
         lines.append(f"  {kept} layer(s) kept whole: residual-stream width is not pruned")
+        cut_heads = [g for g in self.groups if g.kind == "heads" and g.keep is not None]
+        if any("KV groups" not in g.name for g in cut_heads):
+            lines.append(
+                "  reload: head counts a config cannot describe (hidden_size / heads sets the "
+                "head size): reload with torchslim.prune.from_pretrained or torchslim.load"
+            )
         for name, reason in self.unsupported.items():
             lines.append(f"  NOT PRUNABLE: {name}: {reason}")
         return "\n".join(lines)
