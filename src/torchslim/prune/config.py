@@ -107,8 +107,10 @@ class StructuredPruneConfig(_DictMixin):
     Args:
         target_macs_ratio: fraction of MACs to *remove*, in [0, 1); 0.5 halves the MACs.
         target_params_ratio: fraction of parameters to remove, in [0, 1).
+        target_latency_ratio: fraction of the latency predicted by the profiler's calibrated
+            latency model (this machine, this thread count) to remove, in [0, 1).
         uniform_ratio: fraction of every group's units (channels, heads, neurons) to remove, in
-            [0, 1), instead of a MACs/params target. Give exactly one of the three.
+            [0, 1), instead of a MACs/params/latency target. Give exactly one of the four.
         importance: channel-group score: "l1", "l2", "bn_scale" (|gamma|; arXiv:1708.06519)
             or "taylor" (|w * grad|; arXiv:1906.10771, needs gradients in ``.grad``).
         ignore: module names (exact or "re:<regex>") whose output channels are kept.
@@ -118,6 +120,7 @@ class StructuredPruneConfig(_DictMixin):
     target_macs_ratio: float | None = None
     target_params_ratio: float | None = None
     uniform_ratio: float | None = None
+    target_latency_ratio: float | None = None
     importance: str = "l2"
     ignore: tuple[str, ...] = ()
     round_to: int = 1
@@ -127,11 +130,13 @@ class StructuredPruneConfig(_DictMixin):
             "target_macs_ratio": self.target_macs_ratio,
             "target_params_ratio": self.target_params_ratio,
             "uniform_ratio": self.uniform_ratio,
+            "target_latency_ratio": self.target_latency_ratio,
         }
         given = {name: value for name, value in targets.items() if value is not None}
         if len(given) != 1:
             raise ConfigError(
-                "give exactly one of target_macs_ratio, target_params_ratio or uniform_ratio, "
+                "give exactly one of target_macs_ratio, target_params_ratio, "
+                "target_latency_ratio or uniform_ratio, "
                 f"got {targets}"
             )
         for name, value in given.items():

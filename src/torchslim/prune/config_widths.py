@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from torchslim.profile import profile
+from torchslim.prune._target import cost, target_of
 from torchslim.prune._width_indices import choose_indices, heads_lcm
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import PruneError
@@ -136,15 +137,15 @@ def build_width_plan(
 
 
 def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -> None:
-    by_macs = config.target_macs_ratio is not None
-    target = config.target_macs_ratio if by_macs else config.target_params_ratio
-    assert target is not None
-    full = plan.macs_before if by_macs else plan.params_before
+    found = target_of(config)
+    assert found is not None
+    what, target = found
     hf = plan.model.config
+    full = max(_cost(plan, hf, what), 1e-12)
 
     def removed(sizes: dict[Knob, Any]) -> float:
         _set_sizes(plan, sizes)
-        return 1 - (plan.macs_after if by_macs else plan.params_after) / max(full, 1)
+        return 1 - _cost(plan, _scaled_config(hf, plan.widths), what) / full
 
     def at(scale: float) -> dict[Knob, Any]:
         return {k: _scaled(hf, k, scale, config.round_to) for k in knobs}
@@ -172,6 +173,14 @@ def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -
             if bigger[knob] != sizes[knob] and removed(bigger) >= target:
                 sizes, improved = bigger, True
     _set_sizes(plan, sizes)
+
+
+def _cost(plan: WidthPlan, config: Any, what: str) -> float:
+    if what == "MACs" and config is not plan.model.config:
+        return float(plan.macs_after)  # just counted by _set_sizes
+    with torch.device("meta"):
+        built = type(plan.model)(config).eval()
+    return cost(built, _on_meta(plan.example_inputs), what)
 
 
 def _set_sizes(plan: WidthPlan, sizes: dict[Knob, Any]) -> None:

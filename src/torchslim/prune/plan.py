@@ -16,6 +16,7 @@ from torch import nn
 
 from torchslim.profile import profile
 from torchslim.prune._slicing import keep_indices, member_owner, slice_member
+from torchslim.prune._target import cost, target_of
 from torchslim.prune._targets import matches
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import DependencyGraph, PruneError, build_graph
@@ -174,12 +175,9 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
         plan.macs_after, plan.params_after = after.total.macs, after.params
         return
-    target = (
-        config.target_macs_ratio
-        if config.target_macs_ratio is not None
-        else config.target_params_ratio
-    )
-    assert target is not None
+    found = target_of(config)
+    assert found is not None
+    what, target = found
     if target > 0.0 and not prunable:
         raise PruneError(_nothing_prunable(plan))
     if not prunable or target == 0.0:
@@ -190,29 +188,25 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         normalized = group.scores / group.scores.mean().clamp_min(1e-12)
         ranked += [(float(v), index, c) for c, v in enumerate(normalized)]
     ranked.sort()
+
+    def removed(count: int) -> float:
+        _set_keep(prunable, ranked[:count], config.round_to)
+        return 1 - cost(plan.pruned_copy(), plan.example_inputs, what) / full
+
     _set_keep(prunable, [], config.round_to)
-    macs_full, params_full = _measure(plan)
+    full = max(cost(plan.pruned_copy(), plan.example_inputs, what), 1e-12)
     low, high = 0, len(ranked)
     while low < high:
         middle = (low + high) // 2
-        _set_keep(prunable, ranked[:middle], config.round_to)
-        macs, params = _measure(plan)
-        by_macs = config.target_macs_ratio is not None
-        reduced = 1 - (macs / macs_full if by_macs else params / params_full)
-        if reduced >= target:
+        if removed(middle) >= target:
             high = middle
         else:
             low = middle + 1
-    _set_keep(prunable, ranked[:low], config.round_to)
-    macs, params = _measure(plan)
-    reached = 1 - (
-        macs / macs_full if config.target_macs_ratio is not None else params / params_full
-    )
-    if reached < target:
+    if removed(low) < target:
         _set_keep(prunable, [], config.round_to)
         raise PruneError(
-            f"target {target:.0%} is out of reach even with one channel left per group. "
-            + _nothing_prunable(plan)
+            f"target {target:.0%} fewer {what} is out of reach even with one channel left per "
+            "group. " + _nothing_prunable(plan)
         )
     _set_keep(prunable, ranked[:low], config.round_to)
     after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
@@ -250,13 +244,6 @@ def _set_keep(
         n_keep = min(group.size, -(-n_keep // round_to) * round_to)  # round up, keep >= 1
         order = torch.argsort(group.scores, descending=True)[:n_keep]
         group.keep = None if n_keep == group.size else torch.sort(order).values
-
-
-def _measure(plan: PrunePlan) -> tuple[int, int]:
-    """MACs (the project's profiler: every op, attention included) and parameters of the
-    pruned copy."""
-    report = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
-    return report.total.macs, report.params
 
 
 def _ratio(after: int, before: int) -> str:

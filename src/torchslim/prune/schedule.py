@@ -87,7 +87,8 @@ def _final(config: PruneConfig) -> float:
     if isinstance(config, UnstructuredPruneConfig):
         return config.sparsity
     assert isinstance(config, StructuredPruneConfig)
-    for value in (config.target_macs_ratio, config.target_params_ratio, config.uniform_ratio):
+    for value in (config.target_macs_ratio, config.target_params_ratio,
+                  config.target_latency_ratio, config.uniform_ratio):  # fmt: skip
         if value is not None:
             return value
     raise ConfigError("a structured config needs a target")
@@ -101,7 +102,8 @@ def _step_config(config: PruneConfig, previous: float, target: float) -> PruneCo
     relative = 1 - (1 - target) / (1 - previous)  # of the current model, to reach `target`
     field = next(
         name
-        for name in ("target_macs_ratio", "target_params_ratio", "uniform_ratio")
+        for name in ("target_macs_ratio", "target_params_ratio", "target_latency_ratio",
+                     "uniform_ratio")  # fmt: skip
         if getattr(config, name) is not None
     )
     changes: dict[str, Any] = {field: max(0.0, min(relative, 0.999))}
