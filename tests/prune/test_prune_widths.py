@@ -93,3 +93,21 @@ def test_tied_embedding_and_lm_head_are_sliced_once_and_stay_tied() -> None:
     assert model.lm_head.weight is model.embed.weight
     assert model.embed.weight.shape == (50, 16) and model.norm.normalized_shape == (16,)
     assert model(ids).shape == (2, 6, 50)
+
+
+def test_latency_target_words_and_one_target_only() -> None:
+    from torchslim.errors import ConfigError
+    from torchslim.prune.apply import config_from_words
+
+    config = config_from_words("l2", "latency=0.3")
+    assert isinstance(config, StructuredPruneConfig) and config.target_latency_ratio == 0.3
+    with pytest.raises(ConfigError, match="exactly one"):
+        StructuredPruneConfig(target_macs_ratio=0.5, target_latency_ratio=0.5)
+
+
+def test_flatten_with_batch_one_keeps_the_last_stage_prunable() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)
+    )
+    prune_(model, StructuredPruneConfig(uniform_ratio=0.5), torch.randn(1, 3, 8, 8))
+    assert model[0].out_channels == model[4].in_features == 8

@@ -285,18 +285,21 @@ def _reshape(graph: DependencyGraph, node: fx.Node, x: Tracked | None, constants
     if x is None or src is None or out is None:
         return None
     prefix = _product(src[: x.dim])
-    cumulative, j = 1, 0
-    while j < len(out) and cumulative < prefix:
-        cumulative *= out[j]
-        j += 1
-    merged, k = src[x.dim], x.dim + 1
-    if cumulative == prefix and j < len(out):
+    found = None
+    for j in range(len(out)):  # size-1 dims make several j fit the prefix: take one that merges
+        if _product(out[:j]) != prefix:
+            continue
+        merged, k = src[x.dim], x.dim + 1
         while merged < out[j] and k < len(src):
             merged *= src[k]
             k += 1
-    if cumulative != prefix or j >= len(out) or merged != out[j]:
+        if merged == out[j]:
+            found = j, k
+            break
+    if found is None:
         graph.freeze(x, f"view {node.name} splits or merges the features {src} -> {out}")
         return None
+    j, k = found
     if not constants_ok and _constant_size(node, j):
         graph.freeze(x, f"view {node.name} has a constant size where the features go")
         return None
