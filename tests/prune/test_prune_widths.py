@@ -111,3 +111,27 @@ def test_flatten_with_batch_one_keeps_the_last_stage_prunable() -> None:
     )
     prune_(model, StructuredPruneConfig(uniform_ratio=0.5), torch.randn(1, 3, 8, 8))
     assert model[0].out_channels == model[4].in_features == 8
+
+
+def test_drop_layers_then_widths_meet_the_target_and_reload_plainly(tmp_path: object) -> None:
+    import transformers
+
+    model, inputs, _ = hugging_face("llama_gqa")
+    args = positional_inputs(model, inputs)
+    config = StructuredPruneConfig(target_macs_ratio=0.5, drop_layers=(1,))
+    result = prune_(model, config, inputs)
+    assert model.config.num_hidden_layers == 1 and len(model.model.layers) == 1
+    assert result.macs_before is not None and result.macs_after is not None
+    assert 0.47 <= result.macs_after / result.macs_before <= 0.5
+    model.save_pretrained(tmp_path)
+    plain = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(*args).logits, model(*args).logits)
+
+
+def test_drop_layers_on_a_plain_module_is_refused_untouched() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    state = _state(model)
+    with pytest.raises(PruneError, match="drop_layers is for transformers models"):
+        prune_(model, StructuredPruneConfig(uniform_ratio=0.5, drop_layers=(0,)), torch.ones(1, 4))
+    assert _same(model, state)

@@ -34,6 +34,7 @@ from torchslim.prune.artifact import (
 )
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
 from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
+from torchslim.prune.depth import drop_layers_
 from torchslim.prune.graph import PruneError, build_graph
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
@@ -85,10 +86,14 @@ def prune_(
     if isinstance(config, StructuredPruneConfig):
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
+        macs_before = _macs(model, example_inputs) if config.drop_layers else None
         with untouched_on_failure(model):
+            if config.drop_layers:
+                config = drop_layers_(model, example_inputs, config)
             plan, record = _structured(model, example_inputs, config)
+        macs_before = plan.macs_before if macs_before is None else macs_before
         return PruneResult(
-            params_before, plan.params_after, plan.macs_before, plan.macs_after, None, plan, record
+            params_before, plan.params_after, macs_before, plan.macs_after, None, plan, record
         )
     macs_before = _macs(model, example_inputs)
     with untouched_on_failure(model):

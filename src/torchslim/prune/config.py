@@ -115,6 +115,8 @@ class StructuredPruneConfig(_DictMixin):
             or "taylor" (|w * grad|; arXiv:1906.10771, needs gradients in ``.grad``).
         ignore: module names (exact or "re:<regex>") whose output channels are kept.
         round_to: kept channel counts are multiples of this (>= 1).
+        drop_layers: indices of whole layers removed from every layer stack of a transformers
+            model before its widths are pruned (the target counts from the original model).
     """
 
     target_macs_ratio: float | None = None
@@ -124,8 +126,15 @@ class StructuredPruneConfig(_DictMixin):
     importance: str = "l2"
     ignore: tuple[str, ...] = ()
     round_to: int = 1
+    drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.drop_layers, tuple) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.drop_layers
+        ):
+            raise ConfigError(
+                f"drop_layers must be a tuple of layer indices >= 0, got {self.drop_layers!r}"
+            )
         targets = {
             "target_macs_ratio": self.target_macs_ratio,
             "target_params_ratio": self.target_params_ratio,
