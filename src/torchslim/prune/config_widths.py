@@ -36,7 +36,7 @@ IMPLIED = {"n_inner": lambda c: 4 * c.n_embd}  # GPT-2: None means 4 x n_embd
 HEADED_FIELDS = ("hidden_size", "n_embd", "embed_dim", "d_model")  # split into heads
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_heads", "encoder_attention_heads",
                "decoder_attention_heads")  # fmt: skip
-SEARCH_STEPS = 12
+SEARCH_STEPS = 10
 
 Key = tuple[str, int | None]  # (config field, index in a list field or None)
 Knob = tuple[Key, ...]  # fields that shrink together
