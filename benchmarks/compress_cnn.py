@@ -36,7 +36,7 @@ version: 1
 stages:
   - step: prune
     method: l2
-    target: macs=0.5
+    target: {target}
   - step: {step}
     epochs: {epochs}
 """
@@ -107,10 +107,14 @@ def timing(entry: Any, original: Any, work: Path, args: argparse.Namespace) -> d
 def recovery(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Prune, then fine-tune or distill at the same budget, per seed."""
     entry = zoo.get(args.model)
+    prune = next(s for s in load_recipe(args.recipe).stages if s.step == "prune")
+    target = prune.options.target  # the recipe's own pruning, recovered two ways
     rows: dict[str, list[float]] = {"finetune": [], "distill": []}
     for seed in args.recovery_seeds:
         for step in rows:
-            recipe = parse_recipe(RECOVERY.format(step=step, epochs=args.recovery_epochs))
+            recipe = parse_recipe(
+                RECOVERY.format(target=target, step=step, epochs=args.recovery_epochs)
+            )
             run = RunOptions(repeats=3, measure_stages=False, seed=seed)
             outcome = compress(entry, recipe, work / f"{step}-{seed}", run)
             rows[step].append(outcome.after.metrics["accuracy"])

@@ -127,6 +127,7 @@ def train(
 
 
 DEFAULT_MODEL = "fashion-resnet20"
+DEMO_RECIPE = "cnn-prune-distill-int8"
 
 
 def resolve_model(spec: str, options: Any = None) -> Any:
@@ -177,23 +178,46 @@ def evaluate(
 @app.command()
 def demo(
     model: Annotated[str, typer.Argument(help="Zoo model to run the main job on.")] = DEFAULT_MODEL,
+    recipe: Annotated[
+        str, typer.Option(help="Built-in recipe name or YAML that compresses the model.")
+    ] = DEMO_RECIPE,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep the compressed artifact here (default: discarded).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a torchslim artifact already at --out.")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
-    """The main job on the default model: evaluate it and profile what it costs.
+    """The main job on the default model: what it costs, then the built-in CNN recipe prunes,
+    distills and deploys it as INT8, and the before/after table proves the result.
 
-    Example: torchslim demo mnist-cnn
+    Example: torchslim demo --out r20-small
     """
-    from torchslim.evaluate import evaluate as run_evaluation
-    from torchslim.profile.analysis import analyze, op_table, summary_table
+    import tempfile
 
+    from torchslim._outdir import check_out
+    from torchslim.commands._render import print_demo_outcome
+    from torchslim.pipeline import load_recipe
+    from torchslim.pipeline.runner import RunOptions, compress
+    from torchslim.profile.analysis import analyze, summary_table
+
+    if out is not None:
+        check_out(out, overwrite)  # before any work: never a user's folder
+    steps = load_recipe(recipe)
     entry = resolve_model(model)
     console.print(f"[bold]{entry.name}[/]: {entry.card}")
     loaded = entry.load()
-    console.print(run_evaluation(loaded, entry, batch_size).to_table())
-    with console.status("calibrating the latency model on this machine (cached after once)"):
+    with stage("profiling (the latency model is calibrated once per machine, then cached)"):
         analysis = analyze(loaded, tuple(entry.example_inputs(batch_size)), entry.name)
     console.print(summary_table([analysis]))
-    console.print(op_table(analysis))
+    console.print(f"[bold]compressing[/] with recipe {recipe}: " + " -> ".join(
+        stage_.step for stage_ in steps.stages), highlight=False)  # fmt: skip
+    run = RunOptions(batch_size=batch_size, technique=f"compress {recipe}")
+    with tempfile.TemporaryDirectory(prefix="torchslim-demo-") as scratch:
+        target = out if out is not None else Path(scratch) / "artifact"
+        outcome = compress(entry, steps, target, run)
+        print_demo_outcome(outcome, analysis.report.total.macs, kept=out is not None)
 
 
 @app.command()

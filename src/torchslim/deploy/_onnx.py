@@ -4,6 +4,7 @@ compaction of names (so the artifact's size is its weights, not its strings)."""
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ import onnx
 import torch
 from torch import nn
 
+from torchslim.deploy._runtime import batch_dynamic_shapes
 from torchslim.deploy.config import DeployError
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -41,11 +43,21 @@ def export_onnx(model: nn.Module, example: Sequence[torch.Tensor], path: Path) -
             onnx.checker.check_model(str(path))
             return exporter
         except Exception as error:  # every exporter failure is reported, not just the last
-            errors[exporter] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            errors[exporter] = export_failure(error)
     raise DeployError(
         f"the model could not be exported to ONNX: {errors}. Deploy needs a model that "
         "torch.onnx.export can trace; try backend='torch' (PT2E) instead."
     )
+
+
+def export_failure(error: BaseException) -> str:
+    """One exporter's failure in a line a user can read: the innermost cause (torch.export's
+    own reason, not the wrapper's "step 1/3" advice), without terminal colour codes."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first[:300]}"
 
 
 def _export_with(
@@ -66,8 +78,7 @@ def _export_with(
                 opset_version=OPSET,
             )
         else:
-            batch = torch.export.Dim("batch", min=1, max=4096)
-            shapes = tuple({0: batch} for _ in names)
+            shapes = batch_dynamic_shapes(model, len(names))
             program = torch.onnx.export(
                 model,
                 example,

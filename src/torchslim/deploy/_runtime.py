@@ -84,8 +84,15 @@ def candidate_threads(settings: dict[str, Any], default: int = 1) -> int:
 
 
 def to_numpy(inputs: Sequence[torch.Tensor]) -> list[np.ndarray]:
-    """Contiguous float32 numpy views of CPU tensors (no copy where already so)."""
-    return [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in inputs]
+    """Contiguous numpy views of CPU tensors (no copy where already so): floating tensors as
+    float32, integer ones (token ids) keep their type, which the exported graph declares."""
+    return [
+        x.detach()
+        .to("cpu", torch.float32 if x.is_floating_point() else x.dtype)
+        .contiguous()
+        .numpy()
+        for x in inputs
+    ]
 
 
 def file_digests(artifact: dict[str, bytes]) -> dict[str, dict[str, Any]]:
@@ -128,3 +135,16 @@ def read_artifact(path: str | Path, what: str) -> tuple[Path, dict[str, Any], di
             raise DeployError(f"{file} is missing or does not match its checksum in the manifest.")
         artifact[name] = data
     return directory, manifest, artifact
+
+
+def batch_dynamic_shapes(model: torch.nn.Module, count: int) -> tuple[Any, ...]:
+    """torch.export's ``dynamic_shapes`` for ``count`` positional inputs with a dynamic batch
+    axis; a ``forward(*inputs)`` (the zoo's Hugging Face wrapper) takes them as one entry."""
+    import inspect
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    per_input = tuple({0: batch} for _ in range(count))
+    kinds = [p.kind for p in inspect.signature(model.forward).parameters.values()]
+    if kinds and kinds[0] is inspect.Parameter.VAR_POSITIONAL:
+        return (per_input,)
+    return per_input

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import torch
 
-from torchslim.deploy._onnx import compact, fp32_ops
+from torchslim.deploy._onnx import WEIGHTED_OPS, compact, fp32_ops
 from torchslim.deploy._runtime import Candidate, Feeds, require, saved_file, to_numpy
 from torchslim.deploy.config import DeployConfig
 
@@ -98,6 +98,7 @@ def quantize_qdq(
         "percentile": CalibrationMethod.Percentile,
     }
     reader = _Reader(feeds)
+    op_types, attention = _attention_exclusions(prepared)
     quantize_static(
         str(prepared),
         str(out),
@@ -107,10 +108,29 @@ def quantize_qdq(
         weight_type=QuantType.QInt8,
         per_channel=per_channel,
         reduce_range=weight_bits(config) == 7,
-        nodes_to_exclude=list(excluded) or None,
+        nodes_to_exclude=[*excluded, *attention] or None,
+        op_types_to_quantize=op_types,
         calibrate_method=methods[config.calibration_method],
         extra_options={"ActivationSymmetric": activation_type == "int8"},
     )
+
+
+def _attention_exclusions(path: Path) -> tuple[list[str] | None, list[str]]:
+    """(op types to quantize, nodes left in fp32) for graphs with attention.
+
+    A MatMul of two activations (Q·Kᵀ, scores·V) marks attention: there only the layers with
+    weights are quantized, and those MatMuls stay fp32. Elementwise ops then keep fp32 too, so
+    the additive mask (-3.4e38 where masked) never lands on an int8 grid that it would
+    flatten. Graphs without such a MatMul (CNNs) are quantized whole, as before.
+    """
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    attention = [
+        node.name
+        for node in graph.node
+        if node.op_type == "MatMul" and not any(name in weights for name in node.input)
+    ]
+    return (list(WEIGHTED_OPS), attention) if attention else (None, [])
 
 
 def weight_bits(config: DeployConfig) -> int:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from torchslim.deploy._onnx import export_failure
 from torchslim.deploy.config import DeployError
 
 OPSET = 17
@@ -94,7 +95,7 @@ def export_text_onnx(
                 )  # fmt: skip
             return exporter
         except Exception as error:  # every exporter failure is reported, not only the last
-            errors[exporter] = f"{type(error).__name__}: {str(error).strip()[:300]}"
+            errors[exporter] = export_failure(error)
     raise DeployError(
         f"the text model could not be exported to ONNX: {errors}. deploy_text_int8 needs a "
         "model torch.onnx.export can trace with (batch, sequence) token inputs."

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from torchslim.deploy._runtime import Candidate, require, saved_file
+from torchslim.deploy._runtime import Candidate, batch_dynamic_shapes, require, saved_file
 from torchslim.deploy.config import DeployConfig, DeployError
 
 _QDQ_NAMES = (
@@ -43,7 +43,12 @@ class TorchInductorRunner:
         import torch._inductor.config as inductor_config
 
         with torch.no_grad(), inductor_config.patch(freezing=True):
-            return self.compiled(*(x.float().contiguous() for x in inputs))
+            return self.compiled(*(_as_exported(x) for x in inputs))
+
+
+def _as_exported(x: torch.Tensor) -> torch.Tensor:
+    """Floating inputs as the float32 the graph was exported with; token ids keep their type."""
+    return (x.float() if x.is_floating_point() else x).contiguous()
 
 
 def _unshare_module_calls(graph_module: fx.GraphModule) -> None:
@@ -68,8 +73,7 @@ def quantize_pt2e(
 
     model = copy.deepcopy(model).eval()
     example = calibration[0]
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    shapes = tuple({0: batch} for _ in example)
+    shapes = batch_dynamic_shapes(model, len(example))
     exported = torch.export.export(model, example, dynamic_shapes=shapes).module()
     assert isinstance(exported, fx.GraphModule)
     _unshare_module_calls(exported)

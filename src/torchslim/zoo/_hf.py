@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,15 +21,26 @@ class HuggingFaceOutput(nn.Module):
 
     The tensor is ``logits`` when the model has a head, else ``last_hidden_state``, else the
     output's first field; techniques and the profiler see a plain ``Tensor -> Tensor`` module.
+
+    A model called with token ids alone gets an explicit all-ones attention mask (the same
+    result: no padding), so transformers skips a decoder's packed-sequence detection, whose
+    ``torch.diff`` and boolean ``cumsum`` ONNX cannot export.
     """
 
     def __init__(self, model: nn.Module, input_names: Sequence[str]) -> None:
         super().__init__()
         self.model = model
         self.input_names = tuple(input_names)
+        accepted = inspect.signature(model.forward).parameters
+        self._adds_mask = "input_ids" in self.input_names and (
+            "attention_mask" in accepted and "attention_mask" not in self.input_names
+        )
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        output = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        named = dict(zip(self.input_names, inputs, strict=True))
+        if self._adds_mask:
+            named["attention_mask"] = torch.ones_like(named["input_ids"])
+        output = self.model(**named)
         if isinstance(output, torch.Tensor):
             return output
         for key in ("logits", "last_hidden_state"):
