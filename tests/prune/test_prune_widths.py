@@ -135,3 +135,9 @@ def test_drop_layers_on_a_plain_module_is_refused_untouched() -> None:
     with pytest.raises(PruneError, match="drop_layers is for transformers models"):
         prune_(model, StructuredPruneConfig(uniform_ratio=0.5, drop_layers=(0,)), torch.ones(1, 4))
     assert _same(model, state)
+
+
+def test_width_plan_refuses_an_importance_it_would_not_use() -> None:
+    model, inputs, _ = hugging_face("llama_gqa")
+    with pytest.raises(PruneError, match="importance 'taylor' is not used"):
+        prune_(model, StructuredPruneConfig(uniform_ratio=0.5, importance="taylor"), inputs)

@@ -111,6 +111,11 @@ def build_width_plan(
     model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
 ) -> WidthPlan:
     """Find the config widths of ``model`` and the sizes that meet ``config``'s target."""
+    if config.importance not in ("l1", "l2"):
+        raise PruneError(
+            f"importance {config.importance!r} is not used by config-width pruning of a "
+            "transformers model; give importance 'l1' or 'l2'"
+        )
     if config.ignore:
         raise PruneError(
             "`ignore` names modules, but a Hugging Face model is pruned through its config widths "

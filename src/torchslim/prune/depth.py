@@ -1,6 +1,7 @@
 """Depth pruning: whole layers removed from every layer stack of a transformers model, its
 config updated (``num_hidden_layers``) so plain ``from_pretrained`` reloads it. The remaining
-target is then met by width pruning. Layer dropping after ShortGPT (arXiv:2403.03853)."""
+target is then met by width pruning. The layers are the ones given (choosing them by block
+influence, as ShortGPT does (arXiv:2403.03853), is not done here)."""
 
 from __future__ import annotations
 
