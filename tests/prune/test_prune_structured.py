@@ -229,20 +229,37 @@ def test_untraceable_error_names_the_failing_line() -> None:
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def test_root_parameter_in_functional_op_freezes_its_channels() -> None:
-    class Gain(nn.Module):
+def test_root_parameter_in_elementwise_op_is_sliced_with_its_channels() -> None:
+    class Gain(nn.Module):  # a layer scale: a raw parameter multiplied into the features
         def __init__(self) -> None:
             super().__init__()
             self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
-            self.gain = nn.Parameter(torch.ones(1, 8, 1, 1))
+            self.gain = nn.Parameter(torch.linspace(0.5, 1.5, 8).view(1, 8, 1, 1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.head(self.conv(x) * self.gain)
 
+    torch.manual_seed(0)
     model, x = Gain(), torch.randn(1, 3, 4, 4)
-    with pytest.raises(
-        PruneError, match=r"cannot be pruned and why: conv: op mul.*gain \(parameter"
-    ):
-        prune_(model, StructuredPruneConfig(target_macs_ratio=0.3), (x,))
-    assert model.conv.out_channels == 8  # the channels feeding the raw parameter stay
+    gain = model.gain.detach().clone()
+    prune_(model, StructuredPruneConfig(uniform_ratio=0.5), (x,))
+    assert model.conv.out_channels == 4 == model.gain.shape[1] == model.head.in_channels
+    kept = [i for i in range(8) if any(torch.equal(gain[0, i], g) for g in model.gain[0])]
+    assert len(kept) == 4
     assert model(x).shape == (1, 2, 4, 4)
+
+
+def test_parameter_of_other_width_in_functional_op_freezes_its_channels() -> None:
+    class Gain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)
+            self.table = nn.Parameter(torch.ones(8, 8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(x) @ self.table)
+
+    model, x = Gain(), torch.randn(1, 3, 8, 8)
+    with pytest.raises(PruneError, match=r"cannot be pruned and why: conv: op matmul"):
+        prune_(model, StructuredPruneConfig(target_macs_ratio=0.3), (x,))
+    assert model.conv.out_channels == 8  # untouched

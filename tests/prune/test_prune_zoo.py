@@ -187,10 +187,16 @@ def test_rule_that_does_not_fit_raises_and_leaves_model_untouched() -> None:
 
     model, x = Leaky(), torch.randn(2, 8)
     state = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = build_rule_plan(model, (x,), StructuredPruneConfig(uniform_ratio=0.0))
+    plan.groups[0].keep = torch.arange(8)  # what a rule alone would do: fc1 -> fc2 only
     with pytest.raises(PruneError, match=r"does not run.*`ignore`"):
-        prune_(model, StructuredPruneConfig(uniform_ratio=0.5), (x,))
+        plan.apply()
     assert model.fc1.out_features == 16
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    # the dependency graph follows the side read and slices `side` with fc1's units
+    prune_(model, StructuredPruneConfig(uniform_ratio=0.5), (x,))
+    assert model.fc1.out_features == model.side.shape[0] == model.fc2.in_features == 8
+    assert model(x).shape == (2, 8)
 
 
 @pytest.mark.parametrize("field", ["uniform_ratio", "target_params_ratio"])

@@ -23,6 +23,7 @@ from torch import nn
 from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError
 from torchslim.profile import profile
+from torchslim.prune._inputs import positional_inputs
 from torchslim.prune.artifact import (
     from_pretrained,
     load_pruned,
@@ -32,6 +33,8 @@ from torchslim.prune.artifact import (
     update_hf_configs,
 )
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
+from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
+from torchslim.prune.depth import drop_layers_
 from torchslim.prune.graph import PruneError, build_graph
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
@@ -61,29 +64,36 @@ class PruneResult:
     macs_before: int | None
     macs_after: int | None
     sparsity: float | None = None
-    plan: PrunePlan | RulePlan | None = None
+    plan: PrunePlan | RulePlan | WidthPlan | None = None
     record: dict[str, Any] = field(default_factory=dict)  # shapes to rebuild the pruned model
 
 
 def prune_(
     model: nn.Module,
     config: PruneConfig,
-    example_inputs: Sequence[Any] | None = None,
+    example_inputs: Any = None,
     calibration: Sequence[Sequence[Any]] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place according to ``config``; raise and leave it untouched on failure.
 
-    Structured pruning needs ``example_inputs`` (to trace and to measure MACs). The "wanda"
-    method reads input-feature norms from ``calibration`` batches (default: the example inputs).
+    Structured pruning needs ``example_inputs`` (to trace and to measure MACs): one tensor, a
+    tuple of positional inputs or a dict of keyword inputs. The "wanda" method reads
+    input-feature norms from ``calibration`` batches (default: the example inputs).
     """
+    if example_inputs is not None:
+        example_inputs = positional_inputs(model, example_inputs)
     params_before = sum(p.numel() for p in model.parameters())
     if isinstance(config, StructuredPruneConfig):
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
+        macs_before = _macs(model, example_inputs) if config.drop_layers else None
         with untouched_on_failure(model):
-            plan, record = _structured(model, tuple(example_inputs), config)
+            if config.drop_layers:
+                config = drop_layers_(model, example_inputs, config)
+            plan, record = _structured(model, example_inputs, config)
+        macs_before = plan.macs_before if macs_before is None else macs_before
         return PruneResult(
-            params_before, plan.params_after, plan.macs_before, plan.macs_after, None, plan, record
+            params_before, plan.params_after, macs_before, plan.macs_after, None, plan, record
         )
     macs_before = _macs(model, example_inputs)
     with untouched_on_failure(model):
@@ -103,8 +113,23 @@ def prune_(
 
 def _structured(
     model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
-) -> tuple[PrunePlan | RulePlan, dict[str, Any]]:
-    """Module rules when they recognise a block (HF models), else the fx dependency graph."""
+) -> tuple[PrunePlan | RulePlan | WidthPlan, dict[str, Any]]:
+    """A transformers model through its config widths; any other model through the fx
+    dependency graph, or module rules where fx cannot trace it (wrapped HF models)."""
+    if is_hugging_face_model(model):
+        width_plan = build_width_plan(model, example_inputs, config)
+        before = _own_shapes(model)
+        width_plan.apply(config.importance)
+        after = _own_shapes(model)
+        return width_plan, shape_record(model, [n for n in after if after[n] != before.get(n)])
+    try:
+        plan = build_plan(model, example_inputs, config)
+    except PruneError as error:
+        if not (str(error).startswith("cannot trace") and has_rules(model)):
+            raise
+    else:
+        plan.apply()
+        return plan, shape_record(model, plan.touched_modules())
     if has_rules(model):
         rule_plan = build_rule_plan(model, example_inputs, config)
         rule_plan.apply()
@@ -113,15 +138,12 @@ def _structured(
         record = shape_record(model, spans | owners)
         update_hf_configs(model, rule_plan.groups, record)
         return rule_plan, record
-    plan = build_plan(model, example_inputs, config)
-    plan.apply()
-    keep = {g.root for g in plan.groups if g.keep is not None}
-    touched = {
-        m.name
-        for m in plan.graph.members
-        if any(plan.graph.root(s.source) in keep for s in m.layout)
-    }
-    return plan, shape_record(model, touched)
+    raise AssertionError("unreachable")
+
+
+def _own_shapes(model: nn.Module) -> dict[str, Any]:
+    """Every module's own tensor shapes and size attributes (what a reload must rebuild)."""
+    return {name: shape_record(model, [name])[name] for name, _ in model.named_modules()}
 
 
 def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:
@@ -140,9 +162,11 @@ __all__ = [
     "StructuredPruneConfig",
     "UnstructuredPruneConfig",
     "WeightMask",
+    "WidthPlan",
     "build_graph",
     "build_plan",
     "build_rule_plan",
+    "build_width_plan",
     "fold_masks_",
     "from_pretrained",
     "load_pruned",

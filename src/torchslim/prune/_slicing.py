@@ -1,4 +1,4 @@
-"""Physically slicing Conv/Linear/BatchNorm modules to kept channel indices."""
+"""Physically slicing Conv/Linear/Embedding/norm modules and raw parameters to kept features."""
 
 from __future__ import annotations
 
@@ -27,39 +27,57 @@ def keep_indices(
     return torch.cat(pieces) if changed else None
 
 
-def slice_member(modules: dict[str, nn.Module], member: Member, index: torch.Tensor | None) -> None:
-    """Replace ``member``'s module (in ``modules``' model) by a copy keeping ``index`` features."""
+def member_owner(member: Member) -> str:
+    """The module whose weights ``member`` slices (a raw parameter's parent module)."""
+    return member.name.rpartition(".")[0] if member.kind == "param" else member.name
+
+
+def slice_member(
+    model: nn.Module, member: Member, index: torch.Tensor | None, done: set[tuple[int, int]]
+) -> None:
+    """Keep ``index`` features of ``member`` in ``model`` (in place). ``done`` holds the
+    (parameter id, dim) pairs already sliced, so a tied weight is sliced once."""
     if index is None:
         return
-    module = modules[member.name]
+    if member.kind == "param":
+        owner, _, attribute = member.name.rpartition(".")
+        parent = model.get_submodule(owner) if owner else model
+        _slice(getattr(parent, attribute), member.axis, index, done)
+        return
+    module = model.get_submodule(member.name)
+    weight_dim = {"out": 0, "depthwise": 0, "in": 1, "bn": 0, "ln": 0}[member.kind]
+    if isinstance(module, nn.Embedding):
+        weight_dim = 1
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        tensor = getattr(module, name, None)
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if name == "weight":
+            _slice(tensor, weight_dim, index, done)
+        elif weight_dim == 0:
+            _slice(tensor, 0, index, done)
+    _resize_attributes(module, member.kind, len(index))
+
+
+def _slice(tensor: torch.Tensor, dim: int, index: torch.Tensor, done: set[tuple[int, int]]) -> None:
+    if (id(tensor), dim) in done:
+        return
+    done.add((id(tensor), dim))
     with torch.no_grad():
-        if member.kind == "bn" and isinstance(module, nn.modules.batchnorm._BatchNorm):
-            for name in ("weight", "bias", "running_mean", "running_var"):
-                tensor = getattr(module, name)
-                if tensor is not None:
-                    tensor.data = tensor.data[index].clone()
-            module.num_features = len(index)
-        elif isinstance(module, nn.Conv2d):
-            _slice_conv(module, member.kind, index)
-        elif isinstance(module, nn.Linear):
-            dim = 0 if member.kind == "out" else 1
-            module.weight.data = module.weight.data.index_select(dim, index).clone()
-            if dim == 0 and module.bias is not None:
-                module.bias.data = module.bias.data[index].clone()
-            if dim == 0:
-                module.out_features = len(index)
-            else:
-                module.in_features = len(index)
+        tensor.data = tensor.data.index_select(dim, index.to(tensor.device)).clone()
 
 
-def _slice_conv(module: nn.Conv2d, kind: str, index: torch.Tensor) -> None:
-    if kind in ("out", "depthwise"):
-        module.weight.data = module.weight.data[index].clone()  # (C_out', C_in/g, kh, kw)
-        if module.bias is not None:
-            module.bias.data = module.bias.data[index].clone()
-        module.out_channels = len(index)
-    if kind == "depthwise":
-        module.in_channels = module.groups = len(index)
-    elif kind == "in":
-        module.weight.data = module.weight.data[:, index].clone()  # (C_out, C_in', kh, kw)
-        module.in_channels = len(index)
+def _resize_attributes(module: nn.Module, kind: str, size: int) -> None:
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        module.num_features = size
+    elif isinstance(module, nn.LayerNorm):
+        module.normalized_shape = (size,)
+    elif isinstance(module, nn.Embedding):
+        module.embedding_dim = size
+    elif isinstance(module, nn.Linear):
+        setattr(module, "out_features" if kind == "out" else "in_features", size)
+    elif isinstance(module, nn.Conv2d):
+        if kind == "depthwise":
+            module.in_channels = module.out_channels = module.groups = size
+        else:
+            setattr(module, "out_channels" if kind == "out" else "in_channels", size)

@@ -19,7 +19,8 @@ from torchslim.zoo import ZooEntry
 STRUCTURED_METHODS = {"l1": "l1", "l2": "l2", "bn": "bn_scale", "taylor": "taylor"}
 MASK_METHODS = {"magnitude": "l1", "l1": "l1", "l2": "l2", "taylor": "taylor", "wanda": "wanda"}
 TARGET_KEYS = {"macs": "target_macs_ratio", "flops": "target_macs_ratio",
-               "params": "target_params_ratio", "ratio": "uniform_ratio"}  # fmt: skip
+               "params": "target_params_ratio", "ratio": "uniform_ratio",
+               "latency": "target_latency_ratio"}  # fmt: skip
 METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda")
 CALIBRATION_BATCHES = 8  # for "wanda" input norms
 
@@ -32,6 +33,7 @@ def config_from_words(
     ``--method wanda`` scores weights by |w| x input norm on the entry's calibration batches
     (unstructured or N:M). Targets: ``macs=0.5`` / ``flops=0.5`` (fraction removed; FLOPs =
     2 x MACs so the ratio is the same), ``params=0.5``, ``ratio=0.3`` (of every group's units),
+    ``latency=0.5`` (fraction of the latency predicted by the calibrated latency model),
     ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
     ``sparsity=`` targets only.
     """
@@ -68,8 +70,8 @@ def config_from_words(
         method = MASK_METHODS[method]
         return UnstructuredPruneConfig(ratio, method=method, scope=scope or "global", ignore=ignore)
     if key not in TARGET_KEYS:
-        raise ConfigError(f"unknown --target kind {key!r}; use macs, flops, params, ratio, "
-                          "sparsity or N:M")  # fmt: skip
+        raise ConfigError(f"unknown --target kind {key!r}; use macs, flops, params, latency, "
+                          "ratio, sparsity or N:M")  # fmt: skip
     if method not in STRUCTURED_METHODS:
         raise ConfigError(f"--target {key}=... is structured pruning: --method l1|l2|bn|taylor, "
                           f"got {method!r}")  # fmt: skip

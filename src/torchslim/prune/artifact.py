@@ -32,9 +32,9 @@ def shape_record(model: nn.Module, names: Iterable[str]) -> dict[str, Any]:
         own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
         tensors = {key: list(value.shape) for key, value in own}
         attrs = {
-            key: value
+            key: list(value) if isinstance(value, tuple) else value
             for key, value in vars(module).items()
-            if isinstance(value, int) and not isinstance(value, bool) and not key.startswith("_")
+            if _is_size(value) and not key.startswith("_")
         }
         record[name] = {"tensors": tensors, "attrs": attrs}
     return record
@@ -54,9 +54,18 @@ def resize_to_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
                 setattr(module, key, nn.Parameter(fresh, requires_grad=old.requires_grad))
             else:
                 module.register_buffer(key, fresh)
-        for key, value in entry["attrs"].items():
-            setattr(module, key, value)
+        for key, value in entry["attrs"].items():  # sizes: ints, or tuples such as LayerNorm's
+            setattr(module, key, tuple(value) if isinstance(value, list) else value)
     return model
+
+
+def _is_size(value: Any) -> bool:
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(value, float):
+        return True  # e.g. an attention scale derived from the head size
+    return is_int(value) or (isinstance(value, tuple) and bool(value) and all(map(is_int, value)))
 
 
 def load_pruned(

@@ -107,31 +107,45 @@ class StructuredPruneConfig(_DictMixin):
     Args:
         target_macs_ratio: fraction of MACs to *remove*, in [0, 1); 0.5 halves the MACs.
         target_params_ratio: fraction of parameters to remove, in [0, 1).
+        target_latency_ratio: fraction of the latency predicted by the profiler's calibrated
+            latency model (this machine, this thread count) to remove, in [0, 1).
         uniform_ratio: fraction of every group's units (channels, heads, neurons) to remove, in
-            [0, 1), instead of a MACs/params target. Give exactly one of the three.
+            [0, 1), instead of a MACs/params/latency target. Give exactly one of the four.
         importance: channel-group score: "l1", "l2", "bn_scale" (|gamma|; arXiv:1708.06519)
             or "taylor" (|w * grad|; arXiv:1906.10771, needs gradients in ``.grad``).
         ignore: module names (exact or "re:<regex>") whose output channels are kept.
         round_to: kept channel counts are multiples of this (>= 1).
+        drop_layers: indices of whole layers removed from every layer stack of a transformers
+            model before its widths are pruned (the target counts from the original model).
     """
 
     target_macs_ratio: float | None = None
     target_params_ratio: float | None = None
     uniform_ratio: float | None = None
+    target_latency_ratio: float | None = None
     importance: str = "l2"
     ignore: tuple[str, ...] = ()
     round_to: int = 1
+    drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.drop_layers, tuple) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.drop_layers
+        ):
+            raise ConfigError(
+                f"drop_layers must be a tuple of layer indices >= 0, got {self.drop_layers!r}"
+            )
         targets = {
             "target_macs_ratio": self.target_macs_ratio,
             "target_params_ratio": self.target_params_ratio,
             "uniform_ratio": self.uniform_ratio,
+            "target_latency_ratio": self.target_latency_ratio,
         }
         given = {name: value for name, value in targets.items() if value is not None}
         if len(given) != 1:
             raise ConfigError(
-                "give exactly one of target_macs_ratio, target_params_ratio or uniform_ratio, "
+                "give exactly one of target_macs_ratio, target_params_ratio, "
+                "target_latency_ratio or uniform_ratio, "
                 f"got {targets}"
             )
         for name, value in given.items():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from torchslim.profile import profile
+from torchslim.prune._target import cost, target_of
 from torchslim.prune._units import UnitGroup, score_units, slice_groups
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import PruneError
@@ -58,6 +59,12 @@ class RulePlan:
             )
         kept = len(self.not_pruned) - len(self.unsupported)
         lines.append(f"  {kept} layer(s) kept whole: residual-stream width is not pruned")
+        cut_heads = [g for g in self.groups if g.kind == "heads" and g.keep is not None]
+        if any("KV groups" not in g.name for g in cut_heads):
+            lines.append(
+                "  reload: head counts a config cannot describe (hidden_size / heads sets the "
+                "head size): reload with torchslim.prune.from_pretrained or torchslim.load"
+            )
         for name, reason in self.unsupported.items():
             lines.append(f"  NOT PRUNABLE: {name}: {reason}")
         return "\n".join(lines)
@@ -131,15 +138,22 @@ def _set_fraction(plan: RulePlan, fraction: float, round_to: int) -> None:
 
 
 def _search(plan: RulePlan, config: StructuredPruneConfig) -> None:
-    by_macs = config.target_macs_ratio is not None
-    target = config.target_macs_ratio if by_macs else config.target_params_ratio
-    assert target is not None
-    full = plan.macs_before if by_macs else plan.params_before
+    found = target_of(config)
+    assert found is not None
+    what, target = found
+    full = max(cost(plan.model, plan.example_inputs, what), 1e-12)
 
     def removed(fraction: float) -> float:
         _set_fraction(plan, fraction, config.round_to)
-        macs, params = plan.measure_pruned()
-        return 1 - (macs if by_macs else params) / max(full, 1)
+        macs, params = plan.measure_pruned()  # PruneError when the pruned copy does not run
+        counted: float
+        if what == "MACs":
+            counted = macs
+        elif what == "parameters":
+            counted = params
+        else:
+            counted = cost(plan.pruned_copy(), plan.example_inputs, what)
+        return 1 - counted / full
 
     if target == 0.0:
         _set_fraction(plan, 0.0, config.round_to)
@@ -147,7 +161,6 @@ def _search(plan: RulePlan, config: StructuredPruneConfig) -> None:
     most = removed(0.999)
     if most < target:
         _set_fraction(plan, 0.0, config.round_to)
-        what = "MACs" if by_macs else "parameters"
         kept = ", ".join(list(plan.not_pruned)[:6])
         raise PruneError(
             f"target {target:.0%} fewer {what} is out of reach: pruning every block to one unit "

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from torchslim.profile import profile
-from torchslim.prune._slicing import keep_indices, slice_member
+from torchslim.prune._slicing import keep_indices, member_owner, slice_member
+from torchslim.prune._target import cost, target_of
 from torchslim.prune._targets import matches
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import DependencyGraph, PruneError, build_graph
@@ -67,10 +68,10 @@ class PrunePlan:
     def pruned_copy(self) -> nn.Module:
         """A deep copy of the model with this plan's channels sliced away."""
         pruned = copy.deepcopy(self.model)
-        modules = dict(pruned.named_modules())
         keep = {g.root: g.keep for g in self.groups if g.keep is not None}
+        done: set[tuple[int, int]] = set()
         for member in self.graph.members:
-            slice_member(modules, member, keep_indices(self.graph, member.layout, keep))
+            slice_member(pruned, member, keep_indices(self.graph, member.layout, keep), done)
         return pruned
 
     def apply(self) -> nn.Module:
@@ -80,13 +81,23 @@ class PrunePlan:
             pruned.eval()
             pruned(*self.example_inputs)  # fails here, before the original is touched
         pruned.train(self.model.training)
-        names = {member.name for member in self.graph.members}
-        new_modules = dict(pruned.named_modules())
-        for name in names:
+        modules = {m.name for m in self.graph.members if m.kind != "param"}
+        params = {m.name for m in self.graph.members if m.kind == "param"}
+        for name in sorted(modules | params):
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            setattr(parent, child, new_modules[name])
+            source = pruned.get_submodule(parent_name) if parent_name else pruned
+            setattr(parent, child, getattr(source, child))
         return self.model
+
+    def touched_modules(self) -> set[str]:
+        """Names of the modules whose shapes ``apply()`` changes (for the reload record)."""
+        keep = {g.root for g in self.groups if g.keep is not None}
+        return {
+            member_owner(m)
+            for m in self.graph.members
+            if any(self.graph.root(s.source) in keep for s in m.layout)
+        }
 
 
 def build_plan(
@@ -118,7 +129,9 @@ def _group_scores(
 ) -> torch.Tensor:
     total = torch.zeros(graph.source_size[root])
     for member in graph.members:
-        module = modules[member.name]
+        module = modules.get(member.name)
+        if module is None:  # a raw parameter: adds no score of its own
+            continue
         per_feature = _feature_scores(module, member.kind, importance)
         if per_feature is None:
             continue
@@ -133,6 +146,8 @@ def _group_scores(
 
 
 def _feature_scores(module: nn.Module, kind: str, importance: str) -> torch.Tensor | None:
+    if kind in ("ln", "param"):
+        return None
     if kind == "bn":
         if importance == "bn_scale" and isinstance(module, nn.modules.batchnorm._BatchNorm):
             return module.weight.detach().abs() if module.weight is not None else None
@@ -148,7 +163,7 @@ def _feature_scores(module: nn.Module, kind: str, importance: str) -> torch.Tens
         values = (weight * parameter.grad).abs()
     else:
         values = weight.abs() if importance == "l1" else weight.pow(2)
-    dim = 1 if kind == "in" else 0
+    dim = 1 if kind == "in" or isinstance(module, nn.Embedding) else 0
     return values.transpose(0, dim).flatten(1).sum(1)  # (features along dim,)
 
 
@@ -160,12 +175,9 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
         plan.macs_after, plan.params_after = after.total.macs, after.params
         return
-    target = (
-        config.target_macs_ratio
-        if config.target_macs_ratio is not None
-        else config.target_params_ratio
-    )
-    assert target is not None
+    found = target_of(config)
+    assert found is not None
+    what, target = found
     if target > 0.0 and not prunable:
         raise PruneError(_nothing_prunable(plan))
     if not prunable or target == 0.0:
@@ -176,29 +188,25 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         normalized = group.scores / group.scores.mean().clamp_min(1e-12)
         ranked += [(float(v), index, c) for c, v in enumerate(normalized)]
     ranked.sort()
+
+    def removed(count: int) -> float:
+        _set_keep(prunable, ranked[:count], config.round_to)
+        return 1 - cost(plan.pruned_copy(), plan.example_inputs, what) / full
+
     _set_keep(prunable, [], config.round_to)
-    macs_full, params_full = _measure(plan)
+    full = max(cost(plan.pruned_copy(), plan.example_inputs, what), 1e-12)
     low, high = 0, len(ranked)
     while low < high:
         middle = (low + high) // 2
-        _set_keep(prunable, ranked[:middle], config.round_to)
-        macs, params = _measure(plan)
-        by_macs = config.target_macs_ratio is not None
-        reduced = 1 - (macs / macs_full if by_macs else params / params_full)
-        if reduced >= target:
+        if removed(middle) >= target:
             high = middle
         else:
             low = middle + 1
-    _set_keep(prunable, ranked[:low], config.round_to)
-    macs, params = _measure(plan)
-    reached = 1 - (
-        macs / macs_full if config.target_macs_ratio is not None else params / params_full
-    )
-    if reached < target:
+    if removed(low) < target:
         _set_keep(prunable, [], config.round_to)
         raise PruneError(
-            f"target {target:.0%} is out of reach even with one channel left per group. "
-            + _nothing_prunable(plan)
+            f"target {target:.0%} fewer {what} is out of reach even with one channel left per "
+            "group. " + _nothing_prunable(plan)
         )
     _set_keep(prunable, ranked[:low], config.round_to)
     after = profile(plan.pruned_copy(), plan.example_inputs, measure_memory=False)
@@ -236,29 +244,6 @@ def _set_keep(
         n_keep = min(group.size, -(-n_keep // round_to) * round_to)  # round up, keep >= 1
         order = torch.argsort(group.scores, descending=True)[:n_keep]
         group.keep = None if n_keep == group.size else torch.sort(order).values
-
-
-def _measure(plan: PrunePlan) -> tuple[int, int]:
-    """Conv/Linear MACs (forward hooks: fast) and parameter count of the pruned copy."""
-    pruned = plan.pruned_copy()
-    macs = [0]
-
-    def count(module: nn.Module, _: tuple[Any, ...], output: torch.Tensor) -> None:
-        weight = module.weight  # (C_out, C_in/groups, *kernel) or (out, in)
-        macs[0] += output.numel() * weight[0].numel()  # type: ignore[index]
-
-    handles = [
-        m.register_forward_hook(count)
-        for m in pruned.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    try:
-        with torch.no_grad():
-            pruned(*plan.example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return macs[0], sum(p.numel() for p in pruned.parameters())
 
 
 def _ratio(after: int, before: int) -> str:

@@ -83,13 +83,22 @@ def prune_gradually_(
     return results
 
 
+STRUCTURED_TARGETS = (
+    "target_macs_ratio",
+    "target_params_ratio",
+    "target_latency_ratio",
+    "uniform_ratio",
+)
+
+
 def _final(config: PruneConfig) -> float:
     if isinstance(config, UnstructuredPruneConfig):
         return config.sparsity
     assert isinstance(config, StructuredPruneConfig)
-    for value in (config.target_macs_ratio, config.target_params_ratio, config.uniform_ratio):
+    for name in STRUCTURED_TARGETS:
+        value = getattr(config, name)
         if value is not None:
-            return value
+            return float(value)
     raise ConfigError("a structured config needs a target")
 
 
@@ -99,10 +108,6 @@ def _step_config(config: PruneConfig, previous: float, target: float) -> PruneCo
         return dataclasses.replace(config, sparsity=target)
     assert isinstance(config, StructuredPruneConfig)
     relative = 1 - (1 - target) / (1 - previous)  # of the current model, to reach `target`
-    field = next(
-        name
-        for name in ("target_macs_ratio", "target_params_ratio", "uniform_ratio")
-        if getattr(config, name) is not None
-    )
+    field = next(name for name in STRUCTURED_TARGETS if getattr(config, name) is not None)
     changes: dict[str, Any] = {field: max(0.0, min(relative, 0.999))}
     return dataclasses.replace(config, **changes)

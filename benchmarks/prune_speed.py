@@ -1,0 +1,134 @@
+"""Does 2x fewer MACs give 2x the speed? Dense vs structured-pruned models timed in the same run.
+
+For each model: the dense model, the model pruned to ``--macs-ratio`` fewer MACs with kept widths
+as chosen (``round_to=1``), and the same target with kept widths rounded to multiples of
+``--round-to`` (what CPU GEMM/conv kernels run fastest), interleaved on the same inputs with
+warm-up and medians. Optionally the pruned models are evaluated (and fine-tuned) on the zoo data.
+
+    python benchmarks/prune_speed.py                                   # resnet20/56 + minilm
+    python benchmarks/prune_speed.py --models fashion-resnet20 --finetune-epochs 1
+
+Writes benchmarks/results/prune_speed.json (or --name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+import torchslim.zoo
+from torchslim._machine import machine_facts
+from torchslim.benchmark import BenchmarkConfig, compare, write_result_json
+from torchslim.profile import profile
+from torchslim.prune import StructuredPruneConfig, prune_
+from torchslim.prune.finetune import FinetuneConfig, finetune_
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+",
+                        default=["fashion-resnet20", "fashion-resnet56", "minilm"])  # fmt: skip
+    parser.add_argument("--macs-ratio", type=float, default=0.5, help="fraction of MACs removed")
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--max-seconds", type=float, default=15.0)
+    parser.add_argument("--evaluate", action="store_true", help="zoo metrics of every variant")
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--finetune-samples", type=int, default=None)
+    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. machine load)")
+    parser.add_argument("--name", default="prune_speed")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    return parser.parse_args()
+
+
+def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str, Any]:
+    inputs = tuple(entry.example_inputs(1))
+    variants: dict[str, Any] = {}
+    for round_to in sorted({1, args.round_to}):
+        model = copy.deepcopy(dense)
+        config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, round_to=round_to)
+        result = prune_(model, config, inputs)
+        variants[f"pruned_round{round_to}"] = {"model": model.eval(), "result": result}
+    return variants
+
+
+def time_variants(entry: Any, models: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    config = BenchmarkConfig(warmup=5, rounds=args.rounds, threads=args.threads,
+                             max_seconds=args.max_seconds)  # fmt: skip
+    out: dict[str, Any] = {}
+    for batch_size in args.batch_sizes:
+        batch = tuple(entry.example_inputs(batch_size))
+        calls = {name: (lambda m=m, b=batch: m(*b)) for name, m in models.items()}
+        with torch.no_grad():
+            result = compare(calls, "dense", config)
+        Console(width=120).print(result.to_table(title=f"{entry.name}, batch {batch_size}"))
+        out[str(batch_size)] = result.to_dict()
+    return out
+
+
+def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    entry = torchslim.zoo.get(name)
+    dense = entry.load().eval()
+    inputs = tuple(entry.example_inputs(1))
+    started = time.perf_counter()
+    variants = prune_variants(entry, dense, args)
+    prune_seconds = time.perf_counter() - started
+    models = {"dense": dense, **{k: v["model"] for k, v in variants.items()}}
+    macs = {k: profile(m, inputs, measure_memory=False).total.macs for k, m in models.items()}
+    row: dict[str, Any] = {
+        "macs": macs,
+        "macs_ratio_dense_over": {k: macs["dense"] / v for k, v in macs.items()},
+        "params": {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+        "plans": {k: str(v["result"].plan) for k, v in variants.items()},
+        "prune_seconds_both_variants": round(prune_seconds, 1),
+        "latency": time_variants(entry, models, args),
+    }
+    row["speedup"] = {
+        batch: {k: v["speedup_vs_baseline"] for k, v in timing["variants"].items()}
+        for batch, timing in row["latency"].items()
+    }
+    if args.evaluate:
+        row["metrics"] = {k: entry.evaluate(m) for k, m in models.items()}
+    if args.finetune_epochs:
+        tune = FinetuneConfig(args.finetune_epochs, args.finetune_samples)
+        row["finetuned_metrics"] = {}
+        for k, m in models.items():
+            if k != "dense":
+                finetune_(entry, m, tune)
+                row["finetuned_metrics"][k] = entry.evaluate(m.eval())
+    return row
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    payload: dict[str, Any] = {
+        "benchmark": "prune_speed",
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "note": args.note,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "models": {},
+        "machine": machine_facts(),
+    }
+    for name in args.models:
+        payload["models"][name] = run_model(name, args)
+        for batch, speedups in payload["models"][name]["speedup"].items():
+            print(f"{name} batch {batch}: " + ", ".join(f"{k} {v:.2f}x" for k, v in
+                                                          speedups.items()))  # fmt: skip
+    path = write_result_json(args.name, payload, args.out_dir)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
