@@ -10,6 +10,7 @@ from torchslim.errors import ConfigError, did_you_mean
 
 OBJECTIVES = ("latency", "size")
 RECOVERIES = ("auto", "none", "finetune", "distill")
+FORMATS = {"latency": ("fp32", "int8"), "size": ("fp32", "int8w", "mixed")}
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h)?\s*$")
 _UNIT_SECONDS = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -35,6 +36,8 @@ class SearchConfig:
         recovery: "auto" (searched: none, finetune or distill), or one of them fixed.
         recovery_samples: training examples of a recovery fine-tune or distillation.
         repeats: timed forward passes per trial.
+        formats: number formats searched (None: every one of the objective: latency fp32,
+            int8; size fp32, int8w, mixed).
     """
 
     max_drop: float
@@ -50,6 +53,7 @@ class SearchConfig:
     recovery: str = "auto"
     recovery_samples: int = 5000
     repeats: int = 30
+    formats: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         _at_least("max_drop", self.max_drop, 0.0)
@@ -63,6 +67,11 @@ class SearchConfig:
         _at_least("repeats", self.repeats, 3)
         if self.threads is not None:
             _at_least("threads", self.threads, 1)
+        allowed = FORMATS[self.objective]
+        for name in self.formats or ():
+            _one_of("format", name, allowed)
+        if self.formats is not None and not self.formats:
+            raise ConfigError(f"formats: give at least one of {', '.join(allowed)}")
         if self.ray_address is not None and self.workers != 1:
             raise ConfigError(
                 "give --workers N (a local Ray of N workers) or --ray ADDRESS (an existing "
@@ -75,7 +84,8 @@ class SearchConfig:
     def sampler_settings(self) -> dict[str, Any]:
         """What decides the trials: a resumed search must be run with the same values."""
         keys = ("objective", "max_drop", "generation", "seed", "recovery", "recovery_samples")
-        return {key: getattr(self, key) for key in keys}
+        settings = {key: getattr(self, key) for key in keys}
+        return {**settings, "formats": list(self.formats or FORMATS[self.objective])}
 
 
 def _at_least(name: str, value: Any, lowest: float) -> None:

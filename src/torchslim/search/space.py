@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import Recipe, Stage, build_options
 from torchslim.pipeline.registry import get_step
+from torchslim.search.config import FORMATS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -68,7 +69,7 @@ def space_for(entry: ZooEntry, model: nn.Module, config: SearchConfig) -> Space:
             f"recovery {config.recovery!r} needs training data that {entry.name} lacks; "
             f"this model allows: {', '.join(available)}"
         )
-    formats = ("fp32", "int8") if config.objective == "latency" else ("fp32", "int8w", "mixed")
+    formats = config.formats or FORMATS[config.objective]
     options: dict[str, Any] = {"samples": config.recovery_samples}
     if text:  # the built-in text recipe's training settings
         options.update(lr=0.0001, batch_size=64)

@@ -25,7 +25,7 @@ DIRECTIONS: list[Any] = [
     "minimize",
 ]  # metric (larger = better), MACs, bytes
 CHOICES = "choices"  # user attribute: the trial's choices as the recipe reads them
-VIOLATION = "violation"  # user attribute: drop - max_drop (> 0: over budget)
+VIOLATION = "drop_over_budget"  # the constraint: drop - max_drop (> 0: infeasible)
 
 
 def open_study(out: Path, config: SearchConfig, resume: bool) -> Any:
@@ -69,12 +69,7 @@ def sampler_for(config: SearchConfig, number: int) -> Any:
     return optuna.samplers.TPESampler(
         seed=config.seed * 1_000_003 + number,
         n_startup_trials=2 * config.generation,
-        constraints_func=_violation,
     )
-
-
-def _violation(trial: Any) -> list[float]:
-    return [float(trial.user_attrs.get(VIOLATION, 0.0))]
 
 
 def ask(study: Any, config: SearchConfig, space: Space) -> tuple[Any, dict[str, Any]]:
@@ -106,9 +101,11 @@ def tell(study: Any, number: int, record: dict[str, Any], max_drop: float) -> No
     if state == "discarded":
         study.tell(number, state=TrialState.PRUNED)
         return
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    study._storage.set_trial_user_attr(trial_id, VIOLATION, record["drop"] - max_drop)
-    study.tell(number, [record["score"], record["macs"], record["size_bytes"]])
+    import optuna
+
+    trial = optuna.Trial(study, study.trials[number]._trial_id)  # asked here or before a kill
+    trial.set_constraint(VIOLATION, record["drop"] - max_drop)
+    study.tell(trial, [record["score"], record["macs"], record["size_bytes"]])
 
 
 def generation_start(study: Any, config: SearchConfig) -> int:
