@@ -23,11 +23,20 @@ class Page:
         binary = shutil.which("chromium") or shutil.which("chromium-browser")
         assert binary, "Debian's chromium is missing: make setup installs it"
         self.process = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1500,2200",
-             "about:blank"],
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={profile}",
+                "--window-size=1500,2200",
+                "about:blank",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         port = self._port()
         targets = json.loads(urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
         page = next(t for t in targets if t["type"] == "page")

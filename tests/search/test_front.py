@@ -7,8 +7,15 @@ from torchslim.search.front import chosen, hopeless, pareto_front
 
 def _record(number: int, drop: float, latency: float, size: int, **choices: Any) -> dict:
     base = {"depth": "none", "keep_macs": 1.0, "format": "fp32"}
-    return {"number": number, "state": "complete", "drop": drop, "latency_ms": latency,
-            "size_bytes": size, "feasible": drop <= 1.0, "choices": {**base, **choices}}  # fmt: skip
+    return {
+        "number": number,
+        "state": "complete",
+        "drop": drop,
+        "latency_ms": latency,
+        "size_bytes": size,
+        "feasible": drop <= 1.0,
+        "choices": {**base, **choices},
+    }
 
 
 RECORDS = [
@@ -27,8 +34,9 @@ def test_front_holds_exactly_the_undominated_trials() -> None:
         mine = RECORDS[number]
         for other in RECORDS[:4]:
             keys = ("drop", "latency_ms", "size_bytes")
-            assert not (all(other[k] <= mine[k] for k in keys)
-                        and any(other[k] < mine[k] for k in keys))  # fmt: skip
+            assert not (
+                all(other[k] <= mine[k] for k in keys) and any(other[k] < mine[k] for k in keys)
+            )
 
 
 def test_chosen_is_the_fastest_within_budget_and_smallest_for_size() -> None:

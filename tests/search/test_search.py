@@ -16,8 +16,9 @@ from torchslim.search.directory import check_search_directory
 from torchslim.zoo.options import resolve_model
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results"
-CONFIG = SearchConfig(max_drop=1.0, generation=2, max_trials=4, threads=1, repeats=5,
-                      formats=("fp32",))  # fmt: skip
+CONFIG = SearchConfig(
+    max_drop=1.0, generation=2, max_trials=4, threads=1, repeats=5, formats=("fp32",)
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,8 @@ def test_search_leaves_every_trial_the_front_and_a_loadable_best(searched: Path)
     for trial in measured:  # every figure measured, the ratios consistent with them
         assert trial["latency_ms"] > 0 and trial["size_bytes"] > 0
         assert trial["latency_ratio"] == pytest.approx(
-            trial["latency_ms"] / state["baseline"]["latency_ms"])  # fmt: skip
+            trial["latency_ms"] / state["baseline"]["latency_ms"]
+        )
         assert trial["macs"] <= state["baseline"]["macs"]
         assert (searched / "trials" / f"{trial['number']:04d}" / "manifest.json").is_file()
     best = next(t for t in trials if t["number"] == state["best"])
@@ -81,13 +83,46 @@ def test_command_line_modes_are_exclusive(tmp_path: Path) -> None:
     runner = CliRunner()
     cases = [
         (["compress", "tiny-cnn", "--out", str(tmp_path / "a")], "--max-drop"),
-        (["compress", "tiny-cnn", "--recipe", "quick-sparse-w8", "--max-drop", "1",
-          "--out", str(tmp_path / "b")], "belong to search mode"),
-        (["compress", "tiny-cnn", "--max-drop", "1", "--batch-size", "4",
-          "--out", str(tmp_path / "c")], "--batch-size"),
-        (["compress", "tiny-cnn", "--max-drop", "1", "--target", "size=0.5",
-          "--out", str(tmp_path / "d")], "--target latency=RATIO"),
-    ]  # fmt: skip
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--recipe",
+                "quick-sparse-w8",
+                "--max-drop",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ],
+            "belong to search mode",
+        ),
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--max-drop",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "--batch-size",
+        ),
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--max-drop",
+                "1",
+                "--target",
+                "size=0.5",
+                "--out",
+                str(tmp_path / "d"),
+            ],
+            "--target latency=RATIO",
+        ),
+    ]
     for arguments, message in cases:
         result = runner.invoke(app, arguments)
         assert result.exit_code != 0
@@ -99,7 +134,7 @@ def test_out_holding_user_files_is_refused_before_any_work(tmp_path: Path) -> No
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputDirectoryError, match="notes.txt"):
+    with pytest.raises(OutputDirectoryError, match=r"notes\.txt"):
         check_search_directory(out, resume=False, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
 
