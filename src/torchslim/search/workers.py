@@ -42,11 +42,7 @@ class RayWorkers:
                 "--workers/--ray need Ray: pip install 'ray' (make setup installs it)"
             ) from None
         self._ray = ray
-        environment = {
-            "env_vars": {
-                k: os.environ[k] for k in ("PYTHONPATH", "TORCHSLIM_HOME") if k in os.environ
-            }
-        }
+        environment = {"env_vars": _worker_environment()}
         try:
             if address is None:
                 ray.init(
@@ -86,3 +82,15 @@ def workers_for(workers: int, address: str | None) -> InProcess | RayWorkers:
     if address is None and workers == 1:
         return InProcess()
     return RayWorkers(workers, address)
+
+
+def _worker_environment() -> dict[str, str]:
+    """What a worker needs to import this torchslim and find its data: PYTHONPATH (made
+    absolute: workers start elsewhere) and TORCHSLIM_HOME."""
+    found = {}
+    if "PYTHONPATH" in os.environ:
+        parts = os.environ["PYTHONPATH"].split(os.pathsep)
+        found["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in parts if p)
+    if "TORCHSLIM_HOME" in os.environ:
+        found["TORCHSLIM_HOME"] = os.environ["TORCHSLIM_HOME"]
+    return found
