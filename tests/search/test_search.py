@@ -71,6 +71,10 @@ def test_report_in_headless_chromium(searched: Path, tmp_path: Path) -> None:
                 assert f"{trial['latency_ms']:.3f}" in table
         before_after = page.evaluate("document.getElementById('before-after').innerText")
         assert f"{state['baseline']['latency_ms']:.3f}" in before_after
+        layers = page.evaluate("document.getElementById('layers').innerText")
+        best = next(t for t in state["trials"] if t["number"] == state["best"])
+        if best["choices"]["keep_macs"] < 1.0:  # a pruned choice: its narrowed layers listed
+            assert "%" in layers
         shot = page.screenshot(tmp_path / "report.png")
     finally:
         page.close()

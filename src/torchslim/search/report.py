@@ -65,6 +65,7 @@ def render(state: dict[str, Any], manifest: dict[str, Any] | None) -> str:
         "<h2>Pareto front</h2>" + _plots(state) + _front_note(state),
         "<h2>Trials</h2>" + _trials_table(state),
         "<h2>Stages of the chosen model</h2>" + _stages(manifest),
+        "<h2>Per layer: widths kept</h2>" + _layers(state, manifest),
         "<h2>Recipe that reproduces it</h2>" + _recipe(state, best),
     ]
     return (
@@ -209,6 +210,33 @@ def _stages(manifest: dict[str, Any] | None) -> str:
         )
     head = "<tr><th>stage</th><th>seconds</th><th>what it did</th></tr>"
     return f"<table id='stages'>{head}{''.join(rows)}</table>"
+
+
+def _layers(state: dict[str, Any], manifest: dict[str, Any] | None) -> str:
+    """Each resized conv/linear layer of the chosen model: its weight before and after."""
+    original = state["baseline"].get("layer_shapes")
+    if original is None:
+        return "<p id='layers'>This search did not record the original's layer shapes.</p>"
+    resized = (manifest or {}).get("pruned_shapes", {})
+    rows = []
+    for name, shape in original.items():
+        after = resized.get(name, {}).get("tensors", {}).get("weight")
+        if after is None or after == shape:
+            continue
+        kept = _count(after) / _count(shape)
+        rows.append(f"<tr><td class='text'>{escape(name)}</td><td>{shape}</td><td>{after}</td>"
+                    f"<td>{kept:.0%}</td></tr>")  # fmt: skip
+    if not rows:
+        return "<p id='layers'>No layer of the chosen model was narrowed.</p>"
+    head = "<tr><th>layer</th><th>weight before</th><th>weight after</th><th>kept</th></tr>"
+    return f"<table id='layers'>{head}{''.join(rows)}</table>"
+
+
+def _count(shape: list[int]) -> int:
+    total = 1
+    for size in shape:
+        total *= size
+    return total
 
 
 def _recipe(state: dict[str, Any], best: dict[str, Any] | None) -> str:

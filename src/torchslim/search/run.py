@@ -260,6 +260,8 @@ def _load_state(out: Path) -> dict[str, Any] | None:
 def _measure_baseline(
     entry: ZooEntry, original: Any, metric: Metric, config: SearchConfig
 ) -> dict[str, Any]:
+    from torch import nn
+
     from torchslim.evaluate import evaluate
     from torchslim.profile import profile
 
@@ -267,7 +269,13 @@ def _measure_baseline(
     with progress("measuring the original"):
         report = evaluate(original, entry, batch_size=1, threads=threads, repeats=config.repeats)
     macs = profile(original, tuple(entry.example_inputs(1)), measure_memory=False).total.macs
+    shapes = {
+        name: list(module.weight.shape)
+        for name, module in original.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear)
+    }
     return {
+        "layer_shapes": shapes,
         "metric": float(report.metrics[metric.name]),
         "metrics": report.metrics,
         "latency_ms": report.latency.median,
