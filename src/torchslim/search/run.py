@@ -102,7 +102,9 @@ def search(
     space = space_for(entry, original, config)
     metric = metric_of(list(entry.metric_names()) or list(entry.evaluate(original)))
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
-    baseline = stored["baseline"] if stored else _measure_baseline(entry, original, metric, config)
+    baseline = (
+        stored["baseline"] if stored else _measure_baseline(entry, original, metric, config, device)
+    )
     state = SearchState(
         config,
         model_source(entry),
@@ -258,7 +260,7 @@ def _load_state(out: Path) -> dict[str, Any] | None:
 
 
 def _measure_baseline(
-    entry: ZooEntry, original: Any, metric: Metric, config: SearchConfig
+    entry: ZooEntry, original: Any, metric: Metric, config: SearchConfig, device: str
 ) -> dict[str, Any]:
     from torch import nn
 
@@ -267,7 +269,7 @@ def _measure_baseline(
 
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     with progress("measuring the original"):
-        report = evaluate(original, entry, batch_size=1, threads=threads, repeats=config.repeats)
+        report = evaluate(original, entry, 1, threads, device, config.repeats)
     macs = profile(original, tuple(entry.example_inputs(1)), measure_memory=False).total.macs
     shapes = {
         name: list(module.weight.shape)
