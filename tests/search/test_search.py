@@ -147,3 +147,15 @@ def test_report_of_a_folder_without_search_is_one_clear_error(tmp_path: Path) ->
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code != 0
     assert "holds no search" in result.output.replace("\n", " ") + str(result.exception)
+
+
+def test_search_stops_when_the_target_is_reached(tmp_path: Path) -> None:
+    config = SearchConfig(max_drop=1.0, objective="size", target_ratio=1.0, generation=2,
+                          max_trials=10, threads=1, repeats=3, formats=("fp32",))  # fmt: skip
+    state = search(resolve_model("tiny-cnn"), config, tmp_path / "out")
+    assert state.stopped == "goal met"
+    assert len(state.records) == 2  # one generation: every pruned fp32 model is smaller
+    best = state.best()
+    assert best is not None and best["size_ratio"] <= 1.0
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert (tmp_path / "out" / "best" / "manifest.json").is_file()
