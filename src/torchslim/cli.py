@@ -28,6 +28,7 @@ from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
 from torchslim.commands.prune import prune_command
 from torchslim.commands.quantize import quantize_command
+from torchslim.commands.search import report_command
 from torchslim.errors import TorchslimError
 
 app = typer.Typer(help="Measure, compress and prove neural networks.", no_args_is_help=True)
@@ -326,6 +327,7 @@ def profile_command(
 # Technique commands live in torchslim.commands (light modules: torch is imported when they run).
 app.command("prune")(prune_command)
 app.command("compress")(compress_command)
+app.command("report")(report_command)
 app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
 app.command("quantize")(quantize_command)

@@ -21,16 +21,28 @@ from torchslim._cli_options import (
     WeightsOption,
     model_options,
 )
+from torchslim.commands.search import (
+    BudgetOption,
+    MaxDropOption,
+    ObjectiveOption,
+    RayOption,
+    SearchFlags,
+    SeedOption,
+    TargetOption,
+    TrialsOption,
+    WorkersOption,
+)
 
 recipe_app = typer.Typer(help="Recipes: validate one, list the steps.", no_args_is_help=True)
 
 
 def compress_command(
     model: ModelArgument,
-    recipe: Annotated[
-        Path, typer.Option(help="Recipe YAML, or a built-in name (torchslim recipe list).")
-    ],
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
+    recipe: Annotated[
+        Path | None,
+        typer.Option(help="Recipe YAML, or a built-in name (torchslim recipe list)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the last finished stage of an interrupted run.")
     ] = False,
@@ -48,18 +60,41 @@ def compress_command(
     vocab_size: VocabSizeOption = None,
     seq_len: SeqLenOption = None,
     data: DataOption = None,
+    max_drop: MaxDropOption = None,
+    objective: ObjectiveOption = None,
+    target: TargetOption = None,
+    budget: BudgetOption = None,
+    workers: WorkersOption = None,
+    ray: RayOption = None,
+    trials: TrialsOption = None,
+    seed: SeedOption = None,
 ) -> None:
-    """Run a recipe's stages on MODEL, measure before/after, write one artifact.
+    """Run a recipe's stages on MODEL, measure before/after, write one artifact; or, with
+    --max-drop, search recipes for the fastest (or smallest) model within that metric drop.
 
     Example: torchslim compress fashion-resnet20 --recipe cnn-prune-distill-int8 --out r20-small
+
+    Example: torchslim compress fashion-resnet20 --max-drop 1.0 --budget 30m --out r20-search
     """
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
     from torchslim.commands._render import note_synthetic_data, print_outcome
+    from torchslim.commands.search import check_mode
     from torchslim.pipeline import load_recipe
     from torchslim.pipeline.runner import RunOptions, compress
     from torchslim.zoo.options import require_layers, resolve_model
 
+    flags = SearchFlags(max_drop, objective, target, budget, workers, ray, trials, seed)
+    check_mode(recipe, flags, {"--batch-size": batch_size != 1})
+    if recipe is None:
+        _search(
+            model,
+            out,
+            flags,
+            (resume, overwrite, as_json, threads, repeats, device),
+            model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data),
+        )
+        return
     check_out(out, overwrite or resume)  # before any work: never a user's folder
     check_device(device)
     steps = load_recipe(recipe)  # the whole recipe is validated before the model loads
@@ -72,6 +107,26 @@ def compress_command(
     with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
         outcome = compress(entry, steps, out, run)
     print_outcome(outcome, as_json)
+
+
+def _search(model: str, out: Path, flags: SearchFlags, run: tuple, options: object) -> None:
+    """Search mode: check --out and the settings before any work, then search."""
+    from torchslim._devices import check_device
+    from torchslim.commands._render import note_synthetic_data
+    from torchslim.commands.search import run_search
+    from torchslim.search.directory import check_search_directory, clear_search
+    from torchslim.zoo.options import require_layers, resolve_model
+
+    resume, overwrite, as_json, threads, repeats, device = run
+    check_search_directory(out, resume, overwrite)
+    check_device(device)
+    config = flags.config(threads, repeats)
+    entry = resolve_model(model, options)  # type: ignore[arg-type]
+    require_layers(entry, "compress")
+    note_synthetic_data(entry)
+    if overwrite and not resume:
+        clear_search(out)
+    run_search(entry, out, config, (resume, device), as_json)
 
 
 @recipe_app.command("validate")

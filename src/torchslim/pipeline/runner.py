@@ -79,6 +79,16 @@ def compress(
     outcome = measure_before_after(
         entry, original, model, options.technique, out, {**settings, "details": details}
     )
+    outcome = write_result(out, entry, model, recipe, outcome)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return outcome
+
+
+def write_result(
+    out: Path, entry: ZooEntry, model: Any, recipe: Recipe, outcome: CompressionOutcome
+) -> CompressionOutcome:
+    """Write the artifact ``out``; with fake-quant layers the packed codes go beside the
+    weights and the outcome's size becomes theirs (returned)."""
     with tempfile.TemporaryDirectory(prefix="torchslim-packed-") as tmp:
         packed = packed_weights(model, Path(tmp))
         if packed is not None:  # fake-quant layers: the size is that of the packed codes
@@ -88,8 +98,15 @@ def compress(
             )
         extra = {packed.name: packed} if packed is not None else None
         write_pipeline_artifact(out, entry, model, recipe, outcome, extra)
-    shutil.rmtree(scratch, ignore_errors=True)
     return outcome
+
+
+def run_stages(model: Any, recipe: Recipe, context: StepContext, options: RunOptions) -> Any:
+    """Run every stage of ``recipe`` on ``model`` (no checkpoints); the model and records."""
+    records: list[dict[str, Any]] = []
+    for index in range(len(recipe.stages)):
+        model = _run_stage(model, recipe, index, context, records, options)
+    return model, records
 
 
 def packed_weights(model: Any, directory: Path) -> Path | None:

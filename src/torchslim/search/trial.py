@@ -1,0 +1,98 @@
+"""One trial: build the candidate's recipe on a fresh copy of the model, measure it, write it.
+
+Runs in the search's process or in a Ray worker, so everything it needs travels in a
+``TrialSpec`` (plain values and the baseline's report) and it returns plain values. A trial
+whose recipe does not fit the model returns its error instead of figures.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torchslim.errors import TorchslimError
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a worker needs: the trial's number and recipe, how to rebuild the model
+    (``source``, as in a manifest), where to write, how to measure, and the baseline report."""
+
+    number: int
+    recipe: Any  # a Recipe (possibly of no stage: the original model, measured as a trial)
+    source: dict[str, Any]
+    out: str
+    threads: int
+    repeats: int
+    seed: int
+    metric: str
+    baseline: Any  # EvaluationReport of the original model (one measurement for every trial)
+    device: str = "cpu"
+
+
+def run_trial(spec: TrialSpec) -> dict[str, Any]:
+    """Build, measure and write trial ``spec.number``; its figures (or its error)."""
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    start = time.perf_counter()
+    try:
+        figures = _build_and_measure(spec)
+    except (TorchslimError, RuntimeError, ValueError) as error:  # a recipe that does not fit
+        figures = {"error": f"{type(error).__name__}: {error}"}
+    figures.update(number=spec.number, seconds=round(time.perf_counter() - start, 2))
+    return figures
+
+
+def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
+    from torchslim._compress import CompressionOutcome
+    from torchslim.evaluate import evaluate
+    from torchslim.pipeline.artifact import base_entry
+    from torchslim.pipeline.recipe import Recipe
+    from torchslim.pipeline.registry import StepContext, get_step
+    from torchslim.pipeline.runner import RunOptions, run_stages, write_result
+
+    entry = base_entry({"model": spec.source})
+    recipe = spec.recipe
+    original = entry.load()
+    context = StepContext(entry, original, spec.device, spec.seed, spec.threads)
+    options = RunOptions(spec.device, spec.threads, measure_stages=False, seed=spec.seed)
+    stages = recipe.stages
+    final = stages[-1:] if stages and get_step(stages[-1].step).final else ()
+    body = Recipe(stages[: len(stages) - len(final)], recipe.description, "search")
+    model, records = run_stages(copy.deepcopy(original), body, context, options)
+    macs, params = _macs_and_params(entry, model)
+    if final:
+        model, last = run_stages(model, Recipe(final, "", "search"), context, options)
+        records += [{**record, "index": len(records)} for record in last]
+    after = evaluate(
+        model, entry, batch_size=1, threads=spec.threads, repeats=spec.repeats, device=spec.device
+    )
+    details = {"recipe": recipe.to_dict(), "stages": records}
+    outcome = CompressionOutcome(
+        entry.name, f"search trial {spec.number}", spec.baseline, after, Path(spec.out), details
+    )
+    outcome = write_result(Path(spec.out), entry, model, recipe, outcome)
+    figures = {
+        "metric": float(outcome.after.metrics[spec.metric]),
+        "metrics": outcome.after.metrics,
+        "latency_ms": outcome.after.latency.median,
+        "latency_p90_ms": outcome.after.latency.p90,
+        "size_bytes": outcome.after.size_bytes,
+        "macs": macs,
+        "params": params,
+        "stages": [{"step": r["step"], "seconds": r["seconds"]} for r in records],
+    }
+    return figures
+
+
+def _macs_and_params(entry: Any, model: Any) -> tuple[int, int]:
+    """MACs (batch 1) and parameters of the float model the trial made (before any runtime)."""
+    from torchslim.profile import profile
+
+    inputs = tuple(entry.example_inputs(1))
+    macs = int(profile(model, inputs, measure_memory=False).total.macs)
+    return macs, sum(p.numel() for p in model.parameters())

@@ -1,0 +1,161 @@
+"""A real search on a tiny zoo CNN (in process, fp32 candidates): what it leaves in --out, the
+report in a real headless Chromium, and the command line's modes."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from torchslim import load
+from torchslim.cli import app
+from torchslim.errors import OutputDirectoryError
+from torchslim.search import SearchConfig, search
+from torchslim.search.directory import check_search_directory
+from torchslim.zoo.options import resolve_model
+
+RESULTS = Path(__file__).parents[2] / "benchmarks" / "results"
+CONFIG = SearchConfig(
+    max_drop=1.0, generation=2, max_trials=4, threads=1, repeats=5, formats=("fp32",)
+)
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("search") / "out"
+    search(resolve_model("tiny-cnn"), CONFIG, out)
+    return out
+
+
+def test_search_leaves_every_trial_the_front_and_a_loadable_best(searched: Path) -> None:
+    state = json.loads((searched / "search.json").read_text())
+    trials = state["trials"]
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert state["stopped"] == "trials"
+    measured = [t for t in trials if t["state"] == "complete"]
+    assert measured and set(state["front"]) <= {t["number"] for t in measured}
+    for trial in measured:  # every figure measured, the ratios consistent with them
+        assert trial["latency_ms"] > 0 and trial["size_bytes"] > 0
+        assert trial["latency_ratio"] == pytest.approx(
+            trial["latency_ms"] / state["baseline"]["latency_ms"]
+        )
+        assert trial["macs"] <= state["baseline"]["macs"]
+        assert (searched / "trials" / f"{trial['number']:04d}" / "manifest.json").is_file()
+    best = next(t for t in trials if t["number"] == state["best"])
+    assert best["feasible"]
+    assert all(best["latency_ms"] <= t["latency_ms"] for t in measured if t["feasible"])
+    model = load(searched / "best")  # the chosen model, rebuilt from its artifact
+    assert sum(p.numel() for p in model.parameters()) == best["params"]
+    assert (searched / "best" / "recipe.yaml").is_file()
+
+
+def test_report_in_headless_chromium(searched: Path, tmp_path: Path) -> None:
+    from browser import Page
+
+    if shutil.which("chromium") is None:
+        pytest.fail("Debian's chromium is missing: run make setup (it installs it)")
+    state = json.loads((searched / "search.json").read_text())
+    page = Page(searched / "report.html", tmp_path / "profile")
+    try:
+        assert page.errors == []
+        measured = sum(t["state"] == "complete" for t in state["trials"])
+        for plot in ("plot-latency", "plot-size", "plot-latency-size"):
+            circles = page.evaluate(f"document.querySelectorAll('#{plot} circle').length")
+            assert circles == measured + 1  # every measured trial and the original
+            box = page.evaluate(f"document.getElementById('{plot}').getBoundingClientRect().width")
+            assert box > 100  # drawn, not collapsed
+        table = page.evaluate("document.getElementById('trials').innerText")
+        for trial in state["trials"]:
+            if trial["state"] == "complete":
+                assert f"{trial['latency_ms']:.3f}" in table
+        before_after = page.evaluate("document.getElementById('before-after').innerText")
+        assert f"{state['baseline']['latency_ms']:.3f}" in before_after
+        layers = page.evaluate("document.getElementById('layers').innerText")
+        best = next(t for t in state["trials"] if t["number"] == state["best"])
+        if best["choices"]["keep_macs"] < 1.0:  # a pruned choice: its narrowed layers listed
+            assert "%" in layers
+        shot = page.screenshot(tmp_path / "report.png")
+    finally:
+        page.close()
+    assert shot.stat().st_size > 10_000
+    RESULTS.mkdir(exist_ok=True)
+    shutil.copy(shot, RESULTS / "search_report_tiny_cnn.png")
+
+
+def test_command_line_modes_are_exclusive(tmp_path: Path) -> None:
+    runner = CliRunner()
+    cases = [
+        (["compress", "tiny-cnn", "--out", str(tmp_path / "a")], "--max-drop"),
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--recipe",
+                "quick-sparse-w8",
+                "--max-drop",
+                "1",
+                "--out",
+                str(tmp_path / "b"),
+            ],
+            "belong to search mode",
+        ),
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--max-drop",
+                "1",
+                "--batch-size",
+                "4",
+                "--out",
+                str(tmp_path / "c"),
+            ],
+            "--batch-size",
+        ),
+        (
+            [
+                "compress",
+                "tiny-cnn",
+                "--max-drop",
+                "1",
+                "--target",
+                "size=0.5",
+                "--out",
+                str(tmp_path / "d"),
+            ],
+            "--target latency=RATIO",
+        ),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, arguments)
+        assert result.exit_code != 0
+        assert message in result.output.replace("\n", " ") or message in str(result.exception)
+        assert not (tmp_path / arguments[-1]).exists()
+
+
+def test_out_holding_user_files_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputDirectoryError, match=r"notes\.txt"):
+        check_search_directory(out, resume=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_report_of_a_folder_without_search_is_one_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "holds no search" in result.output.replace("\n", " ") + str(result.exception)
+
+
+def test_search_stops_when_the_target_is_reached(tmp_path: Path) -> None:
+    config = SearchConfig(max_drop=1.0, objective="size", target_ratio=1.0, generation=2,
+                          max_trials=10, threads=1, repeats=3, formats=("fp32",))  # fmt: skip
+    state = search(resolve_model("tiny-cnn"), config, tmp_path / "out")
+    assert state.stopped == "goal met"
+    assert len(state.records) == 2  # one generation: every pruned fp32 model is smaller
+    best = state.best()
+    assert best is not None and best["size_ratio"] <= 1.0
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert (tmp_path / "out" / "best" / "manifest.json").is_file()
