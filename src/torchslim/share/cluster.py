@@ -35,7 +35,8 @@ class ClusteredWeight(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         codes: torch.Tensor = self.codes  # type: ignore[assignment]
         keep: torch.Tensor = self.keep  # type: ignore[assignment]
-        return self.codebook[codes.long()] * keep.to(self.codebook.dtype)
+        # where, not a product: a pruned weight is +0.0, never -0.0 (packs as a plain zero)
+        return torch.where(keep, self.codebook[codes.long()], torch.zeros_like(self.codebook[0]))
 
 
 @dataclass
