@@ -74,7 +74,7 @@ def packed_size(model: nn.Module, coders: tuple[str, ...], scratch: Path) -> dic
             "tensors": result.summary()["tensors"]}  # fmt: skip
 
 
-def main() -> None:  # noqa: PLR0915 - one linear story, stage after stage
+def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     entry = torchslim.zoo.get(args.model)
@@ -91,7 +91,8 @@ def main() -> None:  # noqa: PLR0915 - one linear story, stage after stage
         config = config_from_words("magnitude", f"sparsity={args.sparsity}")
         inputs = tuple(entry.example_inputs(1))
         prune_gradually_(model, config, inputs, args.steps, lambda m, _: finetune_(entry, m, tune))
-        stages["pruned"] = {**packed_size(model, ("huffman", "zstd"), scratch), "seconds": _since(started),
+        pruned = packed_size(model, ("huffman", "zstd"), scratch)
+        stages["pruned"] = {**pruned, "seconds": _since(started),
                             "metrics": held_out_accuracy(entry, model.eval())}  # fmt: skip
         started = time.perf_counter()
         cluster_(model, ClusterConfig(bits=args.bits))

@@ -62,7 +62,7 @@ def test_a_codebook_larger_than_the_weights_is_refused_and_the_model_untouched()
     with pytest.raises(ConfigError, match="codebook of 64 entries"):
         cluster_(model, ClusterConfig(bits=6))
     assert str(model) == str(before)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 before.state_dict().values(), strict=True))  # fmt: skip
+    pairs = zip(model.state_dict().values(), before.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ConfigError, match="bits"):
         ClusterConfig(bits=9)

@@ -46,7 +46,9 @@ def encode_tensor(
 
 
 def _raw(tensor: torch.Tensor, coders: tuple[str, ...]) -> tuple[dict[str, Any], list[bytes]]:
-    stream, data = streams.encode_bytes(tensor.view(torch.uint8).numpy().tobytes(), coders)
+    stream, data = streams.encode_bytes(
+        tensor.reshape(-1).view(torch.uint8).numpy().tobytes(), coders
+    )
     return {"layout": "raw", "streams": [stream]}, [data]
 
 
