@@ -14,8 +14,8 @@ from torchslim.cli import app
 
 def test_tucker2_from_the_command_line_writes_a_loadable_artifact(tmp_path: Path) -> None:
     out = tmp_path / "lr"
-    args = ["factorize", "tiny-resnet8", "--method", "tucker2", "--rank", "2", "--ignore", "conv1", "--out", str(out),
-            "--no-check-speed", "--json"]  # fmt: skip
+    args = ["factorize", "tiny-resnet8", "--method", "tucker2", "--rank", "2",
+            "--ignore", "conv1", "--out", str(out), "--no-check-speed", "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
