@@ -90,7 +90,7 @@ def main() -> None:
             "metrics": entry.evaluate(original),
             "macs": conv_macs(original, entry),
             "latency": base_latency,
-        },  # fmt: skip
+        },
         "factorized": {
             "macs": conv_macs(model, entry),
             "after_factorize": stages[0]["figures"]["metrics"],
