@@ -78,7 +78,7 @@ def observe(
                 facts.positions = _positions(module, x, output)
             if gram:
                 rows = x.reshape(-1, x.shape[-1]).double()  # (N, in)
-                update = rows.T @ rows  # (in, in)
+                update = (rows.T @ rows).cpu()  # (in, in): factorized on the CPU
                 facts.gram = update if facts.gram is None else facts.gram + update
 
         return record

@@ -7,8 +7,6 @@ slower than the one it replaces, or that would not be smaller, is left whole; th
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,12 +201,8 @@ def _faster(layer: LayerFacts, factorized: nn.Module, decision: dict[str, Any]) 
 
 
 def _median_ms(module: nn.Module, sample: torch.Tensor, repeats: int = 25) -> float:
-    with torch.inference_mode():
-        for _ in range(5):
-            module(sample)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(sample)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median milliseconds of one call (the device synchronised around each)."""
+    from torchslim.evaluate.latency import measure_latency
+
+    stats = measure_latency(lambda: module(sample), 5, repeats, device=sample.device)
+    return float(stats.median)
