@@ -106,7 +106,7 @@ def main() -> None:
         load_state_dict_strict(restored, unpack_state(scratch / "model.packed"), "packed")
         folded = folded_copy(model).state_dict()
         exact = all(
-            torch.equal(folded[k].view(torch.uint8), v.view(torch.uint8))
+            torch.equal(folded[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
             for k, v in unpack_state(scratch / "model.packed").items()
         )
         stages["coded"] = {**coded, "bit_exact_round_trip": exact,
