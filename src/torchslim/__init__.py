@@ -45,13 +45,23 @@ _EXPORTS = {
     "load": "torchslim.pipeline.artifact",
     "load_recipe": "torchslim.pipeline",
     "compress": "torchslim.pipeline.api",
+    "FactorizeConfig": "torchslim.lowrank",
+    "factorize_": "torchslim.lowrank",
+    "ClusterConfig": "torchslim.share",
+    "cluster_": "torchslim.share",
+    "ShareLayersConfig": "torchslim.share",
+    "share_layers_": "torchslim.share",
+    "PackConfig": "torchslim.pack",
+    "pack_model": "torchslim.pack",
 }
 
 __all__ = [
+    "ClusterConfig",
     "ConfigError",
     "DistillConfig",
     "Distiller",
     "EvaluationReport",
+    "FactorizeConfig",
     "InputShapeError",
     "KDLoss",
     "LayerMatch",
@@ -59,8 +69,10 @@ __all__ = [
     "ModelLoadError",
     "ModelOptions",
     "NMPruneConfig",
+    "PackConfig",
     "ProfileReport",
     "QuantConfig",
+    "ShareLayersConfig",
     "StructuredPruneConfig",
     "TorchslimError",
     "TrainConfig",
@@ -68,14 +80,18 @@ __all__ = [
     "UnknownModelError",
     "UnstructuredPruneConfig",
     "__version__",
+    "cluster_",
     "compress",
     "evaluate",
+    "factorize_",
     "load",
     "load_recipe",
+    "pack_model",
     "profile",
     "prune_",
     "quantize_",
     "resolve_model",
+    "share_layers_",
     "zoo",
 ]
 
@@ -91,6 +107,8 @@ if TYPE_CHECKING:
         UnknownModelError,
     )
     from torchslim.evaluate import EvaluationReport, evaluate
+    from torchslim.lowrank import FactorizeConfig, factorize_
+    from torchslim.pack import PackConfig, pack_model
     from torchslim.pipeline import load_recipe
     from torchslim.pipeline.api import compress
     from torchslim.pipeline.artifact import load
@@ -102,6 +120,7 @@ if TYPE_CHECKING:
         prune_,
     )
     from torchslim.quantize import QuantConfig, quantize_
+    from torchslim.share import ClusterConfig, ShareLayersConfig, cluster_, share_layers_
     from torchslim.train import TrainConfig, Trainer
     from torchslim.zoo.options import ModelOptions, resolve_model
 

@@ -90,14 +90,17 @@ def write_model_artifact(
     model: nn.Module,
     manifest: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
+    dense_weights: bool = True,
 ) -> Path:
-    """Write ``out/model.safetensors`` + ``out/manifest.json`` (+ extra files) atomically.
+    """Write ``out/model.safetensors`` + ``out/manifest.json`` (+ extra files) atomically;
+    ``dense_weights=False`` leaves out ``model.safetensors`` (an extra file holds the weights).
 
     ``extra_files`` maps a name inside the artifact to a file to copy there (e.g. ``model.onnx``).
     The directory appears complete or not at all; an existing one is replaced only on success.
     """
     with stage(f"writing {out}"), atomic_directory(out) as tmp:
-        save_tensors(tmp / "model.safetensors", model.state_dict())
+        if dense_weights:
+            save_tensors(tmp / "model.safetensors", model.state_dict())
         for name, source in (extra_files or {}).items():
             (tmp / name).write_bytes(Path(source).read_bytes())
         write_json(tmp / "manifest.json", {"versions": versions(), **manifest})

@@ -26,6 +26,7 @@ from torchslim._progress import stage
 from torchslim.commands._render import _print_json, console, note_synthetic_data
 from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
+from torchslim.commands.factorize import factorize_command
 from torchslim.commands.prune import prune_command
 from torchslim.commands.quantize import quantize_command
 from torchslim.commands.search import report_command
@@ -331,6 +332,7 @@ app.command("report")(report_command)
 app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
 app.command("quantize")(quantize_command)
+app.command("factorize")(factorize_command)
 
 
 def main() -> None:

@@ -39,9 +39,11 @@ def write_pipeline_artifact(
     recipe: Recipe,
     outcome: CompressionOutcome,
     extra_files: dict[str, Path] | None = None,
+    dense_weights: bool = True,
 ) -> Path:
     """Write ``model`` (a module or a deployed runtime) with the one manifest, atomically;
-    ``extra_files`` (name in the artifact -> file): e.g. the packed fake-quant weights."""
+    ``extra_files`` (name in the artifact -> file): e.g. the packed fake-quant weights;
+    ``dense_weights=False``: no ``model.safetensors`` (an extra file holds the weights)."""
     from torch import nn
 
     from torchslim._compress import versions
@@ -66,7 +68,7 @@ def write_pipeline_artifact(
     from torchslim._compress import write_model_artifact
 
     module = {**manifest, "kind": "module"}
-    return write_model_artifact(out, storable(model), module, extra_files)
+    return write_model_artifact(out, storable(model), module, extra_files, dense_weights)
 
 
 def pruned_shapes(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -164,7 +166,13 @@ def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Mo
             options = {k: v for k, v in stage["options"].items() if k != "step"}
             model = step.restore(model, build_options(step, options), record, context) or model
     weights = directory / "model.safetensors"
-    state = load_tensors(weights)
+    if not weights.is_file() and (directory / "model.packed").is_file():  # a pack stage's
+        from torchslim.pack import read_packed
+
+        weights = directory / "model.packed"
+        state = read_packed(weights)
+    else:
+        state = load_tensors(weights)
     if reshaped:  # a student loaded from a checkpoint of other shapes: the artifact's shapes
         from torchslim.distill.student import load_reshaped
 

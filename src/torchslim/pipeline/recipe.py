@@ -206,9 +206,10 @@ def check_order(recipe: Recipe) -> None:
     for index, stage in enumerate(recipe.stages):
         step = get_step(stage.step)
         where = f"{recipe.source}:{stage.line}: step {stage.step!r}"
-        if step.final and index + 1 < len(recipe.stages):
+        if (step.final or step.weights_file) and index + 1 < len(recipe.stages):
+            what = "writes the weights file" if step.weights_file else "produces a runtime graph"
             raise RecipeError(
-                f"{where} produces a runtime graph and must be the last stage; "
+                f"{where} {what} and must be the last stage; "
                 f"{len(recipe.stages) - index - 1} stage(s) follow it"
             )
         if step.needs_quantized and quantized_at is None:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 from torchslim.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
 
     from torchslim.zoo._entry import ZooEntry
@@ -56,6 +58,8 @@ class Step:
     quantizes: bool = False  # leaves fake-quant layers (quantize, qat, mixed_precision)
     needs_quantized: bool = False  # works on fake-quant layers: an earlier stage quantizes
     before_quantize: bool = False  # changes the float model: no earlier stage quantizes
+    # writes the artifact's weights file in place of model.safetensors (pack): the last stage
+    weights_file: Callable[[Any, Any, Path], Path] | None = None
 
     def option_rows(self) -> list[tuple[str, str, str]]:
         """(name, type, default) of every option, for ``torchslim recipe steps``."""

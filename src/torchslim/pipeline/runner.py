@@ -90,14 +90,15 @@ def write_result(
     """Write the artifact ``out``; with fake-quant layers the packed codes go beside the
     weights and the outcome's size becomes theirs (returned)."""
     with tempfile.TemporaryDirectory(prefix="torchslim-packed-") as tmp:
-        packed = packed_weights(model, Path(tmp))
+        own = own_weights_file(model, recipe, Path(tmp))  # a pack stage: replaces safetensors
+        packed = own or packed_weights(model, Path(tmp))
         if packed is not None:  # fake-quant layers: the size is that of the packed codes
             size = packed.stat().st_size
             outcome = dataclasses.replace(
                 outcome, after=dataclasses.replace(outcome.after, size_bytes=size)
             )
         extra = {packed.name: packed} if packed is not None else None
-        write_pipeline_artifact(out, entry, model, recipe, outcome, extra)
+        write_pipeline_artifact(out, entry, model, recipe, outcome, extra, own is None)
     return outcome
 
 
@@ -107,6 +108,15 @@ def run_stages(model: Any, recipe: Recipe, context: StepContext, options: RunOpt
     for index in range(len(recipe.stages)):
         model = _run_stage(model, recipe, index, context, records, options)
     return model, records
+
+
+def own_weights_file(model: Any, recipe: Recipe, directory: Path) -> Path | None:
+    """The weights file the last stage writes itself (``pack``), or None."""
+    if not recipe.stages:
+        return None
+    stage = recipe.stages[-1]
+    writer = get_step(stage.step).weights_file
+    return writer(model, stage.options, directory) if writer is not None else None
 
 
 def packed_weights(model: Any, directory: Path) -> Path | None:

@@ -31,6 +31,7 @@ class FinetuneConfig:
         lr: peak learning rate of the trainer's one-cycle schedule (lower than from scratch).
         batch_size: images per step.
         seed: the trainer's seed (data order, augmentation).
+        augment: random shifts and horizontal flips (off for images a flip changes: digits).
     """
 
     epochs: int = 1
@@ -38,6 +39,7 @@ class FinetuneConfig:
     lr: float = 0.02
     batch_size: int = 128
     seed: int = 0
+    augment: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -95,7 +97,7 @@ def finetune_(entry: ZooEntry, model: nn.Module, config: FinetuneConfig) -> dict
     """Fine-tune ``model`` in place on the entry's training split with the shared trainer."""
     inputs, labels = training_split(entry, config.samples)
     train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, augment=True,
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, augment=config.augment,
         checkpoint_every_steps=10**9, seed=config.seed,
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="torchslim-finetune-") as scratch:

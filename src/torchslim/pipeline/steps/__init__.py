@@ -2,11 +2,14 @@
 
 from torchslim.pipeline.steps import (
     deploy,
+    lowrank,
     mixed_precision,
+    pack,
     prune,
     qat,
     quantize,
     quantize_accuracy,
+    share,
     student,
     train,
     transforms,
@@ -14,11 +17,14 @@ from torchslim.pipeline.steps import (
 
 __all__ = [
     "deploy",
+    "lowrank",
     "mixed_precision",
+    "pack",
     "prune",
     "qat",
     "quantize",
     "quantize_accuracy",
+    "share",
     "student",
     "train",
     "transforms",

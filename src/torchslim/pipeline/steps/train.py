@@ -30,12 +30,14 @@ def _check_training(epochs: int, lr: float, samples: int | None, batch_size: int
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    """``epochs`` over ``samples`` training examples (None: all), one-cycle peak ``lr``."""
+    """``epochs`` over ``samples`` training examples (None: all), one-cycle peak ``lr``;
+    ``augment``: random shifts and flips (false for digits, which a flip changes)."""
 
     epochs: int = 1
     lr: float = 0.02
     samples: int | None = None
     batch_size: int = 128
+    augment: bool = True
 
     def __post_init__(self) -> None:
         _check_training(self.epochs, self.lr, self.samples, self.batch_size)
@@ -45,8 +47,9 @@ def run_finetune(model: nn.Module, options: FinetuneOptions, context: StepContex
     from torchslim.prune.finetune import FinetuneConfig, finetune_
 
     config = FinetuneConfig(
-        options.epochs, options.samples, options.lr, options.batch_size, seed=context.seed
-    )
+        options.epochs, options.samples, options.lr, options.batch_size, context.seed,
+        options.augment,
+    )  # fmt: skip
     return StepResult(finetune_(context.entry, model, config))
 
 

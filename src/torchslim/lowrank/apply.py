@@ -1,0 +1,208 @@
+"""``factorize_``: replace Linear / Conv2d layers by low-rank factors, in place.
+
+Ranks come from an explicit rank, an energy level, or one global parameter / MAC target (one
+common energy level for every layer, found by bisection). A factorized layer that is measured
+slower than the one it replaces, or that would not be smaller, is left whole; the result says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._compress import untouched_on_failure
+from torchslim.errors import ConfigError
+from torchslim.lowrank import primitives
+from torchslim.lowrank._layers import LayerFacts, candidates, fill_spectra, observe
+from torchslim.lowrank.config import FactorizeConfig
+from torchslim.lowrank.modules import build_factorized
+
+Batches = Sequence[Sequence[Any]]
+
+
+@dataclass
+class FactorizeResult:
+    """Per layer: ``kind``, ``ranks``, ``params_before``/``params_after``, ``applied`` and, when
+    left whole, ``reason``; ``latency_ms`` (dense, factorized) where speed was measured."""
+
+    method: str
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """What rebuilds the structure: kind and ranks of every applied layer."""
+        return {
+            name: {"kind": d["kind"], "ranks": d["ranks"]}
+            for name, d in self.layers.items()
+            if d["applied"]
+        }
+
+    def summary(self) -> dict[str, Any]:
+        applied = [d for d in self.layers.values() if d["applied"]]
+        return {
+            "method": self.method,
+            "layers_factorized": len(applied),
+            "layers_left_whole": len(self.layers) - len(applied),
+            "params_before": sum(d["params_before"] for d in self.layers.values()),
+            "params_after": sum(
+                d["params_after"] if d["applied"] else d["params_before"]
+                for d in self.layers.values()
+            ),
+            "layers": self.layers,
+        }
+
+
+def factorize_(
+    model: nn.Module,
+    config: FactorizeConfig,
+    calibration: Batches | None = None,
+    example_inputs: Sequence[Any] | None = None,
+) -> FactorizeResult:
+    """Factorize ``model``'s layers in place (arXiv 1404.0736, 2403.07378, 1511.06530).
+
+    Raises:
+        ConfigError: no layer to factorize, a rank larger than a layer allows, a target that
+            cannot be reached, ``whitened`` without calibration batches, or the speed check /
+            a MAC target without example inputs. The model is then untouched.
+    """
+    facts = _facts(model, config, calibration, example_inputs)
+    kind = "tucker2" if config.method == "tucker2" else "svd"
+    unit = config.target_ratio()[0] if config.target is not None else "params"
+    ranks = _choose_ranks(facts, config, unit)
+    result = FactorizeResult(config.method)
+    replacements: dict[str, nn.Module] = {}
+    for name, layer in facts.items():
+        decision = {"kind": kind, "ranks": ranks[name], "applied": False,
+                    "params_before": layer.cost(None, "params"),
+                    "params_after": layer.cost(ranks[name], "params")}  # fmt: skip
+        result.layers[name] = decision
+        if layer.cost(ranks[name], unit) >= layer.cost(None, unit):
+            decision["reason"] = f"no saving: ranks {ranks[name]} cost as much {unit} as dense"
+            continue
+        factorized = _factorized(layer, config.method, decision)
+        if config.check_speed and not _faster(layer, factorized, decision):
+            continue
+        decision["applied"] = True
+        replacements[name] = factorized
+    with untouched_on_failure(model):
+        for name, module in replacements.items():
+            model.set_submodule(name, module)
+    return result
+
+
+def _facts(
+    model: nn.Module,
+    config: FactorizeConfig,
+    calibration: Batches | None,
+    example_inputs: Sequence[Any] | None,
+) -> dict[str, LayerFacts]:
+    layers = {n: LayerFacts(n, m) for n, m in candidates(model, config).items()}
+    what = "Conv2d with a kernel > 1x1" if config.method == "tucker2" else "Linear"
+    if not layers:
+        raise ConfigError(f"factorize {config.method}: no {what} layer matches targets/ignore")
+    needs_inputs = config.check_speed or (config.target or "").startswith("macs")
+    if needs_inputs and example_inputs is None:
+        raise ConfigError("factorize: check_speed and macs targets need example_inputs")
+    if config.method == "whitened" and not calibration:
+        raise ConfigError("factorize whitened: pass calibration batches (the inputs it whitens by)")
+    if example_inputs is not None:
+        observe(model, layers, [example_inputs], gram=False)
+    if config.method == "whitened":
+        observe(model, layers, list(calibration or []), gram=True)
+    for layer in layers.values():
+        fill_spectra(layer, config.method)
+    return layers
+
+
+def _choose_ranks(
+    facts: dict[str, LayerFacts], config: FactorizeConfig, unit: str
+) -> dict[str, list[int]]:
+    if config.rank is not None:
+        for name, layer in facts.items():
+            if config.rank > min(layer.max_ranks()):
+                raise ConfigError(
+                    f"rank {config.rank} is larger than layer {name} allows (at most "
+                    f"{min(layer.max_ranks())}, its smaller dimension); lower rank or ignore it"
+                )
+        return {name: [config.rank] * len(layer.spectra) for name, layer in facts.items()}
+    if config.effective_energy is not None:
+        return {n: layer.ranks_for_energy(config.effective_energy) for n, layer in facts.items()}
+    return _ranks_for_target(facts, *config.target_ratio())
+
+
+def _ranks_for_target(
+    facts: dict[str, LayerFacts], unit: str, removed: float
+) -> dict[str, list[int]]:
+    """One energy level for all layers, the highest whose total cost meets the target (layers
+    that would not save stay dense at their dense cost)."""
+    dense = sum(layer.cost(None, unit) for layer in facts.values())
+    budget = (1.0 - removed) * dense
+
+    def total(energy: float) -> float:
+        return sum(
+            min(layer.cost(layer.ranks_for_energy(energy), unit), layer.cost(None, unit))
+            for layer in facts.values()
+        )
+
+    low, high = 0.0, 1.0
+    if total(1e-9) > budget:
+        raise ConfigError(
+            f"target {unit}={removed} cannot be reached by factorizing these layers (rank 1 "
+            f"everywhere keeps {total(1e-9) / dense:.2f} of their {unit}); lower the target"
+        )
+    for _ in range(40):
+        middle = (low + high) / 2
+        low, high = (middle, high) if total(middle) <= budget else (low, middle)
+    return {name: layer.ranks_for_energy(low) for name, layer in facts.items()}
+
+
+def _factorized(layer: LayerFacts, method: str, decision: dict[str, Any]) -> nn.Module:
+    module = layer.module
+    raw = module.weight
+    assert isinstance(raw, torch.Tensor)
+    weight = raw.detach()
+    new: Any = build_factorized(module, decision).to(weight.device, weight.dtype)
+    w = weight.float().cpu()
+    with torch.no_grad():
+        if method == "tucker2":
+            first, core, last = primitives.tucker2(w, *decision["ranks"])
+            tensors = [first[:, :, None, None], core, last[:, :, None, None]]
+        else:
+            rank = decision["ranks"][0]
+            if method == "whitened":
+                assert layer.gram is not None
+                up, down = primitives.whitened_svd(w, layer.gram, rank)
+            else:
+                up, down = primitives.truncated_svd(w, rank)
+            tensors = [down, up]
+        for part, tensor in zip(new, tensors, strict=True):
+            part.weight.copy_(tensor)
+        bias = getattr(module, "bias", None)
+        if bias is not None:
+            new[-1].bias.copy_(bias.detach())
+    return new.train(module.training)
+
+
+def _faster(layer: LayerFacts, factorized: nn.Module, decision: dict[str, Any]) -> bool:
+    """Time both on the layer's sample input; record the medians; True if factorized is faster."""
+    assert layer.sample is not None
+    dense_ms, new_ms = _median_ms(layer.module, layer.sample), _median_ms(factorized, layer.sample)
+    decision["latency_ms"] = {"dense": round(dense_ms, 4), "factorized": round(new_ms, 4)}
+    if new_ms >= dense_ms:
+        decision["reason"] = (
+            f"measured slower: {new_ms:.4f} ms factorized vs {dense_ms:.4f} ms dense "
+            f"(batch of the example inputs); left whole"
+        )
+        return False
+    return True
+
+
+def _median_ms(module: nn.Module, sample: torch.Tensor, repeats: int = 25) -> float:
+    """Median milliseconds of one call (the device synchronised around each)."""
+    from torchslim.evaluate.latency import measure_latency
+
+    stats = measure_latency(lambda: module(sample), 5, repeats, device=sample.device)
+    return float(stats.median)
