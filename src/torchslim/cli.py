@@ -26,6 +26,7 @@ from torchslim._progress import stage
 from torchslim.commands._render import _print_json, console, note_synthetic_data
 from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
+from torchslim.commands.generate import generate_command
 from torchslim.commands.prune import prune_command
 from torchslim.commands.quantize import quantize_command
 from torchslim.errors import TorchslimError
@@ -305,6 +306,7 @@ app.command("compress")(compress_command)
 app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
 app.command("quantize")(quantize_command)
+app.command("generate")(generate_command)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ from torchslim.quantize.modules import QuantLinear, quant_modules
 BLOCK = 32  # weights per block in Q4_0 / Q4_1 / Q8_0
 # torchslim format -> llama.cpp block type name
 GGUF_TYPES = {"int4-g32": "Q4_0", "uint4-g32": "Q4_1", "int8-g32": "Q8_0"}
-FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # general.file_type: LLAMA_FTYPE_MOSTLY_*
+FILE_TYPES = {"F32": 0, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}  # general.file_type: LLAMA_FTYPE_*
 LAYER_NAMES = {
     "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k",
@@ -106,6 +106,9 @@ def _permute_rows(weight: Tensor, heads: int) -> Tensor:
     )
 
 
+NORM_NAMES = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+
+
 def _gguf_name(name: str) -> str | None:
     """``model.layers.3.mlp.up_proj`` (any prefix) -> ``blk.3.ffn_up.weight``."""
     parts = name.split(".")
@@ -118,9 +121,40 @@ def _gguf_name(name: str) -> str | None:
     return f"blk.{parts[index + 1]}.{LAYER_NAMES[suffix]}.weight"
 
 
-def export_gguf(model: nn.Module, template: Path, path: Path) -> GGUFExport:
+def _float_tensor_name(name: str) -> str | None:
+    """A float parameter's GGUF name: embeddings, norms and the Linear weights."""
+    if not name.endswith(".weight"):
+        return None
+    module = name[: -len(".weight")]
+    parts = module.split(".")
+    if parts[-1] == "embed_tokens":
+        return "token_embd.weight"
+    if parts[-1] == "norm" and "layers" not in parts:
+        return "output_norm.weight"
+    if "layers" in parts and parts[-1] in NORM_NAMES:
+        return f"blk.{parts[parts.index('layers') + 1]}.{NORM_NAMES[parts[-1]]}.weight"
+    return _gguf_name(module)
+
+
+def _float_tensors(model: nn.Module, heads: int, kv_heads: int) -> dict[str, np.ndarray]:
+    """Every float tensor of an unquantized model under its GGUF name (q/k rows permuted)."""
+    tensors: dict[str, np.ndarray] = {}
+    for name, parameter in model.named_parameters():
+        target = _float_tensor_name(name)
+        if target is None:
+            continue
+        weight = parameter.detach().float().cpu()
+        if ".attn_q." in target or ".attn_k." in target:
+            weight = _permute_rows(weight, heads if ".attn_q." in target else kv_heads)
+        tensors[target] = weight.numpy()
+    return tensors
+
+
+def export_gguf(model: nn.Module, template: Path, path: Path, float32: bool = False) -> GGUFExport:
     """Write ``model`` (a transformers LLaMA, possibly wrapped, after ``quantize_`` with int4-g32,
     uint4-g32 or int8-g32 weights) as a GGUF llama.cpp loads; see the module docstring.
+    ``float32``: write every tensor of an unquantized model as F32 (embeddings and norms too),
+    the input llama.cpp's own quantizer takes.
 
     Raises:
         ConfigError: a layer's format has no block type, or the template lacks a layer.
@@ -131,6 +165,11 @@ def export_gguf(model: nn.Module, template: Path, path: Path) -> GGUFExport:
     heads = int(reader.fields["llama.attention.head_count"].contents())
     kv_heads = int(reader.fields["llama.attention.head_count_kv"].contents())
     replaced: dict[str, tuple[np.ndarray, str]] = {}
+    if float32:
+        if quant_modules(model):
+            raise ConfigError("float32 GGUF export takes an unquantized model")
+        floats = _float_tensors(model, heads, kv_heads)
+        replaced = {name: (value, "F32") for name, value in floats.items()}
     for name, module in quant_modules(model).items():
         target = _gguf_name(name)
         if target is None or not isinstance(module, QuantLinear):
@@ -161,7 +200,8 @@ def export_gguf(model: nn.Module, template: Path, path: Path) -> GGUFExport:
     for tensor in reader.tensors:
         if tensor.name in replaced:
             data, kind = replaced[tensor.name]
-            writer.add_tensor(tensor.name, data, raw_dtype=gguf.GGMLQuantizationType[kind])
+            raw = None if kind == "F32" else gguf.GGMLQuantizationType[kind]
+            writer.add_tensor(tensor.name, data, raw_dtype=raw)
             continue
         data = np.asarray(tensor.data)  # float arrays as they are; block types as bytes
         floating = tensor.tensor_type in (
