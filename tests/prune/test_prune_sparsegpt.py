@@ -102,3 +102,14 @@ def test_bad_options_are_one_clear_error_and_leave_the_model_untouched(llama: tu
     after = model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_the_sparsegpt_recipe_prunes_two_of_every_four(tmp_path) -> None:
+    from torchslim.pipeline import load_recipe
+    from torchslim.pipeline.runner import RunOptions, compress
+
+    options = RunOptions(repeats=3, measure_stages=False)
+    outcome = compress(zoo.get("tiny-llama"), load_recipe("llm-sparsegpt-2of4"), tmp_path / "s",
+                       options)  # fmt: skip
+    assert outcome.details["stages"][0]["summary"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert (tmp_path / "s" / "manifest.json").is_file()

@@ -2,6 +2,7 @@
 
 from torchslim.pipeline.steps import (
     deploy,
+    gguf,
     mixed_precision,
     prune,
     qat,
@@ -14,6 +15,7 @@ from torchslim.pipeline.steps import (
 
 __all__ = [
     "deploy",
+    "gguf",
     "mixed_precision",
     "prune",
     "qat",
