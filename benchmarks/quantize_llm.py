@@ -198,10 +198,10 @@ def main() -> None:
             losses = window_losses(entry, model, eval_windows)
             row = {**summarize(losses, reference), **info, **setup, "configs": used}
             payload["results"][key] = row
-            brief = {k: v["perplexity"] if isinstance(v, dict) else v for k, v in row.items()}
-            print(key, {k: brief[k] for k in list(brief)[:4]}, info, flush=True)
             payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             write_json(args.output, payload)  # after each row: an interrupted run keeps them
+            brief = {k: row[k]["perplexity"] for k in losses}
+            print(key, brief, info, flush=True)
             del model
     payload["runs"][-1]["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(args.output, payload)

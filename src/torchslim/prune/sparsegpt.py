@@ -134,9 +134,10 @@ def sparsegpt_masks(
     Sequential block by block when the model has a decoder block list, else one pass.
     Layers that need a mask with a width not divisible by m (N:M) are left dense.
     """
-    layers = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
+    linears = {n: m for n, m in layers.items() if isinstance(m, nn.Linear)}
     if nm is not None:
-        layers = {n: m for n, m in layers.items() if m.in_features % nm[1] == 0}
+        linears = {n: m for n, m in linears.items() if m.in_features % nm[1] == 0}
+    layers = dict(linears)
     masks: dict[str, Tensor] = {}
     try:
         prefix, blocks = find_blocks(model)
