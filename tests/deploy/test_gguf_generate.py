@@ -97,3 +97,20 @@ def test_smollm2_gguf_round_trip_through_transformers_and_llama_cpp(tmp_path: Pa
     llm = load_llama_cpp(export.path, threads=1, context=512, all_logits=True)
     llama_nll = float(llama_cpp_window_nlls(llm, window)[0])
     assert math.isclose(llama_nll, torch_nll, rel_tol=0.01)  # llama.cpp: int8 activations
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tiny-llama", "--prompt", "hi"], "tokenizer"),
+        (["missing.gguf", "--prompt", "hi", "--device", "cuda"], "--device cuda"),
+    ],
+)
+def test_generate_command_errors_say_what_to_do(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from torchslim.cli import app
+
+    result = CliRunner().invoke(app, ["generate", *args])
+    assert result.exit_code != 0
+    assert message in str(result.exception) + result.output

@@ -22,7 +22,10 @@ def generate_command(
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Continue PROMPT greedily; print the text and the prefill/decode timing."""
+    """Continue PROMPT greedily with a KV cache; print the text, prefill ms and decode tokens/s.
+
+    Example: torchslim generate smollm2-135m --prompt "It was a fine morning" --max-new-tokens 32
+    """
     import torch
 
     from torchslim.commands._render import _print_json, console
@@ -41,15 +44,15 @@ def generate_command(
     else:
         from torchslim import zoo
         from torchslim._devices import check_device
-        from torchslim.zoo.text import _smollm_tokenizer
 
         entry = zoo.get(model)
-        if entry.task != "causal-lm":
-            raise ConfigError(f"{model} is a {entry.task} model; generate takes a causal LM "
-                              "(smollm2-135m) or a .gguf file")  # fmt: skip
+        if entry.task != "causal-lm" or not hasattr(entry, "tokenizer"):
+            raise ConfigError(f"{model} is not a causal LM with a tokenizer; generate takes "
+                              "one (smollm2-135m) or a .gguf file")  # fmt: skip
         torch.set_num_threads(count)
-        lm = entry.load().to(check_device(device))
-        tokenizer = _smollm_tokenizer()
+        target = check_device(device)
+        tokenizer = entry.tokenizer()
+        lm = entry.load().to(target)
         ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         result = generate_torch(lm, ids, max_new_tokens)
         text = tokenizer.decode(result.new_tokens)

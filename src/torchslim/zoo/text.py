@@ -309,6 +309,10 @@ class SmolLM2(ZooEntry):
         )
         return CausalLM(model).eval()
 
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (from its GGUF)."""
+        return _smollm_tokenizer()
+
     def gguf_file(self) -> Any:
         """The GGUF the model is loaded from (a template for GGUF export: tokenizer, config)."""
         return package_file(*SMOLLM_GGUF)
