@@ -114,3 +114,23 @@ def test_generate_command_errors_say_what_to_do(args: list[str], message: str) -
     result = CliRunner().invoke(app, ["generate", *args])
     assert result.exit_code != 0
     assert message in str(result.exception) + result.output
+
+
+@pytest.mark.slow
+@pytest.mark.assets
+def test_the_gguf_step_runs_smollm2_on_llama_cpp(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    from torchslim.pipeline import parse_recipe
+    from torchslim.pipeline.runner import RunOptions, compress
+
+    recipe = parse_recipe(
+        "version: 1\nstages:\n  - step: quantize\n    weight: int4-g32\n    observer: minmax\n"
+        "    ignore: ['re:.*lm_head']\n    calibration_batches: 2\n  - step: gguf\n"
+    )
+    outcome = compress(zoo.get("smollm2-135m"), recipe, tmp_path / "g",
+                       RunOptions(repeats=3, measure_stages=False))  # fmt: skip
+    gguf_bytes = outcome.details["stages"][1]["summary"]["gguf_bytes"]
+    assert (tmp_path / "g" / "model.gguf").stat().st_size == gguf_bytes
+    assert gguf_bytes < 0.2 * outcome.before.size_bytes  # 4-bit blocks vs fp32
+    before, after = outcome.before.metrics, outcome.after.metrics
+    assert after["perplexity_austen"] < 1.3 * before["perplexity_austen"]
