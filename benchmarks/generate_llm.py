@@ -94,6 +94,33 @@ def llama_quantize(source: Path, target: Path, kind: str, threads: int) -> None:
         raise RuntimeError(f"llama_model_quantize({kind}) returned {code}")
 
 
+def gptq_model(
+    model: torch.nn.Module, kind: str, calibration: list, windows: dict, work: Path
+) -> tuple[torch.nn.Module, float, dict[str, torch.Tensor]]:
+    """GPTQ on ``kind``'s grid, its seconds and torch's per-window NLLs; cached in ``work`` so
+    a run can prepare it (``--prepare``) while llama.cpp is not there yet."""
+    from safetensors.torch import load_file, save_file
+
+    quantized = copy.deepcopy(model)
+    quantize_(quantized, QuantConfig(weight=TORCHSLIM_FORMATS[kind], observer="minmax",
+                                     ignore=("re:.*lm_head",)))  # fmt: skip
+    weights, facts = work / f"gptq-{kind}.safetensors", work / f"gptq-{kind}.json"
+    if weights.is_file() and facts.is_file():
+        quantized.load_state_dict(load_file(weights), strict=False)
+        cached = json.loads(facts.read_text())
+        nlls = {t: torch.tensor(v, dtype=torch.float64) for t, v in cached["nlls"].items()}
+        return quantized, cached["seconds"], nlls
+    start = time.perf_counter()
+    gptq_(quantized, calibration, GPTQConfig(mode="sequential", act_order=True))
+    seconds = time.perf_counter() - start
+    nlls = {text: window_nlls(quantized, w) for text, w in windows.items()}
+    state = {k: v.contiguous() for k, v in quantized.state_dict().items() if "layers" in k}
+    save_file(state, weights)
+    facts.write_text(json.dumps({"seconds": seconds,
+                                 "nlls": {t: v.tolist() for t, v in nlls.items()}}))  # fmt: skip
+    return quantized, seconds, nlls
+
+
 def measure_gguf(path: Path, prompt: list[int], args: Any, windows: dict) -> dict[str, Any]:
     llm = load_llama_cpp(path, args.threads, context=512, all_logits=True)
     nlls = {text: llama_cpp_window_nlls(llm, w) for text, w in windows.items()}
@@ -111,6 +138,9 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=8, help="512-token GPTQ windows")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/torchslim-generate-llm"))
     parser.add_argument("--merge", action="store_true", help="keep measured rows, add the rest")
+    parser.add_argument(
+        "--prepare", action="store_true", help="only the GPTQ models (no llama.cpp)"
+    )
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     args.threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
@@ -154,6 +184,11 @@ def main() -> None:
     entry = zoo.get("smollm2-135m")
     model = entry.load()
     prompt = token_windows("austen-eval", 512)[0, :PROMPT_TOKENS].tolist()
+    if args.prepare:
+        calibration = entry.calibration_batches(args.calibration)
+        for kind in TORCHSLIM_FORMATS:
+            gptq_model(model, kind, calibration, windows, work)
+        return
     reference = stored("torch_fp32_eager")
     if reference is None:
         nlls = {text: window_nlls(model, w) for text, w in windows.items()}
@@ -175,13 +210,7 @@ def main() -> None:
             save(f"llama.cpp_{kind}", measure_gguf(own, prompt, args, windows), reference)
         if kind not in TORCHSLIM_FORMATS or stored(f"torchslim_gptq_{kind}") is not None:
             continue
-        quantized = copy.deepcopy(model)
-        start = time.perf_counter()
-        quantize_(quantized, QuantConfig(weight=TORCHSLIM_FORMATS[kind], observer="minmax",
-                                         ignore=("re:.*lm_head",)))  # fmt: skip
-        gptq_(quantized, calibration, GPTQConfig(mode="sequential", act_order=True))
-        seconds = time.perf_counter() - start
-        before = {text: window_nlls(quantized, w) for text, w in windows.items()}
+        quantized, seconds, before = gptq_model(model, kind, calibration, windows, work)
         path = work / f"smollm2-torchslim-gptq-{kind}.gguf"
         export = export_gguf(quantized, own, path)
         row = measure_gguf(path, prompt, args, windows)
