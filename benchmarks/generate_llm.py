@@ -95,8 +95,9 @@ def llama_quantize(source: Path, target: Path, kind: str, threads: int) -> None:
 
 
 def gptq_model(
-    model: torch.nn.Module, kind: str, calibration: list, windows: dict, work: Path
-) -> tuple[torch.nn.Module, float, dict[str, torch.Tensor]]:
+    model: torch.nn.Module, kind: str, calibration: list, windows: dict, work: Path,
+    wait_minutes: int = 0,
+) -> tuple[torch.nn.Module, float, dict[str, torch.Tensor]]:  # fmt: skip
     """GPTQ on ``kind``'s grid, its seconds and torch's per-window NLLs; cached in ``work`` so
     a run can prepare it (``--prepare``) while llama.cpp is not there yet."""
     from safetensors.torch import load_file, save_file
@@ -105,11 +106,18 @@ def gptq_model(
     quantize_(quantized, QuantConfig(weight=TORCHSLIM_FORMATS[kind], observer="minmax",
                                      ignore=("re:.*lm_head",)))  # fmt: skip
     weights, facts = work / f"gptq-{kind}.safetensors", work / f"gptq-{kind}.json"
+    count = min(len(w) for w in windows.values())
+    for _ in range(wait_minutes * 6):  # a --prepare run may still be writing it
+        if facts.is_file():
+            break
+        time.sleep(10)
     if weights.is_file() and facts.is_file():
         quantized.load_state_dict(load_file(weights), strict=False)
         cached = json.loads(facts.read_text())
-        nlls = {t: torch.tensor(v, dtype=torch.float64) for t, v in cached["nlls"].items()}
-        return quantized, cached["seconds"], nlls
+        if all(len(v) >= count for v in cached["nlls"].values()):
+            nlls = {t: torch.tensor(v[:count], dtype=torch.float64)
+                    for t, v in cached["nlls"].items()}  # fmt: skip
+            return quantized, cached["seconds"], nlls
     start = time.perf_counter()
     gptq_(quantized, calibration, GPTQConfig(mode="sequential", act_order=True))
     seconds = time.perf_counter() - start
@@ -174,8 +182,13 @@ def main() -> None:
 
     def stored(name: str) -> dict | None:
         row = rows.get(name)
-        if row and not args.quick:
-            return {t: torch.tensor(v, dtype=torch.float64) for t, v in row["window_nll"].items()}
+        if (
+            row
+            and not args.quick
+            and all(len(v) >= args.windows for v in row["window_nll"].values())
+        ):
+            return {t: torch.tensor(v[: args.windows], dtype=torch.float64)
+                    for t, v in row["window_nll"].items()}  # fmt: skip
         return None
 
     work = args.workdir
@@ -190,6 +203,10 @@ def main() -> None:
             gptq_model(model, kind, calibration, windows, work)
         return
     reference = stored("torch_fp32_eager")
+    if reference is not None:  # measured on more windows before: summarise the ones used here
+        row = rows["torch_fp32_eager"]
+        row.setdefault("perplexity_all_stored_windows", row["perplexity"])
+        row["perplexity"] = quality(reference, None)
     if reference is None:
         nlls = {text: window_nlls(model, w) for text, w in windows.items()}
         speed = time_runs(lambda: generate_torch(model, prompt, NEW_TOKENS), args.repeats)
@@ -208,9 +225,13 @@ def main() -> None:
             llama_quantize(f32, own, kind, args.threads)
         if stored(f"llama.cpp_{kind}") is None:
             save(f"llama.cpp_{kind}", measure_gguf(own, prompt, args, windows), reference)
+    for kind in kinds:
+        own = work / f"smollm2-llama.cpp-{kind}.gguf"
         if kind not in TORCHSLIM_FORMATS or stored(f"torchslim_gptq_{kind}") is not None:
             continue
-        quantized, seconds, before = gptq_model(model, kind, calibration, windows, work)
+        quantized, seconds, before = gptq_model(
+            model, kind, calibration, windows, work, args.wait_prepared
+        )
         path = work / f"smollm2-torchslim-gptq-{kind}.gguf"
         export = export_gguf(quantized, own, path)
         row = measure_gguf(path, prompt, args, windows)
