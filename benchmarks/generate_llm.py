@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument(
         "--prepare", action="store_true", help="only the GPTQ models (no llama.cpp)"
     )
+    parser.add_argument("--wait-prepared", type=int, default=0, help="minutes to wait for them")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     args.threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
