@@ -27,6 +27,7 @@ from torchslim.commands._render import _print_json, console, note_synthetic_data
 from torchslim.commands.compress import compress_command, recipe_app
 from torchslim.commands.distill import distill_command
 from torchslim.commands.factorize import factorize_command
+from torchslim.commands.generate import generate_command
 from torchslim.commands.prune import prune_command
 from torchslim.commands.quantize import quantize_command
 from torchslim.commands.search import report_command
@@ -333,6 +334,7 @@ app.add_typer(recipe_app, name="recipe")
 app.command("distill")(distill_command)
 app.command("quantize")(quantize_command)
 app.command("factorize")(factorize_command)
+app.command("generate")(generate_command)
 
 
 def main() -> None:

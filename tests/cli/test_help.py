@@ -11,7 +11,7 @@ from torchslim.cli import app
 COMMANDS = [
     ["zoo", "list"], ["fetch"], ["train"], ["evaluate"], ["demo"], ["hw"], ["profile"],
     ["prune"], ["quantize"], ["distill"], ["compress"], ["recipe", "list"], ["recipe", "steps"],
-    ["recipe", "validate"], ["factorize"],
+    ["recipe", "validate"], ["factorize"], ["generate"],
 ]  # fmt: skip
 
 

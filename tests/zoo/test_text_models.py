@@ -136,6 +136,8 @@ def test_smollm2_calibration_shares_no_32_token_run_with_eval():
     entry = text.SmolLM2()
     evaluated = torch.cat([text.token_windows(f"{s}-eval", 512) for s in ("austen", "lee")])
     assert len(evaluated) >= 2 * entry.eval_windows  # every window evaluation can use
+    for source in ("austen", "lee"):  # benchmarks judge small differences on >= 16 per text
+        assert len(text.token_windows(f"{source}-eval", 512)) >= 16
     assert not runs(entry.calibration_windows(512)) & runs(evaluated)
 
 

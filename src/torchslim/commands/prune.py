@@ -26,7 +26,7 @@ def prune_command(
     model: ModelArgument,
     out: Annotated[Path, typer.Option(help="Artifact directory (model.safetensors + manifest).")],
     method: Annotated[
-        str, typer.Option(help="l1 | l2 | bn | taylor | magnitude | nm | wanda")
+        str, typer.Option(help="l1 | l2 | bn | taylor | magnitude | nm | wanda | sparsegpt")
     ] = "l2",
     target: Annotated[
         str, typer.Option(help="macs=0.5 | flops=0.5 | params=0.5 | ratio=0.3 | sparsity=0.9 | 2:4")

@@ -106,3 +106,38 @@ def tensor_bytes(module: torch.nn.Module) -> int:
     """Bytes of a module's parameters and buffers, at their real dtypes."""
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+class PeakRSS:
+    """Peak resident set size of this process inside a ``with`` block, in bytes (Linux).
+
+    The kernel's high-water mark (VmHWM) is reset on entry (``/proc/self/clear_refs``), so the
+    peak is the block's, not the process's lifetime's; ``start_bytes`` is the RSS on entry.
+    Where the reset is not allowed the peak is the lifetime peak (``reset`` False).
+    """
+
+    def __init__(self) -> None:
+        self.start_bytes = 0
+        self.peak_bytes = 0
+        self.reset = False
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise OSError(f"/proc/self/status has no {field}")
+
+    def __enter__(self) -> PeakRSS:
+        try:
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")  # reset the peak RSS counter
+            self.reset = True
+        except OSError:
+            self.reset = False
+        self.start_bytes = 1024 * self._status_kib("VmRSS")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.peak_bytes = 1024 * self._status_kib("VmHWM")

@@ -17,12 +17,14 @@ from torchslim.prune.unstructured import fold_masks_
 from torchslim.zoo import ZooEntry
 
 STRUCTURED_METHODS = {"l1": "l1", "l2": "l2", "bn": "bn_scale", "taylor": "taylor"}
-MASK_METHODS = {"magnitude": "l1", "l1": "l1", "l2": "l2", "taylor": "taylor", "wanda": "wanda"}
+MASK_METHODS = {"magnitude": "l1", "l1": "l1", "l2": "l2", "taylor": "taylor", "wanda": "wanda",
+                "sparsegpt": "sparsegpt"}  # fmt: skip
 TARGET_KEYS = {"macs": "target_macs_ratio", "flops": "target_macs_ratio",
                "params": "target_params_ratio", "ratio": "uniform_ratio",
                "latency": "target_latency_ratio"}  # fmt: skip
-METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda")
-CALIBRATION_BATCHES = 8  # for "wanda" input norms
+METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda", "sparsegpt")
+CALIBRATION_BATCHES = 8  # for "wanda" input norms and "sparsegpt" Hessians
+CALIBRATED = ("wanda", "sparsegpt")
 
 
 def config_from_words(
@@ -31,7 +33,9 @@ def config_from_words(
     """``--method`` and ``--target`` of ``torchslim prune`` as a validated config.
 
     ``--method wanda`` scores weights by |w| x input norm on the entry's calibration batches
-    (unstructured or N:M). Targets: ``macs=0.5`` / ``flops=0.5`` (fraction removed; FLOPs =
+    (unstructured or N:M); ``--method sparsegpt`` prunes and updates weights layer by layer
+    from the inverse input Hessian on them (unstructured per layer, or N:M).
+    Targets: ``macs=0.5`` / ``flops=0.5`` (fraction removed; FLOPs =
     2 x MACs so the ratio is the same), ``params=0.5``, ``ratio=0.3`` (of every group's units),
     ``latency=0.5`` (fraction of the latency predicted by the calibrated latency model),
     ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
@@ -45,10 +49,10 @@ def config_from_words(
         raise ConfigError(f"--method must be one of {METHODS}, got {method!r}")
     nm = re.fullmatch(r"(\d+):(\d+)", target)
     if nm or method == "nm":
-        if not (nm and method in ("nm", "wanda")):
-            raise ConfigError(f"N:M sparsity is --method nm|wanda --target N:M (e.g. 2:4), got "
-                              f"--method {method} --target {target}")  # fmt: skip
-        scores = "wanda" if method == "wanda" else "l1"
+        if not (nm and method in ("nm", *CALIBRATED)):
+            raise ConfigError(f"N:M sparsity is --method nm|wanda|sparsegpt --target N:M (e.g. "
+                              f"2:4), got --method {method} --target {target}")  # fmt: skip
+        scores = method if method in CALIBRATED else "l1"
         return NMPruneConfig(int(nm.group(1)), int(nm.group(2)), ignore, scores)
     key, _, value = target.partition("=")
     try:
@@ -65,10 +69,12 @@ def config_from_words(
         )
     if key == "sparsity":
         if method not in MASK_METHODS:
-            raise ConfigError(f"--target sparsity=... takes --method magnitude|l1|l2|taylor|wanda, "
-                              f"got {method!r}")  # fmt: skip
+            raise ConfigError(f"--target sparsity=... takes --method magnitude|l1|l2|taylor|wanda|"
+                              f"sparsegpt, got {method!r}")  # fmt: skip
         method = MASK_METHODS[method]
-        return UnstructuredPruneConfig(ratio, method=method, scope=scope or "global", ignore=ignore)
+        default_scope = "layer" if method == "sparsegpt" else "global"
+        return UnstructuredPruneConfig(ratio, method=method, scope=scope or default_scope,
+                                       ignore=ignore)  # fmt: skip
     if key not in TARGET_KEYS:
         raise ConfigError(f"unknown --target kind {key!r}; use macs, flops, params, latency, "
                           "ratio, sparsity or N:M")  # fmt: skip
@@ -121,7 +127,7 @@ def prune_for_entry_(
     if needs_gradients(config):
         accumulate_gradients(entry, model)
     calibration = None
-    if getattr(config, "method", None) == "wanda":
+    if getattr(config, "method", None) in CALIBRATED:
         calibration = entry.calibration_batches(CALIBRATION_BATCHES)
     result = prune_(model, config, inputs, calibration)
     model.zero_grad(set_to_none=True)

@@ -10,8 +10,8 @@ from torchslim.errors import ConfigError, reject_unknown_keys
 
 C = TypeVar("C")
 
-UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement", "wanda")
-NM_METHODS = ("l1", "wanda")
+UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement", "wanda", "sparsegpt")
+NM_METHODS = ("l1", "wanda", "sparsegpt")
 SCOPES = ("global", "layer")
 STRUCTURED_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
 
@@ -56,7 +56,8 @@ class UnstructuredPruneConfig(_DictMixin):
         method: importance score: "l1"/"l2" (|w|, magnitude; arXiv:1506.02626), "taylor"
             (|w * grad| accumulated; arXiv:1906.10771), "movement" (-w * grad accumulated;
             arXiv:2005.07683) or "wanda" (|w| * input-feature norm on calibration data;
-            arXiv:2306.11695).
+            arXiv:2306.11695) or "sparsegpt" (OBS saliency and weight update from the inverse
+            input Hessian on calibration data, layer by layer; arXiv:2301.00774; scope "layer").
         scope: "global" (one threshold over all layers) or "layer" (same sparsity per layer).
         ignore: module names (exact or "re:<regex>") left dense.
     """
@@ -70,6 +71,11 @@ class UnstructuredPruneConfig(_DictMixin):
         _check_ratio("sparsity", self.sparsity)
         _check_choice("method", self.method, UNSTRUCTURED_METHODS)
         _check_choice("scope", self.scope, SCOPES)
+        if self.method == "sparsegpt" and self.scope != "layer":
+            raise ConfigError(
+                "method 'sparsegpt' prunes each layer to the same sparsity: use scope='layer', "
+                f"got scope={self.scope!r}"
+            )
         _check_ignore(self.ignore)
 
 
@@ -81,7 +87,8 @@ class NMPruneConfig(_DictMixin):
         n: weights kept per group, 1 <= n < m.
         m: group size along the input dimension, >= 2.
         ignore: module names (exact or "re:<regex>") left dense.
-        method: "l1" (|w|) or "wanda" (|w| * input-feature norm on calibration data).
+        method: "l1" (|w|), "wanda" (|w| * input-feature norm on calibration data) or
+            "sparsegpt" (OBS saliency + weight update, arXiv:2301.00774).
     """
 
     n: int = 2

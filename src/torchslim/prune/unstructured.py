@@ -2,7 +2,8 @@
 
 Magnitude pruning after Han et al. (arXiv:1506.02626); Taylor importance after Molchanov et al.
 (arXiv:1906.10771); movement pruning after Sanh et al. (arXiv:2005.07683); N:M sparsity after
-Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activations.py``.
+Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activations.py``;
+"sparsegpt" masks and weight updates in ``sparsegpt.py``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torchslim.errors import ConfigError
 from torchslim.prune._targets import weighted_modules
 from torchslim.prune.activations import input_norms, wanda_scores
 from torchslim.prune.config import NMPruneConfig, UnstructuredPruneConfig
+from torchslim.prune.sparsegpt import sparsegpt_masks
 
 Batches = Sequence[Sequence[Any]]
 
@@ -160,6 +162,12 @@ def _scores(
     return {name: wanda_scores(m, norms.get(name)) for name, m in modules.items()}
 
 
+def _needed(calibration: Batches | None) -> Batches:
+    if not calibration:
+        raise ConfigError("sparsegpt needs calibration batches (or example_inputs)")
+    return calibration
+
+
 def unstructured_prune_(
     model: nn.Module, config: UnstructuredPruneConfig, calibration: Batches | None = None
 ) -> dict[str, float]:
@@ -170,8 +178,11 @@ def unstructured_prune_(
     modules = weighted_modules(model, config.ignore)
     if not modules:
         raise ConfigError("no Linear/Conv module left to prune after `ignore`")
-    scores = _scores(model, modules, config.method, calibration)
-    masks = magnitude_masks(scores, config.sparsity, config.scope)
+    if config.method == "sparsegpt":
+        masks = sparsegpt_masks(model, modules, _needed(calibration), config.sparsity)
+    else:
+        scores = _scores(model, modules, config.method, calibration)
+        masks = magnitude_masks(scores, config.sparsity, config.scope)
     apply_masks_(model, masks)
     return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
 
@@ -186,6 +197,11 @@ def nm_prune_(
     """
     masks = {}
     modules = weighted_modules(model, config.ignore)
+    if config.method == "sparsegpt":
+        pattern = (config.m - config.n, config.m)  # pruned of every m
+        masks = sparsegpt_masks(model, modules, _needed(calibration), 0.0, pattern)
+        apply_masks_(model, masks)
+        return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
     scores = _scores(model, modules, config.method, calibration)
     for name, module in modules.items():
         weight = scores[name]

@@ -159,12 +159,28 @@ def hessians(
     return {name: total.value() for name, total in sums.items()}
 
 
-def _inverse_factor(hessian: Tensor, damp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1: (in, in)."""
-    h = hessian.double().clone()
-    h.diagonal().add_(damp * h.diagonal().mean().clamp(min=1e-12))
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h))
-    return torch.linalg.cholesky(inverse, upper=True).float()
+CHOLESKY_RETRIES = 4  # each retry dampens 10x more, as AutoGPTQ/llm-compressor do
+
+
+def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) I)^-1: (in, in). A Hessian that is not
+    positive definite after dampening (few calibration tokens, collinear inputs) is retried
+    with 10x the dampening, up to ``CHOLESKY_RETRIES`` times."""
+    mean_diag = hessian.double().diagonal().mean().clamp(min=1e-12)
+    for attempt in range(CHOLESKY_RETRIES + 1):
+        h = hessian.double().clone()
+        h.diagonal().add_(min(damp * 10**attempt, 1e6) * mean_diag)
+        factor, info = torch.linalg.cholesky_ex(h)
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            if int(info) == 0:
+                return upper.float()
+    largest = damp * 10**CHOLESKY_RETRIES
+    raise ConfigError(
+        f"GPTQ: the layer's Hessian is not positive definite even with damp={largest:g} (the "
+        "calibration inputs are degenerate); use more or more varied calibration batches."
+    )
 
 
 def _slice_qparams(columns: Tensor, fmt: QuantFormat, mse: bool) -> tuple[Tensor, Tensor]:
@@ -206,7 +222,7 @@ def quantize_columns(
         order = torch.argsort(hessian.diagonal(), descending=True)  # (in,)
         grid = _static_groups(w, grid)
         w, hessian = w[:, order], hessian[order][:, order]
-    h_inv = _inverse_factor(hessian, config.damp)  # (in, in)
+    h_inv = inverse_hessian_factor(hessian, config.damp)  # (in, in)
     dynamic_groups = bool(grid.fmt.group_size) and grid.qparams is None
     block = group * math.ceil(config.block_size / group) if dynamic_groups else config.block_size
     scales, zeros = [], []

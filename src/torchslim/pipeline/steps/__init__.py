@@ -2,6 +2,7 @@
 
 from torchslim.pipeline.steps import (
     deploy,
+    gguf,
     lowrank,
     mixed_precision,
     pack,
@@ -17,6 +18,7 @@ from torchslim.pipeline.steps import (
 
 __all__ = [
     "deploy",
+    "gguf",
     "lowrank",
     "mixed_precision",
     "pack",

@@ -16,14 +16,15 @@ from torch import nn
 from torchslim.errors import ConfigError, did_you_mean
 from torchslim.pipeline.registry import Step, StepContext, StepResult, register_step
 
-METHODS = ("rtn", "gptq", "awq")
+METHODS = ("rtn", "gptq", "awq", "awq_gptq")
 
 
 @dataclass(frozen=True)
 class QuantizeOptions:
     """``scheme`` (w8a8, w4-weight, ...: see ``torchslim quantize --help``) or ``weight`` /
     ``activation`` formats; ``observer`` (auto|minmax|...), ``ignore`` (names, ``re:``),
-    ``calibration_batches``, ``method`` (rtn|gptq|awq)."""
+    ``calibration_batches``, ``method`` (rtn|gptq|awq|awq_gptq), ``act_order`` (GPTQ: columns by
+    decreasing Hessian diagonal, static groups)."""
 
     scheme: str | None = None
     weight: str | None = None
@@ -32,8 +33,11 @@ class QuantizeOptions:
     ignore: tuple[str, ...] = ()
     calibration_batches: int = 16
     method: str = "rtn"
+    act_order: bool = False
 
     def __post_init__(self) -> None:
+        if self.act_order and "gptq" not in self.method:
+            raise ConfigError(f"act_order is a GPTQ option; method {self.method!r} does not use it")
         if self.calibration_batches < 1:
             raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
         if self.method not in METHODS:
@@ -72,7 +76,7 @@ def run_quantize(model: nn.Module, options: QuantizeOptions, context: StepContex
     from torchslim.prune.unstructured import fold_masks_
     from torchslim.quantize import quantize_
     from torchslim.quantize.awq import awq_
-    from torchslim.quantize.gptq import gptq_
+    from torchslim.quantize.gptq import GPTQConfig, gptq_
 
     config = options.config()
     if options.method != "rtn" and (
@@ -84,9 +88,11 @@ def run_quantize(model: nn.Module, options: QuantizeOptions, context: StepContex
     result = quantize_(model, config, calibration=batches)
     summary: dict[str, Any] = {"quantize": result.to_dict(), "method": options.method,
                                "masks_folded": folded}  # fmt: skip
-    if options.method != "rtn":
-        report = (awq_ if options.method == "awq" else gptq_)(model, batches)
-        summary["layers_" + options.method] = len(report)
+    if options.method.startswith("awq"):
+        summary["layers_awq"] = len(awq_(model, batches))
+    if options.method.endswith("gptq"):
+        config = GPTQConfig(act_order=options.act_order)
+        summary["layers_gptq"] = len(gptq_(model, batches, config))
     return StepResult(summary)
 
 
