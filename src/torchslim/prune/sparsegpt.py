@@ -14,13 +14,13 @@ mask is attached as a ``WeightMask`` parametrization (as every masked method's i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from torchslim._hessians import recording_hessians
 from torchslim.quantize._blocks import (
     BlockWalkError,
     advance,
@@ -81,36 +81,6 @@ def sparsegpt_weight(
     return w, ~pruned
 
 
-class _HessianSum:
-    """Running 2 / n X^T X of one layer's inputs: (in, in)."""
-
-    def __init__(self, features: int) -> None:
-        self.total = torch.zeros(features, features, dtype=torch.float64)
-        self.count = 0
-
-    def add(self, x: Tensor) -> None:
-        rows = x.detach().reshape(-1, x.shape[-1]).float()  # (n, in)
-        self.total += (rows.T @ rows).double().cpu()
-        self.count += rows.shape[0]
-
-    def value(self) -> Tensor:
-        return (2 * self.total / max(1, self.count)).float()
-
-
-@contextmanager
-def _recording(layers: dict[str, nn.Module]) -> Iterator[dict[str, _HessianSum]]:
-    sums = {name: _HessianSum(m.in_features) for name, m in layers.items()}  # type: ignore[arg-type]
-    handles = [
-        module.register_forward_pre_hook(lambda mod, args, name=name: sums[name].add(args[0]))
-        for name, module in layers.items()
-    ]
-    try:
-        yield sums
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def _prune_layer(
     module: nn.Module, hessian: Tensor, sparsity: float, nm: tuple[int, int] | None
 ) -> Tensor:
@@ -142,7 +112,7 @@ def sparsegpt_masks(
     try:
         prefix, blocks = find_blocks(model)
     except BlockWalkError:
-        with _recording(layers) as sums, torch.no_grad():
+        with recording_hessians(layers) as sums, torch.no_grad():
             for batch in batches:
                 model(*batch)
         for name, total in sums.items():
@@ -153,7 +123,7 @@ def sparsegpt_masks(
         start = f"{prefix}.{index}."
         inside = {n[len(start) :]: m for n, m in layers.items() if n.startswith(start)}
         for group in input_groups(block, inside, calls[0]) if inside else []:
-            with _recording({group[0]: inside[group[0]]}) as sums:
+            with recording_hessians({group[0]: inside[group[0]]}) as sums:
                 for call in calls:  # the group's members share one input: one Hessian
                     run_block_until(block, call, stop_at=inside[group[-1]])
             hessian = sums[group[0]].value()
@@ -163,7 +133,7 @@ def sparsegpt_masks(
             calls = advance(block, calls)
     rest = {n: m for n, m in layers.items() if not n.startswith(f"{prefix}.")}
     if rest:  # layers after the blocks (an untied head): from the model as pruned so far
-        with _recording(rest) as sums, torch.no_grad():
+        with recording_hessians(rest) as sums, torch.no_grad():
             for batch in batches:
                 model(*batch)
         for name, total in sums.items():

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._hessians import recording_hessians
 from torchslim.errors import ConfigError, reject_unknown_keys
 from torchslim.quantize._attention import attention_probe, probes_attention
 from torchslim.quantize._blocks import (
@@ -112,40 +113,6 @@ class GPTQConfig:
         return cls(**values)
 
 
-class _HessianSum:
-    """Running X^T X of one layer's inputs; ``value()`` is H = 2 / n X^T X: (in, in).
-
-    The scale 2 / n does not change GPTQ's result (the dampening is relative to mean diag H)
-    but keeps the proxy losses comparable across calibration sizes."""
-
-    def __init__(self, features: int) -> None:
-        self.total = torch.zeros(features, features, dtype=torch.float64)
-        self.count = 0
-
-    def add(self, x: Tensor) -> None:
-        rows = x.detach().reshape(-1, x.shape[-1]).float()  # (n, in)
-        self.total += (rows.T @ rows).double()  # float32 matmul per batch, float64 across
-        self.count += rows.shape[0]
-
-    def value(self) -> Tensor:
-        return (2 * self.total / max(1, self.count)).float()
-
-
-@contextmanager
-def _recording(layers: dict[str, nn.Module]) -> Iterator[dict[str, _HessianSum]]:
-    """Accumulate each layer's input Hessian while the block runs inside the ``with``."""
-    sums = {name: _HessianSum(m.in_features) for name, m in layers.items()}  # type: ignore[arg-type]
-    handles = [
-        module.register_forward_pre_hook(lambda mod, args, name=name: sums[name].add(args[0]))
-        for name, module in layers.items()
-    ]
-    try:
-        yield sums
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def hessians(
     model: nn.Module, layers: dict[str, QuantLinear], batches: list[tuple[Any, ...]],
     quantized: bool = False,
@@ -153,7 +120,7 @@ def hessians(
     """H = 2 / n X^T X of every layer's input over the batches, (in, in) each; the inputs of
     the float model, or of the model as quantized so far when ``quantized``."""
     float_model = quantization_disabled(model) if not quantized else contextlib.nullcontext()
-    with _recording(layers) as sums, torch.no_grad(), eval_mode(model), float_model:  # type: ignore[arg-type]
+    with recording_hessians(layers) as sums, torch.no_grad(), eval_mode(model), float_model:  # type: ignore[arg-type]
         for batch in batches:
             model(*batch)
     return {name: total.value() for name, total in sums.items()}
@@ -368,7 +335,7 @@ def _gptq_block(
     pending = dict(layers)
     for group in input_groups(block, layers, calls[0]):
         first, last = pending[group[0]], pending[group[-1]]
-        with _weights_float(pending.values()), _recording({group[0]: first}) as sums:
+        with _weights_float(pending.values()), recording_hessians({group[0]: first}) as sums:
             for call in calls:  # the group's members share one input: one Hessian
                 run_block_until(block, call, stop_at=last)
         hessian = sums[group[0]].value()
