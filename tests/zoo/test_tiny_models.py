@@ -45,7 +45,9 @@ def test_tiny_entry_is_deterministic_finite_and_its_own_reference(name):
     assert torch.isfinite(output).all() and output.abs().max() > 1e-6
     metrics = entry.evaluate(first)
     assert metrics["cosine_vs_reference"] == pytest.approx(1.0, abs=1e-6)
-    assert metrics["max_abs_diff_vs_reference"] == 0.0
+    # the reference is cached once per process: a thread count changed by an earlier test may
+    # pick another conv kernel, which may differ in the last bit
+    assert metrics["max_abs_diff_vs_reference"] <= 1e-5
     assert set(metrics) == set(entry.metric_names())
 
 
