@@ -21,6 +21,7 @@ stages:
 """
 
 
+@pytest.mark.slow  # profiles (a latency-model calibration when the cache is cold), then deploys
 def test_demo_compresses_and_prints_what_the_recipe_bought(tmp_path):
     recipe = tmp_path / "quick.yaml"
     recipe.write_text(QUICK)
