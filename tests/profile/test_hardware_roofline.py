@@ -94,6 +94,11 @@ def test_latency_model_round_trips_and_predicts_a_sum():
     report = profile(nn.ReLU(), (torch.randn(1000),), measure_memory=False)
     single = model.predict(report.records, module_calls=0)
     assert model.predict(report.records, module_calls=3) == pytest.approx(single + 3e-6)
+    calls = LatencyModel(model.classes, 0.0, 1, "cpu", python_call_s=1e-7, calls_per_op=4.0)
+    work = calls.predict(report.records, 0, python_calls=0)
+    assert calls.predict(report.records, 0, python_calls=50) == pytest.approx(work + 5e-6)
+    estimated = calls.predict(report.records, 0, python_calls=None)  # e.g. profiled on meta
+    assert estimated == pytest.approx(work + 4 * len(report.records) * 1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +127,10 @@ def test_calibration_covers_every_class_and_is_cached(calibrated):
     } <= set(model.classes)
     cached = list((home / "hardware").glob("*-latency-v*.json"))
     assert len(cached) == 1 and json.loads(cached[0].read_text())["threads"] == 1
-    assert model.trust.trusted and model.op_overhead_s > 0 and model.module_call_s > 0
+    assert model.trust.trusted
+    rates = (model.op_overhead_s, model.module_call_s, model.python_call_s)
+    assert min(rates) >= 0 and model.python_call_s > 0  # nested modules are all overhead
+    assert model.calls_per_op > 0 or model.calls_per_module_call > 0
 
 
 def test_cli_profile_json_and_compare(calibrated, monkeypatch):

@@ -65,6 +65,41 @@ def test_verdict_names_the_spread_and_the_load():
     assert drift(QUIET, DRIFTED_QUIET) == pytest.approx(1.0)
 
 
+def test_other_processes_cpu_use_decides_load_where_it_is_measured():
+    # the load average counts this process's own threads: a benchmark that has just measured on
+    # both cores reads 2.0 but nobody else is running
+    own_load = ProbeReading(QUIET.reference_ms, 0.05, 2.0, 2, others_cpus=0.1)
+    assert verdict(own_load, threads=2) == Trust(True)
+    others = ProbeReading(QUIET.reference_ms, 0.05, 0.0, 2, others_cpus=1.2)
+    busy = verdict(others, threads=2)
+    assert not busy.trusted and "other processes used 1.20 of 2 CPUs" in busy.reason
+    assert verdict(others, threads=1) == Trust(True)  # one core left to them, and they use it
+    assert ProbeReading.from_dict(others.to_dict()) == others
+    old = {k: v for k, v in QUIET.to_dict().items() if k != "others_cpus"}  # older cache files
+    assert ProbeReading.from_dict(old).others_cpus is None
+
+
+def test_others_cpu_counts_another_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    meter = machine_state.OthersCpu()
+    meter.start()
+    if meter.stop() is None:
+        pytest.skip("no /proc/stat on this platform")
+    spinner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.monotonic()+3\n"
+                                "while time.monotonic()<t: pass"])  # fmt: skip
+    try:
+        time.sleep(0.5)
+        meter.start()
+        time.sleep(1.0)  # this process idle: whatever is counted is someone else's
+        busy = meter.stop()
+    finally:
+        spinner.kill()
+    assert busy is not None and busy > 0.5  # at least most of the spinner's core
+
+
 def test_a_busy_calibration_is_not_cached_and_not_trusted(home, monkeypatch):
     machine = _Machine(monkeypatch, BUSY)
     model, trust = trusted_model(threads=2)
@@ -109,7 +144,7 @@ def test_calibration_records_a_busy_probe_as_untrusted(monkeypatch):
     monkeypatch.setattr(latency_model, "_cases", lambda device: iter(cases))
     model = latency_model.calibrate(threads=1)
     assert not model.trust.trusted and "load average" in model.trust.reason
-    assert model.probe == BUSY and model.op_overhead_s > 0
+    assert model.probe == BUSY and model.op_overhead_s + model.python_call_s > 0
 
 
 def test_every_op_pays_the_framework_overhead_and_every_module_call_its_own():

@@ -10,6 +10,7 @@ from torch import nn
 
 from torchslim.errors import InputShapeError
 from torchslim.evaluate.memory import peak_activation_bytes
+from torchslim.profile.calls import CallCounter
 from torchslim.profile.costs import OpCost, cost_of, tensor_bytes
 from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.report import CostTotals, ProfileReport
@@ -21,12 +22,14 @@ def profile(
     example_inputs: Sequence[Any],
     name: str | None = None,
     measure_memory: bool = True,
+    count_calls: bool = False,
 ) -> ProfileReport:
     """Count every ATen op of one forward pass of ``model`` on ``example_inputs``.
 
     Runs on whatever device the model and inputs are on, including ``meta`` (no memory, no
     compute: a model too big for this machine can be profiled). The measured peak activation
-    memory needs real tensors and is skipped on meta.
+    memory needs real tensors and is skipped on meta. ``count_calls`` runs one more plain forward
+    to count its Python and C function calls (for the latency model; not on meta).
     """
     inputs = tuple(example_inputs)
     tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
@@ -44,6 +47,11 @@ def profile(
     measured = None
     if measure_memory and not on_meta:
         measured = peak_activation_bytes(lambda: model(*inputs), [*tensors, *unique.values()])
+    python_calls = None
+    if count_calls and not on_meta:
+        with torch.no_grad(), CallCounter() as counted:
+            model(*inputs)
+        python_calls = counted.calls
     params = {id(p): p for p in model.parameters()}
     return ProfileReport(
         model=name or type(model).__name__,
@@ -54,6 +62,7 @@ def profile(
         input_shapes=[tuple(t.shape) for t in tensors],
         measured_peak_activation_bytes=measured,
         module_calls=dict(counter.module_calls),
+        python_calls=python_calls,
     )
 
 

@@ -78,7 +78,7 @@ def analyze(
 
     With ``measure`` (and real tensors) also times the model and each op on this machine.
     """
-    report = profile(model, inputs, name=name, measure_memory=measure)
+    report = profile(model, inputs, name=name, measure_memory=measure, count_calls=hardware is None)
     on_meta = any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in inputs)
     measure = measure and not on_meta
     device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), torch.device("cpu"))
@@ -88,7 +88,7 @@ def analyze(
     trust = Trust(True)
     if here:
         latency_model, trust = trusted_model(threads, device=str(device))
-        predicted_s = latency_model.predict(report.records, sum(report.module_calls.values()))
+        predicted_s = latency_model.predict_report(report)
         per_op = predicted_by_op(report, latency_model)
         method = (
             "per-op framework overhead + per-op-class efficiency, calibrated on this machine's "

@@ -4,8 +4,12 @@ Each op class (conv, conv_depthwise, matmul, attention, elementwise, normalizati
 the measured time of isolated layers over a grid of generic shapes timed here; an op is predicted
 from the efficiency of its nearest micro-benchmarks (see ``ClassFit``). The model being predicted
 is never timed for the calibration. A whole model is predicted as the sum over its ops of a fixed
-framework overhead per ATen op (dispatch, allocation: timed on a chain of tiny ops) plus the
-op's work time, plus an overhead for each module call (``nn.Module.__call__``).
+framework overhead per ATen op plus the op's work time, plus an overhead for each module call
+(``nn.Module.__call__``) and for each Python or C function call the forward makes (counted with
+``sys.setprofile``: a transformers forward makes ten calls per ATen op, a plain CNN two or three).
+The three overhead rates are fitted (non-negative least squares) to the time left after the
+work estimate on small programs made of overhead (``overhead_programs``), none of them a zoo
+model.
 
 A calibration records a probe of the machine (``machine_state``): a noisy calibration is never
 cached, and a cached one is re-validated by a short probe before each use.
@@ -13,7 +17,9 @@ cached, and a cached one is re-validated by a short probe before each use.
 
 from __future__ import annotations
 
+import copy
 import functools
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.optimize import nnls
 from torch import nn
 
 from torchslim._io import write_json
@@ -31,9 +38,11 @@ from torchslim.evaluate.latency import measure_latency
 from torchslim.profile import machine_state
 from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, drift, verdict
+from torchslim.profile.overhead_programs import overhead_programs
+from torchslim.profile.report import ProfileReport
 from torchslim.zoo._assets import home
 
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4
 WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
 
 
@@ -104,8 +113,9 @@ class ClassFit:
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """Per-class fits of work time, the framework overhead of one ATen op and of one module call,
-    and the probe of the machine taken when it was calibrated."""
+    """Per-class fits of work time; the framework overhead of one ATen op, of one module call and
+    of one Python/C function call; how many calls an op and a module call make where calls were
+    not counted (a profile on ``meta``); the probe of the machine taken when it was calibrated."""
 
     classes: dict[str, ClassFit]
     module_call_s: float
@@ -114,6 +124,9 @@ class LatencyModel:
     op_overhead_s: float = 0.0
     probe: ProbeReading | None = None
     trust: Trust = field(default_factory=lambda: Trust(True))
+    python_call_s: float = 0.0
+    calls_per_op: float = 0.0
+    calls_per_module_call: float = 0.0
 
     def predict_op(self, record: OpRecord) -> float:
         """Overhead plus work; an op without a cost rule costs its overhead only."""
@@ -122,10 +135,25 @@ class LatencyModel:
         fit = self.classes.get(record.op_class) or self.classes["elementwise"]
         return self.op_overhead_s + fit.predict(record.cost.flops, record.cost.bytes)
 
-    def predict(self, records: list[OpRecord], module_calls: int) -> float:
+    def predict(
+        self, records: list[OpRecord], module_calls: int, python_calls: int | None = None
+    ) -> float:
         """Predicted seconds of one forward pass; ``module_calls`` counts every module forward
-        that ran (the model's own included)."""
-        return sum(self.predict_op(r) for r in records) + module_calls * self.module_call_s
+        that ran (the model's own included), ``python_calls`` the Python and C function calls
+        (None: estimated from the ops and module calls)."""
+        if python_calls is None:
+            python_calls = round(
+                self.calls_per_op * len(records) + self.calls_per_module_call * module_calls
+            )
+        return (
+            sum(self.predict_op(r) for r in records)
+            + module_calls * self.module_call_s
+            + python_calls * self.python_call_s
+        )
+
+    def predict_report(self, report: ProfileReport) -> float:
+        """Predicted seconds of the forward pass ``report`` counted."""
+        return self.predict(report.records, sum(report.module_calls.values()), report.python_calls)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +162,9 @@ class LatencyModel:
             "leave_one_out_error": {n: f.leave_one_out_error() for n, f in self.classes.items()},
             "module_call_s": self.module_call_s,
             "op_overhead_s": self.op_overhead_s,
+            "python_call_s": self.python_call_s,
+            "calls_per_op": self.calls_per_op,
+            "calls_per_module_call": self.calls_per_module_call,
             "threads": self.threads,
             "device": self.device,
             "probe": None if self.probe is None else self.probe.to_dict(),
@@ -154,6 +185,9 @@ class LatencyModel:
             op_overhead_s=values.get("op_overhead_s", 0.0),
             probe=None if probe is None else ProbeReading.from_dict(probe),
             trust=Trust(**values.get("trust", {"trusted": True})),
+            python_call_s=values.get("python_call_s", 0.0),
+            calls_per_op=values.get("calls_per_op", 0.0),
+            calls_per_module_call=values.get("calls_per_module_call", 0.0),
         )
 
 
@@ -284,6 +318,24 @@ class _Overheads:
         return max(seconds - overhead, WORK_FLOOR * seconds)
 
 
+ROTATE_BYTES = 16 * 2**20  # cycle layer copies until their weights overflow a core's L2 cache
+
+
+def _cold_weights(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
+    """A call of ``fn(*args)`` that reads its weights from beyond the L2 cache, as each layer of
+    a model does once per forward: the call cycles through copies of the layer. Timed on one
+    hot copy, a Linear at batch 1 ran twice as fast as in a model (measured: 1x576x1536,
+    131 us hot, 282 us rotating)."""
+    if not isinstance(fn, nn.Module):
+        return functools.partial(fn, *args)
+    weight_bytes = sum(p.numel() * p.element_size() for p in fn.parameters())
+    if weight_bytes == 0:
+        return functools.partial(fn, *args)
+    copies = [fn, *(copy.deepcopy(fn) for _ in range(min(31, ROTATE_BYTES // weight_bytes)))]
+    turn = itertools.cycle(copies)
+    return lambda: next(turn)(*args)
+
+
 def _time_cases(
     device: torch.device, threads: int | None, overheads: _Overheads
 ) -> tuple[dict[str, list[Sample]], float]:
@@ -295,7 +347,7 @@ def _time_cases(
         costed = [(r, r.cost) for r in records if r.cost is not None]
         main = max(costed, key=lambda rc: (rc[1].flops, rc[1].bytes))[0]
         stats = measure_latency(
-            functools.partial(fn, *args),
+            _cold_weights(fn, args),
             warmup=2,
             repeats=7,
             threads=threads,
@@ -311,6 +363,52 @@ def _time_cases(
     return rows, float(np.median(spreads))
 
 
+@dataclass(frozen=True)
+class _OverheadFit:
+    op_s: float
+    module_call_s: float
+    python_call_s: float
+    calls_per_op: float
+    calls_per_module_call: float
+    programs: dict[str, dict[str, float]]
+
+
+def _fit_overheads(
+    classes: dict[str, ClassFit], device: torch.device, threads: int | None
+) -> _OverheadFit:
+    """Overhead rates that explain the overhead programs' measured time beyond their work."""
+    from torchslim.profile import profile
+
+    work_only = LatencyModel(classes, 0.0, threads or 1, str(device))
+    features, left, seen = [], [], {}
+    for name, model, inputs in overhead_programs(device):
+        report = profile(model, inputs, measure_memory=False, count_calls=True)
+        seconds = (
+            measure_latency(
+                lambda m=model, x=inputs: m(*x),
+                warmup=5,
+                repeats=50,
+                threads=threads,
+                device=device,
+            ).median
+            / 1e3
+        )
+        ops, modules = len(report.records), sum(report.module_calls.values())
+        calls = report.python_calls or 0
+        features.append([ops, modules, calls])
+        left.append(max(seconds - work_only.predict_report(report), 0.0))
+        seen[name] = {
+            "ops": ops,
+            "module_calls": modules,
+            "python_calls": calls,
+            "ms": seconds * 1e3,
+        }
+    rates = nnls(np.array(features, dtype=float), np.array(left))[0]
+    counts = np.array(features, dtype=float)
+    per = nnls(counts[:, :2], counts[:, 2])[0]  # calls ~ ops and module calls
+    return _OverheadFit(*(float(r) for r in rates), float(per[0]), float(per[1]), seen)
+
+
 def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
     """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU).
 
@@ -322,6 +420,8 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
     before = machine_state.probe_machine(count, str(device))
     overheads = _Overheads(_op_overhead_seconds(device), _module_call_seconds(device))
     rows, case_spread = _time_cases(device, threads, overheads)
+    classes = {name: ClassFit.of(class_rows) for name, class_rows in rows.items()}
+    fitted = _fit_overheads(classes, device, threads)
     after = machine_state.probe_machine(count, str(device))
     trust = verdict(before, count)
     if case_spread > machine_state.SPREAD_LIMIT:
@@ -330,13 +430,16 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
     if moved > DRIFT_LIMIT:
         trust = trust.and_(Trust(False, f"machine drifted {moved:.0%} while calibrating"))
     return LatencyModel(
-        classes={name: ClassFit.of(class_rows) for name, class_rows in rows.items()},
-        module_call_s=overheads.module_call_s,
+        classes=classes,
+        module_call_s=fitted.module_call_s,
         threads=count,
         device=str(device),
-        op_overhead_s=overheads.op_s,
+        op_overhead_s=fitted.op_s,
         probe=before,
         trust=trust,
+        python_call_s=fitted.python_call_s,
+        calls_per_op=fitted.calls_per_op,
+        calls_per_module_call=fitted.calls_per_module_call,
     )
 
 

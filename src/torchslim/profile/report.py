@@ -65,6 +65,7 @@ class ProfileReport:
     measured_peak_activation_bytes: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     module_calls: dict[str, int] = field(default_factory=dict)  # path -> forward runs
+    python_calls: int | None = None  # Python and C function calls of one plain forward
 
     @property
     def total(self) -> CostTotals:
@@ -112,6 +113,7 @@ class ProfileReport:
                 "measured": self.measured_peak_activation_bytes,
             },
             "unsupported_ops": self.unsupported_ops,
+            "python_calls": self.python_calls,
             "by_op": {name: t.to_dict() for name, t in self.by_op().items()},
             "by_module": {name: t.to_dict() for name, t in self.by_module().items()},
             **self.extra,

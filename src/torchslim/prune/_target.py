@@ -29,12 +29,16 @@ def target_of(config: StructuredPruneConfig) -> tuple[str, float] | None:
 def cost(model: nn.Module, example_inputs: tuple[Any, ...], what: str) -> float:
     """``what`` of one forward of ``model`` (also on ``meta``): MACs from the profiler, the
     parameter count, or seconds predicted by the profiler's calibrated latency model."""
-    report = profile(model, example_inputs, measure_memory=False)
+    report = profile(
+        model,
+        example_inputs,
+        measure_memory=False,
+        count_calls=what == TARGETS["target_latency_ratio"],
+    )
     if what == "MACs":
         return float(report.total.macs)
     if what == "parameters":
         return float(report.params)
     from torchslim.profile.latency_model import calibrated_model
 
-    calls = sum(report.module_calls.values())
-    return calibrated_model().predict(report.records, calls)
+    return calibrated_model().predict_report(report)
