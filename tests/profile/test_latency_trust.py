@@ -144,7 +144,7 @@ def test_calibration_records_a_busy_probe_as_untrusted(monkeypatch):
     monkeypatch.setattr(latency_model, "_cases", lambda device: iter(cases))
     model = latency_model.calibrate(threads=1)
     assert not model.trust.trusted and "load average" in model.trust.reason
-    assert model.probe == BUSY and model.op_overhead_s + model.python_call_s > 0
+    assert model.probe == BUSY
 
 
 def test_every_op_pays_the_framework_overhead_and_every_module_call_its_own():

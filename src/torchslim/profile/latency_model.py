@@ -17,6 +17,7 @@ cached, and a cached one is re-validated by a short probe before each use.
 
 from __future__ import annotations
 
+import collections
 import copy
 import functools
 import itertools
@@ -319,21 +320,25 @@ class _Overheads:
 
 
 ROTATE_BYTES = 16 * 2**20  # cycle layer copies until their weights overflow a core's L2 cache
+KEEP_OUTPUTS = 4  # outputs of recent calls kept alive, as a model keeps its activations
 
 
 def _cold_weights(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
     """A call of ``fn(*args)`` that reads its weights from beyond the L2 cache, as each layer of
     a model does once per forward: the call cycles through copies of the layer. Timed on one
     hot copy, a Linear at batch 1 ran twice as fast as in a model (measured: 1x576x1536,
-    131 us hot, 282 us rotating)."""
-    if not isinstance(fn, nn.Module):
-        return functools.partial(fn, *args)
-    weight_bytes = sum(p.numel() * p.element_size() for p in fn.parameters())
-    if weight_bytes == 0:
-        return functools.partial(fn, *args)
-    copies = [fn, *(copy.deepcopy(fn) for _ in range(min(31, ROTATE_BYTES // weight_bytes)))]
-    turn = itertools.cycle(copies)
-    return lambda: next(turn)(*args)
+    131 us hot, 282 us rotating). The last few outputs are kept alive, so that each call writes
+    to memory the previous calls did not just free (as a model's ops write new activations)."""
+    call = functools.partial(fn, *args)
+    weight_bytes = 0
+    if isinstance(fn, nn.Module):
+        weight_bytes = sum(p.numel() * p.element_size() for p in fn.parameters())
+    if weight_bytes:
+        copies = [fn, *(copy.deepcopy(fn) for _ in range(min(31, ROTATE_BYTES // weight_bytes)))]
+        turn = itertools.cycle(copies)
+        call = lambda: next(turn)(*args)  # noqa: E731
+    recent: collections.deque[Any] = collections.deque(maxlen=KEEP_OUTPUTS)
+    return lambda: recent.append(call())
 
 
 def _time_cases(
