@@ -162,8 +162,12 @@ def test_a_worker_started_by_the_benchmark_ignores_ctrl_c():
     """A terminal sends Ctrl-C to the whole process group; the workers must not react."""
     context = multiprocessing.get_context("spawn")
     worker = context.Process(target=signal.raise_signal, args=(signal.SIGINT,))
-    with _sigint_ignored():
-        worker.start()
-    worker.join()
-    assert worker.exitcode == 0  # with SIGINT not ignored: KeyboardInterrupt, exit code 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored here
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with _sigint_ignored():
+            worker.start()
+        worker.join()
+        assert worker.exitcode == 0  # with SIGINT not ignored: KeyboardInterrupt, exit code 1
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored here
+    finally:
+        signal.signal(signal.SIGINT, before)  # pytest run in the background starts with SIG_IGN

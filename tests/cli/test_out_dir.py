@@ -199,6 +199,12 @@ def _worker_runs_and_parent_handles_ctrl_c(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="watches workers through /proc")
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored, and a child
+    inherits that: give the command the terminal's Ctrl-C whatever ran this test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_quantize_is_one_line_exit_130_and_leaves_nothing(tmp_path):
     """Ctrl-C once the deploy race's worker processes run: the terminal sends SIGINT to the
     whole process group, as ``killpg`` does here."""
@@ -218,7 +224,7 @@ def test_ctrl_c_during_quantize_is_one_line_exit_130_and_leaves_nothing(tmp_path
     ]  # a full race: finalists within 1.5x of the best are re-timed in worker processes
     process = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal,
     )  # fmt: skip
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(process.stderr.readline, "")))
