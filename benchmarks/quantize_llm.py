@@ -41,10 +41,11 @@ from torchslim.evaluate.memory import PeakRSS
 from torchslim.quantize import QuantConfig, quantize_
 from torchslim.quantize.awq import AWQConfig, awq_
 from torchslim.quantize.gptq import GPTQConfig, gptq_
+from torchslim.quantize.rotate import RotateConfig, rotate_
 from torchslim.zoo.text import perplexity_spread, token_windows, window_nlls
 
 OUTPUT = Path(__file__).parent / "results" / "quantize_llm_windows16.json"
-METHODS = ("rtn_minmax", "rtn_mse", "gptq", "awq", "awq_gptq")
+METHODS = ("rtn_minmax", "rtn_mse", "gptq", "awq", "awq_gptq", "rot_rtn", "rot_gptq")
 FORMATS = ("int8", "int4", "uint4", "int4-g64", "uint4-g64", "int3-g64", "uint3-g64")
 MIB = 2**20
 NGRAM = 8  # tokens per n-gram of the overlap check
@@ -104,8 +105,11 @@ def run_method(
     with PeakRSS() as rss:
         model = copy.deepcopy(base)
         start = time.perf_counter()
+        info_rotation = rotate_(model, config["rot"]) if method.startswith("rot") else None
         quantize_(model, QuantConfig(weight=weight, observer=observer, ignore=("re:.*lm_head",)))
         info: dict[str, Any] = {"observer": observer}
+        if info_rotation is not None:
+            info["rotation"] = info_rotation
         if method.startswith("awq"):
             report = awq_(model, calibration, config["awq"])
             alphas = sorted(v["alpha"] for v in report.values())
@@ -150,6 +154,7 @@ def main() -> None:
     config: dict[str, Any] = {
         "gptq": GPTQConfig(mode="sequential", act_order=act_order),
         "awq": AWQConfig(clip=args.awq_clip),
+        "rot": RotateConfig(),
     }
     # rows of non-default options get their own keys, so --merge keeps both
     variant = ("_act-order" if act_order else "") + ("_clip" if args.awq_clip else "")

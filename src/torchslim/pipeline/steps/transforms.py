@@ -1,7 +1,9 @@
 """Steps that reshape the float model's ranges before it is quantized; its outputs stay the same.
 
 ``smoothquant`` moves activation outliers into the weights of LLaMA/BERT-style blocks (arXiv
-2211.10438); ``equalize`` is cross-layer equalization of CNN layer pairs (arXiv 1906.04721),
+2211.10438); ``rotate`` spreads them over all channels of a LLaMA-style decoder's residual stream
+with a randomized Hadamard rotation (QuaRot/SpinQuant, arXiv 2404.00456); ``equalize`` is
+cross-layer equalization of CNN layer pairs (arXiv 1906.04721),
 after folding BatchNorm into the convs (``fold_batchnorm``), without which no pair commutes.
 Both must come before the stage that quantizes (checked when the recipe is read).
 """
@@ -17,6 +19,7 @@ from torch import nn
 from torchslim.errors import ConfigError
 from torchslim.pipeline.registry import Step, StepContext, StepResult, register_step
 from torchslim.pipeline.steps._options import check_calibration_batches, library_config
+from torchslim.quantize.rotate import RotateConfig
 from torchslim.quantize.smoothquant import SmoothQuantConfig
 
 
@@ -123,7 +126,33 @@ def restore_folding(
             conv.bias = nn.Parameter(torch.zeros(conv.weight.shape[0]))
 
 
+@dataclass(frozen=True)
+class RotateOptions(RotateConfig):
+    """Residual-stream rotation of a LLaMA-style decoder before weight quantization: ``seed``,
+    ``heads`` (also rotate each attention head's values)."""
+
+
+def run_rotate(model: nn.Module, options: RotateOptions, context: StepContext) -> StepResult:
+    from torchslim.quantize.rotate import rotate_
+
+    summary = rotate_(model, library_config(options, RotateConfig))
+    return StepResult(summary, {"untied_head": summary["untied_head"]})
+
+
+def restore_rotation(
+    model: nn.Module, options: RotateOptions, record: dict[str, Any], context: StepContext
+) -> None:
+    """The rotated head has its own weight: untie it so the artifact's weights load."""
+    from torchslim.quantize.rotate import untie_head
+
+    if record.get("untied_head"):
+        untie_head(model)
+
+
 for _step in (
+    Step("rotate", RotateOptions, run_rotate,
+         "Hadamard rotation of the residual stream (LLM, before quantize)",
+         restore=restore_rotation, before_quantize=True),
     Step("smoothquant", SmoothQuantOptions, run_smoothquant,
          "activation outliers into the weights (LLM/BERT, before quantize)",
          restore=restore_smoothing, before_quantize=True),
