@@ -106,7 +106,12 @@ def run_method(
         model = copy.deepcopy(base)
         start = time.perf_counter()
         info_rotation = rotate_(model, config["rot"]) if method.startswith("rot") else None
-        quantize_(model, QuantConfig(weight=weight, observer=observer, ignore=("re:.*lm_head",)))
+        activation = config.get("activation")  # e.g. int8: W4A8, ranges per input at run time
+        options = QuantConfig(
+            weight=weight, observer=observer, ignore=("re:.*lm_head",), activation=activation,
+            dynamic=activation is not None,
+        )  # fmt: skip
+        quantize_(model, options)
         info: dict[str, Any] = {"observer": observer}
         if info_rotation is not None:
             info["rotation"] = info_rotation
@@ -137,6 +142,8 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=None, help="512-token windows")
     parser.add_argument("--no-act-order", action="store_true", help="GPTQ in column order")
     parser.add_argument("--awq-clip", action="store_true", help="AWQ clipping search too")
+    parser.add_argument("--activation", default=None,
+                        help="activation format, dynamic per tensor (int8: W4A8 rows)")  # fmt: skip
     parser.add_argument("--eval-windows", type=int, default=None, help="per text (default 16)")
     parser.add_argument("--merge", action="store_true", help="keep earlier rows, skip measured")
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -156,6 +163,8 @@ def main() -> None:
         "awq": AWQConfig(clip=args.awq_clip),
         "rot": RotateConfig(),
     }
+    if args.activation:
+        config["activation"] = args.activation
     # rows of non-default options get their own keys, so --merge keeps both
     variant = ("_act-order" if act_order else "") + ("_clip" if args.awq_clip else "")
     command = "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/quantize_llm.py " + shlex.join(
@@ -166,7 +175,7 @@ def main() -> None:
         "model": "smollm2-135m (Q4_1-derived)",
         "metric": "perplexity (lower is better); fake-quant weights, lm_head tied and fp32",
         "data_check": disjointness(entry, torch.cat([b[0] for b in calibration])),
-        "configs": {k: v.to_dict() for k, v in config.items()},
+        "configs": {k: v if isinstance(v, str) else v.to_dict() for k, v in config.items()},
         "runs": [*old.get("runs", []), {"command": command, "note": args.note}],
         "machine": machine_facts(),
         "fp32": old.get("fp32", {}),
@@ -194,12 +203,16 @@ def main() -> None:
                 if applies and part in variant
             )
             key = f"{weight}_{method}{suffix}"
+            if args.activation:
+                key = f"{weight}-a-{args.activation}_{method}{suffix}"
             done = payload["results"].get(key, {})
             if done.get("eval_windows_per_text") == eval_windows and not args.quick:
                 print("already measured:", key, flush=True)
                 continue
             model, info = run_method(base, weight, method, calibration, config)
-            used = {k: v.to_dict() for k, v in config.items() if k in method}
+            used = {k: v.to_dict() for k, v in config.items() if k in method and k != "activation"}
+            if args.activation:
+                used["activation"] = {"format": args.activation, "dynamic": True}
             losses = window_losses(entry, model, eval_windows)
             row = {**summarize(losses, reference), **info, **setup, "configs": used}
             payload["results"][key] = row
