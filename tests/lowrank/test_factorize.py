@@ -11,7 +11,7 @@ from torch import nn
 
 from models import tiny_convnet
 from torchslim.errors import ConfigError
-from torchslim.lowrank import FactorizeConfig, LowRankLinear, Tucker2Conv, factorize_
+from torchslim.lowrank import CPConv, FactorizeConfig, LowRankLinear, Tucker2Conv, factorize_
 
 
 def mlp(seed: int = 0) -> nn.Module:
@@ -74,6 +74,36 @@ def test_tucker2_at_the_kernels_own_ranks_reproduces_the_convolution() -> None:
     factorize_(model, FactorizeConfig(method="tucker2", rank=4, check_speed=False))
     assert isinstance(model[0], Tucker2Conv)
     torch.testing.assert_close(model(x), reference, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "dilation"), [(1, 1, 1), (2, 1, 1), ((2, 1), (0, 2), (1, 2))]
+)
+def test_cp_at_the_kernels_own_rank_reproduces_the_convolution(stride, padding, dilation) -> None:
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(12, 16, (3, 5), stride=stride, padding=padding, dilation=dilation)
+    model = nn.Sequential(conv)
+    factors = [torch.randn(n, 3, generator=g) for n in (16, 12, 3, 5)]  # a rank-3 kernel
+    with torch.no_grad():
+        conv.weight.copy_(torch.einsum("or,ir,yr,xr->oiyx", *factors))
+    x = torch.randn(2, 12, 11, 13, generator=g)
+    reference = model(x)
+    result = factorize_(model, FactorizeConfig(method="cp", rank=3, check_speed=False))
+    assert isinstance(model[0], CPConv) and result.layers["0"]["kind"] == "cp"
+    assert result.layers["0"]["params_after"] == 3 * (12 + 3 + 5 + 16)
+    assert model(x).shape == reference.shape
+    torch.testing.assert_close(model(x), reference, atol=1e-3, rtol=1e-3)
+
+
+def test_cp_under_a_params_target_runs_and_is_smaller() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    x = torch.randn(1, 8, 12, 12)
+    shape = model(x).shape
+    config = FactorizeConfig(method="cp", target="params=0.5", check_speed=False)
+    summary = factorize_(model, config).summary()
+    assert summary["params_after"] <= 0.5 * summary["params_before"]
+    assert model(x).shape == shape
 
 
 def test_a_params_target_removes_at_least_that_fraction_of_the_targeted_layers() -> None:

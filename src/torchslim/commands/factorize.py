@@ -16,7 +16,7 @@ def factorize_command(
     model: ModelArgument,
     out: Annotated[Path, typer.Option(help="Artifact directory to write.")],
     method: Annotated[
-        str, typer.Option(help="svd | whitened (data-aware, Linear) | tucker2 (Conv2d).")
+        str, typer.Option(help="svd | whitened (data-aware, Linear) | tucker2 | cp (Conv2d).")
     ] = "svd",
     rank: Annotated[int | None, typer.Option(min=1, help="One rank for every layer.")] = None,
     energy: Annotated[

@@ -3,9 +3,10 @@ Tucker-2 of convolutions, ranks by rank / energy / a global parameter or MAC tar
 
 from torchslim.lowrank.apply import FactorizeResult, factorize_
 from torchslim.lowrank.config import FactorizeConfig
-from torchslim.lowrank.modules import LowRankLinear, Tucker2Conv, build_factorized
+from torchslim.lowrank.modules import CPConv, LowRankLinear, Tucker2Conv, build_factorized
 
 __all__ = [
+    "CPConv",
     "FactorizeConfig",
     "FactorizeResult",
     "LowRankLinear",

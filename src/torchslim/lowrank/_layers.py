@@ -43,6 +43,9 @@ class LayerFacts:
         if isinstance(self.module, nn.Linear):
             return ranks[0] * (self.module.in_features + self.module.out_features) * pos_out
         c_out, c_in, kh, kw = weight.shape
+        if len(ranks) == 1:  # CP: 1x1 in, kh x 1 and 1 x kw depthwise, 1x1 out
+            (r,) = ranks
+            return pos_in * r * c_in + pos_out * r * (kh + kw + c_out)
         r_out, r_in = ranks
         return pos_in * r_in * c_in + pos_out * (r_out * r_in * kh * kw + c_out * r_out)
 
@@ -51,7 +54,7 @@ def candidates(model: nn.Module, config: FactorizeConfig) -> dict[str, nn.Module
     """The layers ``config`` factorizes, by name."""
 
     def fits(module: nn.Module) -> bool:
-        if config.method == "tucker2":
+        if config.method in ("tucker2", "cp"):
             return fits_tucker2(module)
         return isinstance(module, nn.Linear)
 
@@ -104,12 +107,14 @@ def _positions(module: nn.Module, x: torch.Tensor, output: torch.Tensor) -> tupl
 
 def fill_spectra(facts: LayerFacts, method: str) -> None:
     """The singular values that choose ranks: of W (svd), of W L (whitened), of both channel
-    unfoldings (tucker2)."""
+    unfoldings (tucker2), of the output-channel unfolding (cp)."""
     raw = facts.module.weight
     assert isinstance(raw, torch.Tensor)
     weight = raw.detach().float().cpu()
     if method == "tucker2":
         facts.spectra = list(primitives.channel_spectra(weight))
+    elif method == "cp":
+        facts.spectra = [primitives.channel_spectra(weight)[0]]
     elif method == "whitened":
         assert facts.gram is not None
         chol = torch.linalg.cholesky(_damped(facts.gram))  # (in, in)

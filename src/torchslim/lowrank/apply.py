@@ -1,4 +1,5 @@
-"""``factorize_``: replace Linear / Conv2d layers by low-rank factors, in place.
+"""``factorize_``: replace Linear / Conv2d layers by low-rank factors (SVD, whitened SVD,
+Tucker-2, CP), in place.
 
 Ranks come from an explicit rank, an energy level, or one global parameter / MAC target (one
 common energy level for every layer, found by bisection). A factorized layer that is measured
@@ -69,7 +70,7 @@ def factorize_(
             a MAC target without example inputs. The model is then untouched.
     """
     facts = _facts(model, config, calibration, example_inputs)
-    kind = "tucker2" if config.method == "tucker2" else "svd"
+    kind = config.method if config.method in ("tucker2", "cp") else "svd"
     unit = config.target_ratio()[0] if config.target is not None else "params"
     ranks = _choose_ranks(facts, config, unit)
     result = FactorizeResult(config.method)
@@ -100,7 +101,7 @@ def _facts(
     example_inputs: Sequence[Any] | None,
 ) -> dict[str, LayerFacts]:
     layers = {n: LayerFacts(n, m) for n, m in candidates(model, config).items()}
-    what = "Conv2d with a kernel > 1x1" if config.method == "tucker2" else "Linear"
+    what = "Conv2d with a kernel > 1x1" if config.method in ("tucker2", "cp") else "Linear"
     if not layers:
         raise ConfigError(f"factorize {config.method}: no {what} layer matches targets/ignore")
     needs_inputs = config.check_speed or (config.target or "").startswith("macs")
@@ -170,6 +171,10 @@ def _factorized(layer: LayerFacts, method: str, decision: dict[str, Any]) -> nn.
         if method == "tucker2":
             first, core, last = primitives.tucker2(w, *decision["ranks"])
             tensors = [first[:, :, None, None], core, last[:, :, None, None]]
+        elif method == "cp":
+            first, vertical, horizontal, last = primitives.cp(w, decision["ranks"][0])
+            tensors = [first[:, :, None, None], vertical[:, None, :, None],
+                       horizontal[:, None, None, :], last[:, :, None, None]]  # fmt: skip
         else:
             rank = decision["ranks"][0]
             if method == "whitened":

@@ -6,18 +6,21 @@ from dataclasses import dataclass
 
 from torchslim.errors import ConfigError
 
-METHODS = ("svd", "whitened", "tucker2")
+METHODS = ("svd", "whitened", "tucker2", "cp")
 TARGET_KEYS = ("params", "macs")
 
 
 @dataclass(frozen=True)
 class FactorizeConfig:
-    """Low-rank factorization of Linear (``svd``, data-aware ``whitened``) or Conv2d (``tucker2``).
+    """Low-rank factorization of Linear (``svd``, data-aware ``whitened``) or Conv2d (``tucker2``,
+    ``cp``).
 
     Args:
         method: ``svd`` (truncated SVD of the weight), ``whitened`` (SVD of the weight whitened by
             the calibration inputs: the layer's output error is minimised, not the weight's),
-            ``tucker2`` (kh×kw Conv2d → 1×1, smaller kh×kw, 1×1).
+            ``tucker2`` (kh×kw Conv2d → 1×1, smaller kh×kw, 1×1), ``cp`` (CP / PARAFAC of the
+            kernel, Lebedev et al. arXiv 1412.6553: 1×1 → depthwise kh×1 → depthwise 1×kw → 1×1;
+            its rank is chosen on the output-channel unfolding's spectrum).
         rank: one explicit rank for every targeted layer (Tucker-2: both channel ranks).
         energy: per layer, the smallest rank keeping this fraction of the squared singular values.
         target: ``params=R`` or ``macs=R``: remove the fraction R of the targeted layers' parameters

@@ -34,6 +34,21 @@ class Tucker2Conv(nn.Sequential):
         )
 
 
+class CPConv(nn.Sequential):
+    """A kh×kw ``Conv2d`` as 1×1 (c_in → r), depthwise kh×1 and 1×kw (the original stride,
+    padding and dilation split by axis), 1×1 (r → c_out, the original bias)."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int) -> None:
+        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
+        (ph, pw), (dh, dw) = conv.padding, conv.dilation  # type: ignore[misc]
+        super().__init__(
+            nn.Conv2d(conv.in_channels, rank, 1, bias=False),
+            nn.Conv2d(rank, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=rank, bias=False),
+            nn.Conv2d(rank, rank, (1, kw), (1, sw), (0, pw), (1, dw), groups=rank, bias=False),
+            nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None),
+        )
+
+
 def fits_tucker2(module: nn.Module) -> bool:
     """A plain (ungrouped, zero-padded) Conv2d with a kernel larger than 1×1."""
     return (
@@ -47,6 +62,9 @@ def fits_tucker2(module: nn.Module) -> bool:
 
 def build_factorized(module: nn.Module, decision: dict) -> nn.Module:
     """The empty factorized layer for ``module`` from a decision record."""
+    if decision["kind"] == "cp":
+        assert isinstance(module, nn.Conv2d)
+        return CPConv(module, decision["ranks"][0])
     if decision["kind"] == "tucker2":
         assert isinstance(module, nn.Conv2d)
         rank_out, rank_in = decision["ranks"]

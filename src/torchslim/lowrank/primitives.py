@@ -1,12 +1,15 @@
-"""The tensor math of low-rank factorization: truncated SVD, whitened SVD, Tucker-2.
+"""The tensor math of low-rank factorization: truncated SVD, whitened SVD, Tucker-2, CP.
 
 Truncated SVD of a Linear weight (Denton et al., arXiv 1404.0736); whitened, data-aware SVD that
 minimises the error of the layer's *outputs* on calibration inputs (SVD-LLM, arXiv 2403.07378;
 DRONE, NeurIPS 2021); Tucker-2 of a convolution kernel over its channel modes (Kim et al.,
-arXiv 1511.06530), computed with tensorly's ``partial_tucker``.
+arXiv 1511.06530), computed with tensorly's ``partial_tucker``; CP (PARAFAC) of a convolution
+kernel over all four modes (Lebedev et al., arXiv 1412.6553) with tensorly's ``parafac``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -79,3 +82,25 @@ def tucker2(
     core_t = torch.from_numpy(core.copy())  # (r_out, r_in, kh, kw)
     dtype = kernel.dtype
     return first.to(dtype), core_t.to(dtype), last.to(dtype)
+
+
+def cp(
+    kernel: torch.Tensor, rank: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``kernel[o, i, y, x] ≈ Σ_r last[o, r] first[r, i] vertical[r, y] horizontal[r, x]``:
+    (first (r, c_in), vertical (r, kh), horizontal (r, kw), last (c_out, r)) — the weights of a
+    1×1, a depthwise kh×1, a depthwise 1×kw and a 1×1 convolution (CP-ALS, SVD start)."""
+    import tensorly as tl
+    from tensorly.decomposition import parafac
+
+    tl.set_backend("numpy")
+    array = kernel.detach().double().cpu().numpy()  # (c_out, c_in, kh, kw)
+    with warnings.catch_warnings():  # a rank above kh or kw: tensorly fills that mode's start
+        warnings.filterwarnings("ignore", message="Trying to compute SVD with n_eigenvecs")
+        weights, factors = parafac(
+            array, rank=rank, init="svd", n_iter_max=200, tol=1e-8, random_state=seed
+        )
+    a, b, c, d = (torch.from_numpy(f.copy()) for f in factors)  # (c_out,r) (c_in,r) (kh,r) (kw,r)
+    last = a * torch.from_numpy(weights.copy())[None, :]  # (c_out, r): the weights folded in
+    dtype = kernel.dtype
+    return b.T.to(dtype), c.T.to(dtype), d.T.to(dtype), last.to(dtype)
