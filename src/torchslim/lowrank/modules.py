@@ -39,8 +39,9 @@ class CPConv(nn.Sequential):
     padding and dilation split by axis), 1×1 (r → c_out, the original bias)."""
 
     def __init__(self, conv: nn.Conv2d, rank: int) -> None:
-        (kh, kw), (sh, sw) = conv.kernel_size, conv.stride
-        (ph, pw), (dh, dw) = conv.padding, conv.dilation  # type: ignore[misc]
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        assert not isinstance(conv.padding, str), "fits_tucker2 admits numeric padding only"
+        ph, pw = conv.padding
         super().__init__(
             nn.Conv2d(conv.in_channels, rank, 1, bias=False),
             nn.Conv2d(rank, rank, (kh, 1), (sh, 1), (ph, 0), (dh, 1), groups=rank, bias=False),

@@ -329,7 +329,7 @@ def _cold_weights(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[],
     hot copy, a Linear at batch 1 ran twice as fast as in a model (measured: 1x576x1536,
     131 us hot, 282 us rotating). The last few outputs are kept alive, so that each call writes
     to memory the previous calls did not just free (as a model's ops write new activations)."""
-    call = functools.partial(fn, *args)
+    call: Callable[[], Any] = functools.partial(fn, *args)
     weight_bytes = 0
     if isinstance(fn, nn.Module):
         weight_bytes = sum(p.numel() * p.element_size() for p in fn.parameters())
@@ -388,16 +388,9 @@ def _fit_overheads(
     features, left, seen = [], [], {}
     for name, model, inputs in overhead_programs(device):
         report = profile(model, inputs, measure_memory=False, count_calls=True)
-        seconds = (
-            measure_latency(
-                lambda m=model, x=inputs: m(*x),
-                warmup=5,
-                repeats=50,
-                threads=threads,
-                device=device,
-            ).median
-            / 1e3
-        )
+        run: Callable[[], Any] = functools.partial(model, *inputs)
+        timing = measure_latency(run, warmup=5, repeats=50, threads=threads, device=device)
+        seconds = timing.median / 1e3
         ops, modules = len(report.records), sum(report.module_calls.values())
         calls = report.python_calls or 0
         features.append([ops, modules, calls])
@@ -411,7 +404,8 @@ def _fit_overheads(
     rates = nnls(np.array(features, dtype=float), np.array(left))[0]
     counts = np.array(features, dtype=float)
     per = nnls(counts[:, :2], counts[:, 2])[0]  # calls ~ ops and module calls
-    return _OverheadFit(*(float(r) for r in rates), float(per[0]), float(per[1]), seen)
+    op_s, module_call_s, python_call_s = (float(r) for r in rates)
+    return _OverheadFit(op_s, module_call_s, python_call_s, float(per[0]), float(per[1]), seen)
 
 
 def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
