@@ -93,6 +93,14 @@ def _measure(plan: PrunePlan | RulePlan, metric: Metric | None) -> dict[str, flo
     return out
 
 
+def group_names(
+    model: nn.Module, example_inputs: Sequence[Any], importance: str = "l2"
+) -> list[str]:
+    """The names ``scan_sensitivity`` gives ``model``'s prunable groups: one scanned row each
+    per ratio (what a scan will cost, known before it runs)."""
+    return [_label(g) for g in _groups(_plan(model, tuple(example_inputs), importance))]
+
+
 def scan_sensitivity(
     model: nn.Module,
     example_inputs: Sequence[Any],

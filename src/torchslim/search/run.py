@@ -44,6 +44,7 @@ class SearchState:
     stopped: str = "running"
     workers: str = "in process"
     threads: int = 1
+    sensitivity: dict[str, Any] = field(default_factory=dict)
 
     def best(self) -> dict[str, Any] | None:
         return front.chosen(self.records, self.config.objective)
@@ -69,6 +70,7 @@ class SearchState:
                 "higher_is_better": self.metric.higher_is_better,
             },
             "baseline": self.baseline,
+            "sensitivity": self.sensitivity,
             "trials": sorted(self.records, key=lambda r: r["number"]),
             "front": front.pareto_front(self.records),
             "best": None if best is None else best["number"],
@@ -114,6 +116,7 @@ def search(
         list(stored["trials"]) if stored else [],
         threads=threads,
     )
+    state.sensitivity = (stored or {}).get("sensitivity") or _scan(entry, original, state)
     pool = workers_for(config.workers, config.ray_address)
     state.workers = pool.name
     deadline = time.monotonic() + config.budget_seconds
@@ -136,6 +139,15 @@ def search(
         _write_state(out, state)
         _write_report(out)
     return state
+
+
+def _scan(entry: ZooEntry, original: Any, state: SearchState) -> dict[str, Any]:
+    from torchslim.search.sensitivity import scan_layers
+
+    with progress("per-layer sensitivity scan"):
+        return scan_layers(
+            entry, original, state.metric, state.baseline, state.config, state.threads
+        )
 
 
 def _stop_reason(state: SearchState, handle: Any, deadline: float) -> str:
@@ -267,10 +279,17 @@ def _measure_baseline(
     from torchslim.evaluate import evaluate
     from torchslim.profile import profile
 
+    from torchslim.search.roofline import measured_roofline
+
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     with progress("measuring the original"):
+        start = time.perf_counter()
         report = evaluate(original, entry, 1, threads, device, config.repeats)
-    macs = profile(original, tuple(entry.example_inputs(1)), measure_memory=False).total.macs
+        seconds = time.perf_counter() - start
+    inputs = tuple(entry.example_inputs(1))
+    counts = profile(original, inputs, measure_memory=False)
+    with progress("the original on this machine's roofline"):
+        roofline = measured_roofline(original, inputs, threads, counts)
     shapes = {
         name: list(module.weight.shape)
         for name, module in original.named_modules()
@@ -282,8 +301,10 @@ def _measure_baseline(
         "metrics": report.metrics,
         "latency_ms": report.latency.median,
         "size_bytes": report.size_bytes,
-        "macs": int(macs),
+        "macs": int(counts.total.macs),
         "params": report.params,
+        "evaluate_seconds": round(seconds, 3),  # metric and latency: what a scan step costs
+        "roofline": roofline,
         "report": report,
     }
 

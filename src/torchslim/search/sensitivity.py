@@ -1,0 +1,81 @@
+"""The search's per-layer sensitivity scan: each prunable layer group pruned alone, by half of
+its units, and the entry's own metric measured (Li et al., arXiv:1608.08710, section 3.4).
+
+It runs once, before the first trial, when it fits in a tenth of the budget (its cost is one
+evaluation per group, estimated from the baseline's); otherwise it is skipped and the state says
+why. The report draws it. It discards no candidate: the prune step ranks channels globally, so
+each layer of a candidate loses its own share, and one layer's drop alone bounds no candidate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from torchslim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from torchslim.search.config import SearchConfig
+    from torchslim.search.metric import Metric
+    from torchslim.zoo._entry import ZooEntry
+
+SCAN_RATIO = 0.5  # share of each group's units removed in the scan
+SCAN_SHARE = 0.1  # of the search's budget the scan may take
+
+
+def skipped(reason: str) -> dict[str, Any]:
+    return {"state": "skipped", "reason": reason, "layers": []}
+
+
+def scan_layers(
+    entry: ZooEntry,
+    model: nn.Module,
+    metric: Metric,
+    baseline: dict[str, Any],
+    config: SearchConfig,
+    threads: int,
+) -> dict[str, Any]:
+    """Each prunable group's metric drop when pruned alone by ``SCAN_RATIO``, or why not."""
+    from torchslim.evaluate.latency import fixed_threads
+    from torchslim.prune.graph import PruneError
+    from torchslim.prune.sensitivity import group_names, scan_sensitivity
+
+    inputs = tuple(entry.example_inputs(1))
+    try:
+        names = group_names(model, inputs)
+    except (PruneError, ConfigError) as error:
+        return skipped(f"nothing to scan: {error}")
+    if not names:
+        return skipped("nothing to scan: this model has no prunable layer group")
+    each = baseline.get("evaluate_seconds")
+    if each is None:
+        return skipped("the original's evaluation was not timed (a search started before scans)")
+    estimate, allowance = each * (len(names) + 1), SCAN_SHARE * config.budget_seconds
+    if estimate > allowance:
+        return skipped(
+            f"the scan would take about {estimate:.0f} s ({len(names)} layer groups, "
+            f"{each:.1f} s per evaluation): more than {SCAN_SHARE:.0%} of the "
+            f"{config.budget_seconds:.0f} s budget"
+        )
+    start = time.perf_counter()
+    with fixed_threads(threads):
+        scan = scan_sensitivity(
+            model, inputs, lambda m: float(entry.evaluate(m)[metric.name]), (SCAN_RATIO,)
+        )
+    layers = [
+        {
+            "name": name,
+            "drop": round(metric.drop(scan.baseline_metric, rows[0]["metric"]), 6),
+            "macs_removed": round(1.0 - rows[0]["macs"] / max(scan.macs, 1), 6),
+        }
+        for name, rows in scan.groups.items()
+    ]
+    return {
+        "state": "scanned",
+        "ratio": SCAN_RATIO,
+        "importance": "l2",
+        "layers": sorted(layers, key=lambda layer: -layer["drop"]),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
