@@ -158,6 +158,29 @@ def test_report_of_a_deployed_best_says_which_module_its_roofline_is_of(
         page.close()
 
 
+@pytest.mark.slow
+def test_a_real_int8_runtime_best_renders_its_pre_deploy_roofline(tmp_path: Path) -> None:
+    from browser import Page
+
+    config = SearchConfig(max_drop=100.0, generation=1, max_trials=1, threads=1, repeats=5,
+                          formats=("int8",))  # fmt: skip
+    out = tmp_path / "out"
+    state = search(resolve_model("tiny-cnn"), config, out)
+    assert state.best() is not None
+    assert json.loads((out / "best" / "manifest.json").read_text())["kind"] == "deployed"
+    chosen = json.loads((out / "best" / ROOFLINE_FILE).read_text())
+    assert chosen["note"] == "its float module before deploy"
+    page = Page(out / "report.html", tmp_path / "profile")
+    try:
+        assert page.errors == []
+        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
+        assert "deployed runtime" in note
+        dots = page.evaluate("document.querySelectorAll('#roofline-chosen circle.op').length")
+        assert dots == len(placed(chosen["rows"]))
+    finally:
+        page.close()
+
+
 def test_the_scan_is_skipped_with_its_reason_when_the_budget_is_tiny() -> None:
     from torchslim.search.metric import metric_of
     from torchslim.search.sensitivity import scan_layers
