@@ -181,6 +181,24 @@ def test_a_real_int8_runtime_best_renders_its_pre_deploy_roofline(tmp_path: Path
         page.close()
 
 
+def test_a_search_discards_by_the_scan_before_measuring(tmp_path: Path) -> None:
+    import optuna
+
+    config = SearchConfig(max_drop=0.1, generation=2, max_trials=4, threads=1, repeats=3,
+                          formats=("fp32",))  # fmt: skip
+    state = search(resolve_model("tiny-cnn"), config, tmp_path / "out")
+    by_scan = [r for r in state.records if "sensitivity scan" in r.get("reason", "")]
+    assert by_scan and all(r["state"] == "discarded" for r in by_scan)
+    for record in by_scan:  # never built: no artifact, told to the study as pruned
+        assert not (tmp_path / "out" / "trials" / f"{record['number']:04d}").exists()
+    study = optuna.load_study(study_name="torchslim-search",
+                              storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")  # fmt: skip
+    pruned = {t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert {r["number"] for r in by_scan} <= pruned
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"budget): {len(by_scan)}." in page
+
+
 def test_the_scan_is_skipped_with_its_reason_when_the_budget_is_tiny() -> None:
     from torchslim.search.metric import metric_of
     from torchslim.search.sensitivity import scan_layers

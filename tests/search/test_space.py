@@ -35,3 +35,32 @@ def test_a_fixed_recovery_the_model_has_no_data_for_is_refused() -> None:
     entry = resolve_model("tiny-cnn")
     with pytest.raises(ConfigError, match="training data"):
         space_for(entry, entry.load(), SearchConfig(max_drop=0.1, recovery="distill"))
+
+
+def test_the_scan_discards_an_unrecovered_candidate_that_prunes_a_fragile_group() -> None:
+    from torchslim.prune.sensitivity import group_names
+    from torchslim.search.sensitivity import PlanShares, fragile_layer
+
+    entry = resolve_model("tiny-cnn")
+    model = entry.load()
+    shares = PlanShares(entry, model)
+    names = group_names(model, tuple(entry.example_inputs(1)))
+    assert set(shares("l2", "macs=0.7")) == set(names)  # the plan's groups are the scan's
+    first = max(names, key=lambda name: shares("l2", "macs=0.7")[name])  # the most cut at 30 %
+    layers = [{"name": n, "drop": 5.0 if n == first else 0.1} for n in names]
+    scan = {"state": "scanned", "ratio": 0.5, "layers": layers}
+    space = space_for(entry, model, SearchConfig(max_drop=1.0, formats=("fp32",)))
+
+    def reason(keep_macs: float) -> str:
+        choices = {"depth": "none", "keep_macs": keep_macs, "prune_method": "l2", "format": "fp32"}
+        return fragile_layer(recipe_for(choices, space).to_dict(), scan, shares, 1.0)
+
+    assert shares("l2", "macs=0.7")[first] >= 0.5
+    assert first in reason(0.3) and "drop of 5" in reason(0.3)
+    assert shares("l2", "macs=0.1")[first] < 0.5
+    assert reason(0.9) == ""  # removes less of the fragile group than the scan did
+    assert fragile_layer({"stages": [{"step": "prune", "method": "l2", "target": "macs=0.7"},
+                                     {"step": "finetune"}]}, scan, shares, 1.0) == ""  # fmt: skip
+    assert fragile_layer(recipe_for({"depth": "none", "keep_macs": 0.3, "prune_method": "l2",
+                                     "format": "fp32"}, space).to_dict(),
+                         {**scan, "state": "skipped"}, shares, 1.0) == ""  # fmt: skip

@@ -153,7 +153,16 @@ def sensitivity_section(state: dict[str, Any]) -> str:
         f"<p id='sensitivity-note'>Each prunable layer group pruned alone by "
         f"{scan['ratio']:.0%} of its units ({scan['importance']} importance, no recovery), "
         f"the {escape(metric)} drop in the budget's units (dashed: the budget, {budget:g}); "
-        f"most sensitive first; {scan['seconds']:.0f} s before the first trial.</p>"
+        f"most sensitive first; {scan['seconds']:.0f} s before the first trial. Candidates it "
+        f"discarded unmeasured (no recovery, at least that share of a group over twice the "
+        f"budget): {_discarded_by_scan(state)}.</p>"
         + bars(points, f"{metric} drop", "plot-sensitivity", budget)
         + f"<table id='sensitivity'>{head}{rows}</table>"
+    )
+
+
+def _discarded_by_scan(state: dict[str, Any]) -> int:
+    return sum(
+        t["state"] == "discarded" and "sensitivity scan" in t.get("reason", "")
+        for t in state.get("trials", [])
     )

@@ -23,6 +23,7 @@ from torchslim._progress import stage as progress
 from torchslim.search import front, study
 from torchslim.search.config import SearchConfig
 from torchslim.search.metric import Metric, metric_of
+from torchslim.search.sensitivity import PlanShares, fragile_layer, scan_layers
 from torchslim.search.space import Space, describe, recipe_for, space_for
 from torchslim.search.trial import TrialSpec
 from torchslim.search.workers import workers_for
@@ -45,6 +46,7 @@ class SearchState:
     workers: str = "in process"
     threads: int = 1
     sensitivity: dict[str, Any] = field(default_factory=dict)
+    plan_shares: Any = field(default=None, repr=False)  # PlanShares of the entry (not stored)
 
     def best(self) -> dict[str, Any] | None:
         return front.chosen(self.records, self.config.objective)
@@ -117,6 +119,7 @@ def search(
         threads=threads,
     )
     state.sensitivity = (stored or {}).get("sensitivity") or _scan(entry, original, state)
+    state.plan_shares = PlanShares(entry, original)
     pool = workers_for(config.workers, config.ray_address)
     state.workers = pool.name
     deadline = time.monotonic() + config.budget_seconds
@@ -142,8 +145,6 @@ def search(
 
 
 def _scan(entry: ZooEntry, original: Any, state: SearchState) -> dict[str, Any]:
-    from torchslim.search.sensitivity import scan_layers
-
     with progress("per-layer sensitivity scan"):
         return scan_layers(
             entry, original, state.metric, state.baseline, state.config, state.threads
@@ -183,7 +184,9 @@ def _run_generation(
             "max_drop": state.config.max_drop,
         }
         contexts[number] = (choices, context)
-        reason = front.hopeless(choices, told, state.config.max_drop)
+        reason = front.hopeless(choices, told, state.config.max_drop) or fragile_layer(
+            context["recipe"], state.sensitivity, state.plan_shares, state.config.max_drop
+        )
         if reason:
             _add(
                 out,

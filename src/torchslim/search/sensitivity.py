@@ -3,13 +3,16 @@ its units, and the entry's own metric measured (Li et al., arXiv:1608.08710, sec
 
 It runs once, before the first trial, when it fits in a tenth of the budget (its cost is one
 evaluation per group, estimated from the baseline's); otherwise it is skipped and the state says
-why. The report draws it. It discards no candidate: the prune step ranks channels globally, so
-each layer of a candidate loses its own share, and one layer's drop alone bounds no candidate.
+why. The report draws it, and ``fragile_layer`` discards unmeasured a candidate that, with no
+recovery, removes at least the scanned share of a group whose scan alone already cost more than
+twice the budget (the prune step ranks channels globally, so each group of a candidate loses its
+own share: the candidate's plan is built, not applied, to read it).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torchslim.errors import ConfigError
@@ -23,6 +26,60 @@ if TYPE_CHECKING:
 
 SCAN_RATIO = 0.5  # share of each group's units removed in the scan
 SCAN_SHARE = 0.1  # of the search's budget the scan may take
+
+
+class PlanShares:
+    """Per (method, target) of a prune stage: the share of each group's units its plan removes
+    from ``model``, ``entry``'s original (built once per pair; {} when the target is out of
+    reach)."""
+
+    def __init__(self, entry: ZooEntry, model: nn.Module) -> None:
+        self.entry, self.model = entry, model  # the original: plans are built, never applied
+        self._shares: dict[tuple[str, str], dict[str, float]] = {}
+
+    def __call__(self, method: str, target: str) -> dict[str, float]:
+        from torchslim.prune.apply import config_from_words
+        from torchslim.prune.graph import PruneError
+        from torchslim.prune.sensitivity import removed_shares
+
+        if (method, target) not in self._shares:
+            inputs = tuple(self.entry.example_inputs(1))
+            try:
+                shares = removed_shares(self.model, inputs, config_from_words(method, target))
+            except (PruneError, ConfigError):
+                shares = {}  # the trial will say why it cannot prune
+            self._shares[(method, target)] = shares
+        return self._shares[(method, target)]
+
+
+def fragile_layer(
+    recipe: dict[str, Any],
+    scan: dict[str, Any],
+    shares_of: Callable[[str, str], dict[str, float]],
+    max_drop: float,
+) -> str:
+    """Why a candidate need not be measured ('' when it must be): with no recovery and no layer
+    dropped, its pruning removes at least the scanned share of a group whose scan alone dropped
+    more than twice ``max_drop`` (pruning more of it, and other groups besides, is no better)."""
+    if scan.get("state") != "scanned":
+        return ""
+    steps = [stage["step"] for stage in recipe["stages"]]
+    if "prune" not in steps or {"finetune", "distill", "drop_layers"} & set(steps):
+        return ""
+    fragile = [layer for layer in scan["layers"] if layer["drop"] > 2 * max_drop]
+    if not fragile:
+        return ""
+    prune = next(stage for stage in recipe["stages"] if stage["step"] == "prune")
+    shares = shares_of(prune["method"], prune["target"])
+    for layer in fragile:
+        share = shares.get(layer["name"], 0.0)
+        if share >= scan["ratio"]:
+            return (
+                f"it removes {share:.0%} of the units of {layer['name']} with no recovery; the "
+                f"sensitivity scan measured a drop of {layer['drop']:.3g} (budget {max_drop:g}) "
+                f"removing {scan['ratio']:.0%} of them alone"
+            )
+    return ""
 
 
 def skipped(reason: str) -> dict[str, Any]:
