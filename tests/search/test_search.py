@@ -14,9 +14,9 @@ from torchslim.cli import app
 from torchslim.errors import OutputDirectoryError
 from torchslim.search import SearchConfig, search, write_report
 from torchslim.search._sections import sensitivity_section
+from torchslim.search.directory import check_search_directory
 from torchslim.search.roofline import ROOFLINE_FILE, placed, slowest
 from torchslim.search.run import _load_state
-from torchslim.search.directory import check_search_directory
 from torchslim.zoo.options import resolve_model
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results"
@@ -93,7 +93,9 @@ def _check_roofline_and_sensitivity(page: Any, out: Path, state: dict[str, Any])
     chosen = json.loads((out / "best" / ROOFLINE_FILE).read_text())
     for key, data in (("original", state["baseline"]["roofline"]), ("chosen", chosen)):
         for roof in ("roof-memory", "roof-compute"):
-            assert page.evaluate(f"document.querySelectorAll('#roofline-{key} .{roof}').length") == 1
+            assert (
+                page.evaluate(f"document.querySelectorAll('#roofline-{key} .{roof}').length") == 1
+            )
         dots = page.evaluate(f"document.querySelectorAll('#roofline-{key} circle.op').length")
         assert dots == len(placed(data["rows"])) > 0
         table = page.evaluate(f"document.getElementById('roofline-top-{key}').innerText")

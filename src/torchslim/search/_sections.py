@@ -24,7 +24,8 @@ def roofline_section(
     roofs = _roofs(original["hardware"], [m[2] for m in models])
     plots, tables = [], []
     for key, title, data in models:
-        plots.append(f"<div><h3>{escape(title)}</h3>{roofline(_op_points(data), roofs, 'roofline-' + key)}</div>")  # fmt: skip
+        plot = roofline(_op_points(data), roofs, f"roofline-{key}")
+        plots.append(f"<div><h3>{escape(title)}</h3>{plot}</div>")
         tables.append(f"<div><h3>{escape(title)}: slowest ops</h3>{_top_ops(data, key)}</div>")
     return (
         _hardware_note(original, state)
@@ -34,7 +35,8 @@ def roofline_section(
 
 
 def _roofs(hardware: dict[str, Any], models: list[dict[str, Any]]) -> Roofs:
-    peak = float(hardware["peak_flops_per_s"].get("float32") or max(hardware["peak_flops_per_s"].values()))  # fmt: skip
+    peaks = hardware["peak_flops_per_s"]
+    peak = float(peaks.get("float32") or max(peaks.values()))
     bandwidth = float(hardware["mem_bw_bytes_per_s"])
     rows = [row for data in models for row in placed(data["rows"])]
     xs = [row["arithmetic_intensity"] for row in rows] + [peak / bandwidth]
@@ -139,8 +141,12 @@ def sensitivity_section(state: dict[str, Any]) -> str:
     budget = float(state["config"]["max_drop"])
     metric = state["metric"]["name"]
     points = [
-        Point(layer["drop"], 0.0, f"{layer['name']}: drop {layer['drop']:.4g}, "
-              f"{layer['macs_removed']:.0%} of the MACs removed")  # fmt: skip
+        Point(
+            layer["drop"],
+            0.0,
+            f"{layer['name']}: drop {layer['drop']:.4g}, "
+            f"{layer['macs_removed']:.0%} of the MACs removed",
+        )
         for layer in scan["layers"]
     ]
     rows = "".join(

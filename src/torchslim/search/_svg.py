@@ -1,4 +1,5 @@
-"""Scatter plots, rooflines and bar charts as inline SVG: no script, no network, readable in any browser."""
+"""Scatter plots, rooflines and bar charts as inline SVG: no script, no network, readable in
+any browser."""
 
 from __future__ import annotations
 

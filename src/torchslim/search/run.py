@@ -185,7 +185,7 @@ def _run_generation(
         }
         contexts[number] = (choices, context)
         reason = front.hopeless(choices, told, state.config.max_drop) or fragile_layer(
-            context["recipe"], state.sensitivity, state.plan_shares, state.config.max_drop
+            recipe.to_dict(), state.sensitivity, state.plan_shares, state.config.max_drop
         )
         if reason:
             _add(
@@ -281,7 +281,6 @@ def _measure_baseline(
 
     from torchslim.evaluate import evaluate
     from torchslim.profile import profile
-
     from torchslim.search.roofline import measured_roofline
 
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)

@@ -39,13 +39,19 @@ class PlanShares:
 
     def __call__(self, method: str, target: str) -> dict[str, float]:
         from torchslim.prune.apply import config_from_words
+        from torchslim.prune.config import StructuredPruneConfig
         from torchslim.prune.graph import PruneError
         from torchslim.prune.sensitivity import removed_shares
 
         if (method, target) not in self._shares:
             inputs = tuple(self.entry.example_inputs(1))
+            config = config_from_words(method, target)
             try:
-                shares = removed_shares(self.model, inputs, config_from_words(method, target))
+                shares = (
+                    removed_shares(self.model, inputs, config)
+                    if isinstance(config, StructuredPruneConfig)
+                    else {}
+                )
             except (PruneError, ConfigError):
                 shares = {}  # the trial will say why it cannot prune
             self._shares[(method, target)] = shares

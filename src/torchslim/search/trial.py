@@ -96,4 +96,3 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
         "stages": [{"step": r["step"], "seconds": r["seconds"]} for r in records],
     }
     return figures
-
