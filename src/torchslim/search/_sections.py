@@ -159,7 +159,7 @@ def sensitivity_section(state: dict[str, Any]) -> str:
         f"<p id='sensitivity-note'>Each prunable layer group pruned alone by "
         f"{scan['ratio']:.0%} of its units ({scan['importance']} importance, no recovery), "
         f"the {escape(metric)} drop in the budget's units (dashed: the budget, {budget:g}); "
-        f"most sensitive first; {scan['seconds']:.0f} s before the first trial. Candidates it "
+        f"most sensitive first; {scan['seconds']:.1f} s before the first trial. Candidates it "
         f"discarded unmeasured (no recovery, at least that share of a group over twice the "
         f"budget): {_discarded_by_scan(state)}.</p>"
         + bars(points, f"{metric} drop", "plot-sensitivity", budget)

@@ -9,6 +9,7 @@ beside its manifest, which ``best/`` copies.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from torchslim.profile.report import ProfileReport
 
 ROOFLINE_FILE = "roofline.json"
+ROUNDS = 3  # per-op times: the median of 3 profiled rounds (one preempted round is ignored)
 _HARDWARE_KEYS = ("name", "peak_flops_per_s", "mem_bw_bytes_per_s", "source", "threads")
 
 
@@ -42,7 +44,8 @@ def measured_roofline(
     hardware = this_machine(threads=threads)
     with fixed_threads(threads):
         counted = report or profile(model, inputs, measure_memory=False)
-        measured = measure_op_times(model, inputs)
+        rounds = [measure_op_times(model, inputs, repeats=3) for _ in range(ROUNDS)]
+    measured = {op: statistics.median(r.get(op, 0.0) for r in rounds) for op in rounds[0]}
     rows = roofline_rows(counted, hardware, None, measured)
     spec = hardware.to_dict()
     return {
