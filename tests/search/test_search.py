@@ -128,8 +128,6 @@ def test_state_round_trips_and_a_resumed_search_keeps_its_scan_and_roofline(
 def test_report_of_a_deployed_best_says_which_module_its_roofline_is_of(
     searched: Path, tmp_path: Path
 ) -> None:
-    from browser import Page
-
     out = tmp_path / "deployed"
     shutil.copytree(searched, out)
     manifest_file = out / "best" / "manifest.json"
@@ -138,26 +136,31 @@ def test_report_of_a_deployed_best_says_which_module_its_roofline_is_of(
     roofline_file = out / "best" / ROOFLINE_FILE
     chosen = json.loads(roofline_file.read_text())
     roofline_file.write_text(json.dumps({**chosen, "note": "its float module before deploy"}))
-    write_report(out)
-    page = Page(out / "report.html", tmp_path / "profile-a")
-    try:
-        assert page.errors == []
-        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
-        assert "deployed runtime (openvino)" in note and "before deploy" in note
-        assert page.evaluate("document.querySelectorAll('#roofline-chosen circle.op').length")
-    finally:
-        page.close()
+    note, dots = _chosen_roofline(out, tmp_path / "profile-a")
+    assert "deployed runtime (openvino)" in note and "before deploy" in note
+    assert dots == len(placed(chosen["rows"]))
     roofline_file.unlink()  # a runtime without its float module's roofline: said so, no plot
+    note, dots = _chosen_roofline(out, tmp_path / "profile-b")
+    assert "No roofline of the chosen model" in note and "cannot see into" in note
+    assert dots is None
+
+
+def _chosen_roofline(out: Path, profile: Path) -> tuple[str, int | None]:
+    """The report rewritten and opened: the chosen roofline's note and its dots (None: no
+    plot); the original's roofline is drawn either way."""
+    from browser import Page
+
     write_report(out)
-    page = Page(out / "report.html", tmp_path / "profile-b")
+    page = Page(out / "report.html", profile)
     try:
         assert page.errors == []
-        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
-        assert "No roofline of the chosen model" in note and "cannot see into" in note
-        assert page.evaluate("document.getElementById('roofline-chosen')") is None
         assert page.evaluate("document.querySelectorAll('#roofline-original circle.op').length")
+        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
+        plot = "document.getElementById('roofline-chosen')"
+        dots = page.evaluate(f"{plot} && {plot}.querySelectorAll('circle.op').length")
     finally:
         page.close()
+    return note, dots
 
 
 @pytest.mark.slow
