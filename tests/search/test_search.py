@@ -204,6 +204,21 @@ def test_a_search_discards_by_the_scan_before_measuring(tmp_path: Path) -> None:
     assert f"budget): {len(by_scan)}." in page
 
 
+def test_report_of_a_search_from_before_scans_and_rooflines_says_they_are_missing(
+    searched: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "older"
+    shutil.copytree(searched, out)
+    state = json.loads((out / "search.json").read_text())
+    del state["sensitivity"], state["baseline"]["roofline"]
+    (out / "search.json").write_text(json.dumps(state))
+    (out / "best" / ROOFLINE_FILE).unlink()
+    page = write_report(out).read_text()
+    assert "did not record the original's roofline" in page
+    assert "did not record a sensitivity scan" in page
+    assert '<svg id="plot-latency"' in page  # the rest of the report as before
+
+
 def test_the_scan_is_skipped_with_its_reason_when_the_budget_is_tiny() -> None:
     from torchslim.search.metric import metric_of
     from torchslim.search.sensitivity import scan_layers
