@@ -3,7 +3,8 @@
 Elastic depth (repeated layers dropped from every stack, NAS-lite: the given model, no new
 supernet), elastic width (structured pruning to a share of the MACs), with ``lowrank`` a
 low-rank factorization (a share of the factorized layers' parameters removed: Tucker-2 for a
-model with spatial convolutions, whitened SVD for one of Linear layers), a recovery (none, a
+model with spatial convolutions, arXiv 1511.06530; whitened SVD for one of Linear layers, arXiv
+2403.07378), a recovery (none, a
 short fine-tune, or distillation from the original), and the number format: for latency fp32 or
 a real INT8 runtime (deploy), for size weight-only int8 or int8/int4 per layer by sensitivity
 (mixed precision).
