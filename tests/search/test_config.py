@@ -1,5 +1,7 @@
 """The search's settings: every bad value is one ConfigError naming it and the fix."""
 
+from pathlib import Path
+
 import pytest
 
 from torchslim.errors import ConfigError
@@ -57,3 +59,12 @@ def test_metric_units_and_direction() -> None:
     assert perplexity.score(12.0) < perplexity.score(10.0)
     with pytest.raises(ConfigError, match="not one of"):
         metric_of(["accuracy"], "bleu")
+
+
+def test_the_lowrank_flag_reaches_the_config_and_belongs_to_search_mode() -> None:
+    from torchslim.commands.search import SearchFlags, check_mode
+
+    assert SearchFlags(max_drop=1.0, lowrank=True).config(None, 5).lowrank is True
+    assert SearchFlags(max_drop=1.0).config(None, 5).lowrank is False
+    with pytest.raises(ConfigError, match="--lowrank belong to search mode"):
+        check_mode(Path("r.yaml"), SearchFlags(lowrank=True), {})

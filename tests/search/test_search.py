@@ -4,6 +4,7 @@ report in a real headless Chromium, and the command line's modes."""
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -11,8 +12,11 @@ from typer.testing import CliRunner
 from torchslim import load
 from torchslim.cli import app
 from torchslim.errors import OutputDirectoryError
-from torchslim.search import SearchConfig, search
+from torchslim.search import SearchConfig, search, write_report
+from torchslim.search._sections import sensitivity_section
 from torchslim.search.directory import check_search_directory
+from torchslim.search.roofline import ROOFLINE_FILE, placed, slowest
+from torchslim.search.run import _load_state
 from torchslim.zoo.options import resolve_model
 
 RESULTS = Path(__file__).parents[2] / "benchmarks" / "results"
@@ -75,12 +79,158 @@ def test_report_in_headless_chromium(searched: Path, tmp_path: Path) -> None:
         best = next(t for t in state["trials"] if t["number"] == state["best"])
         if best["choices"]["keep_macs"] < 1.0:  # a pruned choice: its narrowed layers listed
             assert "%" in layers
+        _check_roofline_and_sensitivity(page, searched, state)
         shot = page.screenshot(tmp_path / "report.png")
     finally:
         page.close()
     assert shot.stat().st_size > 10_000
     RESULTS.mkdir(exist_ok=True)
     shutil.copy(shot, RESULTS / "search_report_tiny_cnn.png")
+
+
+def _check_roofline_and_sensitivity(page: Any, out: Path, state: dict[str, Any]) -> None:
+    """Both rooflines drawn with their roofs and one dot per placed op; one bar per layer."""
+    chosen = json.loads((out / "best" / ROOFLINE_FILE).read_text())
+    for key, data in (("original", state["baseline"]["roofline"]), ("chosen", chosen)):
+        for roof in ("roof-memory", "roof-compute"):
+            assert (
+                page.evaluate(f"document.querySelectorAll('#roofline-{key} .{roof}').length") == 1
+            )
+        dots = page.evaluate(f"document.querySelectorAll('#roofline-{key} circle.op').length")
+        assert dots == len(placed(data["rows"])) > 0
+        table = page.evaluate(f"document.getElementById('roofline-top-{key}').innerText")
+        assert f"{slowest(data['rows'])[0]['measured_s'] * 1e3:.3f}" in table
+    scan = state["sensitivity"]
+    assert scan["state"] == "scanned" and scan["layers"]
+    bars = page.evaluate("document.querySelectorAll('#plot-sensitivity rect.bar').length")
+    assert bars == len(scan["layers"])
+    table = page.evaluate("document.getElementById('sensitivity').innerText")
+    assert all(f"{layer['drop']:.4f}" in table for layer in scan["layers"])
+
+
+def test_state_round_trips_and_a_resumed_search_keeps_its_scan_and_roofline(
+    searched: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "copy"
+    shutil.copytree(searched, out)
+    written = json.loads((out / "search.json").read_text())
+    loaded = _load_state(out)
+    assert loaded is not None
+    assert loaded["sensitivity"] == written["sensitivity"]
+    assert loaded["baseline"]["roofline"] == written["baseline"]["roofline"]
+    state = search(resolve_model("tiny-cnn"), CONFIG, out, resume=True)  # no trial left to run
+    assert state.sensitivity == written["sensitivity"]  # not scanned again
+    again = json.loads((out / "search.json").read_text())
+    assert again["baseline"]["roofline"] == written["baseline"]["roofline"]
+    assert again["trials"] == written["trials"]
+
+
+def test_report_of_a_deployed_best_says_which_module_its_roofline_is_of(
+    searched: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "deployed"
+    shutil.copytree(searched, out)
+    manifest_file = out / "best" / "manifest.json"
+    manifest = {**json.loads(manifest_file.read_text()), "kind": "deployed", "backend": "openvino"}
+    manifest_file.write_text(json.dumps(manifest))
+    roofline_file = out / "best" / ROOFLINE_FILE
+    chosen = json.loads(roofline_file.read_text())
+    roofline_file.write_text(json.dumps({**chosen, "note": "its float module before deploy"}))
+    note, dots = _chosen_roofline(out, tmp_path / "profile-a")
+    assert "deployed runtime (openvino)" in note and "before deploy" in note
+    assert dots == len(placed(chosen["rows"]))
+    roofline_file.unlink()  # a runtime without its float module's roofline: said so, no plot
+    note, dots = _chosen_roofline(out, tmp_path / "profile-b")
+    assert "No roofline of the chosen model" in note and "cannot see into" in note
+    assert dots is None
+
+
+def _chosen_roofline(out: Path, profile: Path) -> tuple[str, int | None]:
+    """The report rewritten and opened: the chosen roofline's note and its dots (None: no
+    plot); the original's roofline is drawn either way."""
+    from browser import Page
+
+    write_report(out)
+    page = Page(out / "report.html", profile)
+    try:
+        assert page.errors == []
+        assert page.evaluate("document.querySelectorAll('#roofline-original circle.op').length")
+        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
+        plot = "document.getElementById('roofline-chosen')"
+        dots = page.evaluate(f"{plot} && {plot}.querySelectorAll('circle.op').length")
+    finally:
+        page.close()
+    return note, dots
+
+
+@pytest.mark.slow
+def test_a_real_int8_runtime_best_renders_its_pre_deploy_roofline(tmp_path: Path) -> None:
+    from browser import Page
+
+    config = SearchConfig(max_drop=100.0, generation=1, max_trials=1, threads=1, repeats=5,
+                          formats=("int8",))  # fmt: skip
+    out = tmp_path / "out"
+    state = search(resolve_model("tiny-cnn"), config, out)
+    assert state.best() is not None
+    assert json.loads((out / "best" / "manifest.json").read_text())["kind"] == "deployed"
+    chosen = json.loads((out / "best" / ROOFLINE_FILE).read_text())
+    assert chosen["note"] == "its float module before deploy"
+    page = Page(out / "report.html", tmp_path / "profile")
+    try:
+        assert page.errors == []
+        note = page.evaluate("document.getElementById('roofline-chosen-note').innerText")
+        assert "deployed runtime" in note
+        dots = page.evaluate("document.querySelectorAll('#roofline-chosen circle.op').length")
+        assert dots == len(placed(chosen["rows"]))
+    finally:
+        page.close()
+
+
+def test_a_search_discards_by_the_scan_before_measuring(tmp_path: Path) -> None:
+    import optuna
+
+    config = SearchConfig(max_drop=0.1, generation=2, max_trials=4, threads=1, repeats=3,
+                          formats=("fp32",))  # fmt: skip
+    state = search(resolve_model("tiny-cnn"), config, tmp_path / "out")
+    by_scan = [r for r in state.records if "sensitivity scan" in r.get("reason", "")]
+    assert by_scan and all(r["state"] == "discarded" for r in by_scan)
+    for record in by_scan:  # never built: no artifact, told to the study as pruned
+        assert not (tmp_path / "out" / "trials" / f"{record['number']:04d}").exists()
+    study = optuna.load_study(study_name="torchslim-search",
+                              storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}")  # fmt: skip
+    pruned = {t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED}
+    assert {r["number"] for r in by_scan} <= pruned
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"budget): {len(by_scan)}." in page
+
+
+def test_report_of_a_search_from_before_scans_and_rooflines_says_they_are_missing(
+    searched: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "older"
+    shutil.copytree(searched, out)
+    state = json.loads((out / "search.json").read_text())
+    del state["sensitivity"], state["baseline"]["roofline"]
+    (out / "search.json").write_text(json.dumps(state))
+    (out / "best" / ROOFLINE_FILE).unlink()
+    page = write_report(out).read_text()
+    assert "did not record the original's roofline" in page
+    assert "did not record a sensitivity scan" in page
+    assert '<svg id="plot-latency"' in page  # the rest of the report as before
+
+
+def test_the_scan_is_skipped_with_its_reason_when_the_budget_is_tiny() -> None:
+    from torchslim.search.metric import metric_of
+    from torchslim.search.sensitivity import scan_layers
+
+    entry = resolve_model("tiny-cnn")
+    config = SearchConfig(max_drop=1.0, budget_seconds=10.0)
+    metric = metric_of(list(entry.metric_names()))
+    scan = scan_layers(entry, entry.load(), metric, {"evaluate_seconds": 2.0}, config, 1)
+    assert scan["state"] == "skipped" and scan["layers"] == []
+    assert "more than 10% of the 10 s budget" in scan["reason"]
+    state = {"sensitivity": scan, "config": config.to_dict(), "metric": {"name": metric.name}}
+    assert "Not scanned: the scan would take about" in sensitivity_section(state)
 
 
 def test_command_line_modes_are_exclusive(tmp_path: Path) -> None:

@@ -1,5 +1,8 @@
 """The search space: every choice is a valid recipe of registered steps."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from torchslim.errors import ConfigError
@@ -35,3 +38,78 @@ def test_a_fixed_recovery_the_model_has_no_data_for_is_refused() -> None:
     entry = resolve_model("tiny-cnn")
     with pytest.raises(ConfigError, match="training data"):
         space_for(entry, entry.load(), SearchConfig(max_drop=0.1, recovery="distill"))
+
+
+def test_the_scan_discards_an_unrecovered_candidate_that_prunes_a_fragile_group() -> None:
+    from torchslim.prune.sensitivity import group_names
+    from torchslim.search.sensitivity import PlanShares, fragile_layer
+
+    entry = resolve_model("tiny-cnn")
+    model = entry.load()
+    shares = PlanShares(entry, model)
+    names = group_names(model, tuple(entry.example_inputs(1)))
+    assert set(shares("l2", "macs=0.7")) == set(names)  # the plan's groups are the scan's
+    first = max(names, key=lambda name: shares("l2", "macs=0.7")[name])  # the most cut at 30 %
+    layers = [{"name": n, "drop": 5.0 if n == first else 0.1} for n in names]
+    scan = {"state": "scanned", "ratio": 0.5, "layers": layers}
+    space = space_for(entry, model, SearchConfig(max_drop=1.0, formats=("fp32",)))
+
+    def reason(keep_macs: float) -> str:
+        choices = {"depth": "none", "keep_macs": keep_macs, "prune_method": "l2", "format": "fp32"}
+        return fragile_layer(recipe_for(choices, space).to_dict(), scan, shares, 1.0)
+
+    assert shares("l2", "macs=0.7")[first] >= 0.5
+    assert first in reason(0.3) and "drop of 5" in reason(0.3)
+    assert shares("l2", "macs=0.1")[first] < 0.5
+    assert reason(0.9) == ""  # removes less of the fragile group than the scan did
+    assert fragile_layer({"stages": [{"step": "prune", "method": "l2", "target": "macs=0.7"},
+                                     {"step": "finetune"}]}, scan, shares, 1.0) == ""  # fmt: skip
+    assert fragile_layer(recipe_for({"depth": "none", "keep_macs": 0.3, "prune_method": "l2",
+                                     "format": "fp32"}, space).to_dict(),
+                         {**scan, "state": "skipped"}, shares, 1.0) == ""  # fmt: skip
+
+
+def test_lowrank_is_searched_only_when_asked_and_builds_a_factorize_stage() -> None:
+    from torch import nn
+
+    from torchslim.search.space import factorize_method
+
+    entry = resolve_model("tiny-cnn")
+    model = entry.load()
+    plain = SearchConfig(max_drop=0.1, formats=("fp32",))
+    assert space_for(entry, model, plain).factorize is None
+    assert "lowrank" not in plain.sampler_settings()  # a study started before it still resumes
+    config = SearchConfig(max_drop=0.1, formats=("fp32",), lowrank=True)
+    assert config.sampler_settings()["lowrank"] is True
+    space = space_for(entry, model, config)
+    assert space.factorize == "tucker2"
+    assert factorize_method(nn.Sequential(nn.Linear(8, 8), nn.ReLU())) == "whitened"
+    choices = {"depth": "none", "keep_macs": 0.6, "prune_method": "l2", "lowrank": 0.25,
+               "format": "fp32"}  # fmt: skip
+    recipe = recipe_for(choices, space)
+    assert [stage.step for stage in recipe.stages] == ["prune", "factorize"]
+    assert recipe.to_dict()["stages"][1]["target"] == "params=0.25"
+    assert parse_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
+    assert describe(choices) == "60 % MACs (l2), low-rank -25 % params, fp32"
+    assert [s.step for s in recipe_for({**choices, "lowrank": 0.0}, space).stages] == ["prune"]
+
+
+def test_a_lowrank_trial_runs_and_writes_its_factorized_model(tmp_path: Path) -> None:
+    from torchslim.evaluate import evaluate
+    from torchslim.pipeline.artifact import load, model_source
+    from torchslim.search.trial import TrialSpec, run_trial
+
+    entry = resolve_model("tiny-cnn")
+    original = entry.load()
+    space = space_for(entry, original, SearchConfig(max_drop=0.1, formats=("fp32",), lowrank=True))
+    choices = {"depth": "none", "keep_macs": 1.0, "lowrank": 0.5, "format": "fp32"}
+    baseline = evaluate(original, entry, 1, 1, "cpu", 3)
+    spec = TrialSpec(0, recipe_for(choices, space), model_source(entry), str(tmp_path / "t"), 1,
+                     3, 0, "cosine_vs_reference", baseline)  # fmt: skip
+    figures = run_trial(spec)
+    assert "error" not in figures, figures.get("error")
+    assert figures["params"] <= sum(p.numel() for p in original.parameters())
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert [stage["step"] for stage in manifest["stages"]] == ["factorize"]
+    rebuilt = load(tmp_path / "t")  # layers kept whole or factorized: it rebuilds either way
+    assert sum(p.numel() for p in rebuilt.parameters()) == figures["params"]

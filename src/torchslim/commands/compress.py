@@ -23,6 +23,7 @@ from torchslim._cli_options import (
 )
 from torchslim.commands.search import (
     BudgetOption,
+    LowrankOption,
     MaxDropOption,
     ObjectiveOption,
     RayOption,
@@ -68,6 +69,7 @@ def compress_command(
     ray: RayOption = None,
     trials: TrialsOption = None,
     seed: SeedOption = None,
+    lowrank: LowrankOption = False,
 ) -> None:
     """Run a recipe's stages on MODEL, measure before/after, write one artifact; or, with
     --max-drop, search recipes for the fastest (or smallest) model within that metric drop.
@@ -84,7 +86,9 @@ def compress_command(
     from torchslim.pipeline.runner import RunOptions, compress
     from torchslim.zoo.options import require_layers, resolve_model
 
-    flags = SearchFlags(max_drop, objective, target, budget, workers, ray, trials, seed)
+    flags = SearchFlags(
+        max_drop, objective, target, budget, workers, ray, trials, seed, lowrank or None
+    )
     check_mode(recipe, flags, {"--batch-size": batch_size != 1})
     if recipe is None:
         _search(

@@ -31,6 +31,14 @@ RayOption = Annotated[
 ]
 TrialsOption = Annotated[int | None, typer.Option(min=1, help="Search mode: at most N trials.")]
 SeedOption = Annotated[int | None, typer.Option(help="Search mode: seed of the sampler.")]
+LowrankOption = Annotated[
+    bool,
+    typer.Option(
+        "--lowrank",
+        help="Search mode: also search low-rank factorization (Tucker-2 or whitened SVD, none / "
+        "a quarter / a half of the factorized layers' parameters removed).",
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class SearchFlags:
     ray: str | None = None
     trials: int | None = None
     seed: int | None = None
+    lowrank: bool | None = None  # the flag given: True; not given: None
 
     def given(self) -> list[str]:
         names = [name for name, value in vars(self).items() if value is not None]
@@ -65,6 +74,7 @@ class SearchFlags:
             "ray_address": self.ray,
             "max_trials": self.trials,
             "seed": self.seed,
+            "lowrank": self.lowrank,
         }
         values.update({k: v for k, v in optional.items() if v is not None})
         return SearchConfig(max_drop=self.max_drop, **values)

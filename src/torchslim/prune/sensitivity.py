@@ -57,7 +57,12 @@ class SensitivityScan:
 
 
 def _plan(model: nn.Module, inputs: tuple[Any, ...], importance: str) -> PrunePlan | RulePlan:
-    config = StructuredPruneConfig(uniform_ratio=0.0, importance=importance)
+    return _build(model, inputs, StructuredPruneConfig(uniform_ratio=0.0, importance=importance))
+
+
+def _build(
+    model: nn.Module, inputs: tuple[Any, ...], config: StructuredPruneConfig
+) -> PrunePlan | RulePlan:
     if has_rules(model):
         return build_rule_plan(model, inputs, config)
     return build_plan(model, inputs, config)
@@ -91,6 +96,27 @@ def _measure(plan: PrunePlan | RulePlan, metric: Metric | None) -> dict[str, flo
         with torch.no_grad():
             out["metric"] = float(metric(pruned))
     return out
+
+
+def group_names(
+    model: nn.Module, example_inputs: Sequence[Any], importance: str = "l2"
+) -> list[str]:
+    """The names ``scan_sensitivity`` gives ``model``'s prunable groups: one scanned row each
+    per ratio (what a scan will cost, known before it runs)."""
+    return [_label(g) for g in _groups(_plan(model, tuple(example_inputs), importance))]
+
+
+def removed_shares(
+    model: nn.Module, example_inputs: Sequence[Any], config: StructuredPruneConfig
+) -> dict[str, float]:
+    """Per group, named as the scan names it: the share of its units that ``config``'s plan
+    removes (the plan is built, not applied; module rules first, as the scan's)."""
+    plan = _build(model, tuple(example_inputs), config)
+    return {_label(g): 1.0 - _kept(g) / max(_size(g), 1) for g in _groups(plan)}
+
+
+def _kept(group: Any) -> int:
+    return _size(group) if group.keep is None else len(group.keep)
 
 
 def scan_sensitivity(

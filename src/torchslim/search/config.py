@@ -38,6 +38,9 @@ class SearchConfig:
         repeats: timed forward passes per trial.
         formats: number formats searched (None: every one of the objective: latency fp32,
             int8; size fp32, int8w, mixed).
+        lowrank: also search a low-rank factorization of the pruned model (a share of the
+            factorized layers' parameters removed: none, a quarter or a half). Off by default:
+            a search without it samples the trials it sampled before this option existed.
     """
 
     max_drop: float
@@ -54,6 +57,7 @@ class SearchConfig:
     recovery_samples: int = 5000
     repeats: int = 30
     formats: tuple[str, ...] | None = None
+    lowrank: bool = False
 
     def __post_init__(self) -> None:
         _at_least("max_drop", self.max_drop, 0.0)
@@ -85,6 +89,8 @@ class SearchConfig:
         """What decides the trials: a resumed search must be run with the same values."""
         keys = ("objective", "max_drop", "generation", "seed", "recovery", "recovery_samples")
         settings = {key: getattr(self, key) for key in keys}
+        if self.lowrank:  # only when on: a study started before the option still resumes
+            settings["lowrank"] = True
         return {**settings, "formats": list(self.formats or FORMATS[self.objective])}
 
 

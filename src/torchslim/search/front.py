@@ -43,9 +43,9 @@ def chosen(records: list[dict[str, Any]], objective: str) -> dict[str, Any] | No
 
 def hopeless(choices: dict[str, Any], records: list[dict[str, Any]], max_drop: float) -> str:
     """Why a candidate need not be measured ('' when it must be): a trial on the same path
-    (depth, recovery, format, pruning method) keeping at least as many MACs dropped more than
-    twice the budget."""
-    path = ("depth", "recovery", "format", "size_budget")
+    (depth, low-rank share, recovery, format, pruning method) keeping at least as many MACs
+    dropped more than twice the budget."""
+    path = ("depth", "lowrank", "recovery", "format", "size_budget")
     for record in complete(records):
         earlier = record["choices"]
         same_path = all(earlier.get(k) == choices.get(k) for k in path)

@@ -1,6 +1,7 @@
 """``report.html``: one self-contained page (inline CSS and SVG, no script, no network) of a
-search: the original beside the chosen model, the Pareto front, every trial, the chosen model's
-stages and the recipe that reproduces it."""
+search: the original beside the chosen model, the Pareto front, every trial, both models on this
+machine's roofline, the per-layer sensitivity scan, the chosen model's stages and the recipe that
+reproduces it. It draws what the search stored (``search.json``, ``best/``): no model is run."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import yaml
 
 from torchslim.errors import ConfigError
 from torchslim.evaluate.report import format_bytes
+from torchslim.search._sections import roofline_section, sensitivity_section
 from torchslim.search._svg import Point, legend, scatter
+from torchslim.search.roofline import ROOFLINE_FILE
 
 REPORT = "report.html"
 _CSS = """
@@ -21,7 +24,8 @@ body{font-family:system-ui,sans-serif;margin:2em;max-width:1500px;color:#222}
 table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:3px 8px;
 text-align:right}th{background:#f2f2f2}td.text{text-align:left}.plots{display:flex;
 flex-wrap:wrap;gap:1em}pre{background:#f6f6f6;padding:1em}.key{margin-right:1em}
-tr.chosen{background:#fde2e2}tr.front{background:#fff2e0}
+tr.chosen{background:#fde2e2}tr.front{background:#fff2e0}h3{font-size:1em;margin:.4em 0}
+p.note{font-size:.9em;color:#555;max-width:700px}
 """
 
 
@@ -41,13 +45,17 @@ def write_report(out: str | Path) -> Path:
     state = json.loads(state_file.read_text())
     manifest_file = out / "best" / "manifest.json"
     manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+    roofline_file = out / "best" / ROOFLINE_FILE
+    chosen = json.loads(roofline_file.read_text()) if roofline_file.is_file() else None
     path = out / REPORT
-    path.write_text(render(state, manifest))
+    path.write_text(render(state, manifest, chosen))
     return path
 
 
-def render(state: dict[str, Any], manifest: dict[str, Any] | None) -> str:
-    """The page's HTML."""
+def render(
+    state: dict[str, Any], manifest: dict[str, Any] | None, chosen: dict[str, Any] | None = None
+) -> str:
+    """The page's HTML; ``chosen``: the chosen model's roofline (``best/roofline.json``)."""
     trials = state["trials"]
     best = next((t for t in trials if t["number"] == state["best"]), None)
     config, metric = state["config"], state["metric"]["name"]
@@ -64,6 +72,8 @@ def render(state: dict[str, Any], manifest: dict[str, Any] | None) -> str:
         "<h2>Original and chosen model</h2>" + _before_after(state, best, metric),
         "<h2>Pareto front</h2>" + _plots(state) + _front_note(state),
         "<h2>Trials</h2>" + _trials_table(state),
+        "<h2>Roofline: original and chosen model</h2>" + roofline_section(state, chosen, manifest),
+        "<h2>Per-layer sensitivity</h2>" + sensitivity_section(state),
         "<h2>Stages of the chosen model</h2>" + _stages(manifest),
         "<h2>Per layer: widths kept</h2>" + _layers(state, manifest),
         "<h2>Recipe that reproduces it</h2>" + _recipe(state, best),

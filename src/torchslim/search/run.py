@@ -23,6 +23,7 @@ from torchslim._progress import stage as progress
 from torchslim.search import front, study
 from torchslim.search.config import SearchConfig
 from torchslim.search.metric import Metric, metric_of
+from torchslim.search.sensitivity import PlanShares, fragile_layer, scan_layers
 from torchslim.search.space import Space, describe, recipe_for, space_for
 from torchslim.search.trial import TrialSpec
 from torchslim.search.workers import workers_for
@@ -44,6 +45,8 @@ class SearchState:
     stopped: str = "running"
     workers: str = "in process"
     threads: int = 1
+    sensitivity: dict[str, Any] = field(default_factory=dict)
+    plan_shares: Any = field(default=None, repr=False)  # PlanShares of the entry (not stored)
 
     def best(self) -> dict[str, Any] | None:
         return front.chosen(self.records, self.config.objective)
@@ -69,6 +72,7 @@ class SearchState:
                 "higher_is_better": self.metric.higher_is_better,
             },
             "baseline": self.baseline,
+            "sensitivity": self.sensitivity,
             "trials": sorted(self.records, key=lambda r: r["number"]),
             "front": front.pareto_front(self.records),
             "best": None if best is None else best["number"],
@@ -114,6 +118,8 @@ def search(
         list(stored["trials"]) if stored else [],
         threads=threads,
     )
+    state.sensitivity = (stored or {}).get("sensitivity") or _scan(entry, original, state)
+    state.plan_shares = PlanShares(entry, original)
     pool = workers_for(config.workers, config.ray_address)
     state.workers = pool.name
     deadline = time.monotonic() + config.budget_seconds
@@ -136,6 +142,13 @@ def search(
         _write_state(out, state)
         _write_report(out)
     return state
+
+
+def _scan(entry: ZooEntry, original: Any, state: SearchState) -> dict[str, Any]:
+    with progress("per-layer sensitivity scan"):
+        return scan_layers(
+            entry, original, state.metric, state.baseline, state.config, state.threads
+        )
 
 
 def _stop_reason(state: SearchState, handle: Any, deadline: float) -> str:
@@ -171,7 +184,9 @@ def _run_generation(
             "max_drop": state.config.max_drop,
         }
         contexts[number] = (choices, context)
-        reason = front.hopeless(choices, told, state.config.max_drop)
+        reason = front.hopeless(choices, told, state.config.max_drop) or fragile_layer(
+            recipe.to_dict(), state.sensitivity, state.plan_shares, state.config.max_drop
+        )
         if reason:
             _add(
                 out,
@@ -266,11 +281,17 @@ def _measure_baseline(
 
     from torchslim.evaluate import evaluate
     from torchslim.profile import profile
+    from torchslim.search.roofline import measured_roofline
 
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     with progress("measuring the original"):
+        start = time.perf_counter()
         report = evaluate(original, entry, 1, threads, device, config.repeats)
-    macs = profile(original, tuple(entry.example_inputs(1)), measure_memory=False).total.macs
+        seconds = time.perf_counter() - start
+    inputs = tuple(entry.example_inputs(1))
+    counts = profile(original, inputs, measure_memory=False)
+    with progress("the original on this machine's roofline"):
+        roofline = measured_roofline(original, inputs, threads, counts)
     shapes = {
         name: list(module.weight.shape)
         for name, module in original.named_modules()
@@ -282,8 +303,10 @@ def _measure_baseline(
         "metrics": report.metrics,
         "latency_ms": report.latency.median,
         "size_bytes": report.size_bytes,
-        "macs": int(macs),
+        "macs": int(counts.total.macs),
         "params": report.params,
+        "evaluate_seconds": round(seconds, 3),  # metric and latency: what a scan step costs
+        "roofline": roofline,
         "report": report,
     }
 

@@ -1,9 +1,12 @@
 """The search space: every candidate is a recipe of registered steps.
 
 Elastic depth (repeated layers dropped from every stack, NAS-lite: the given model, no new
-supernet), elastic width (structured pruning to a share of the MACs), a recovery (none, a short
-fine-tune, or distillation from the original), and the number format: for latency fp32 or a
-real INT8 runtime (deploy), for size weight-only int8 or int8/int4 per layer by sensitivity
+supernet), elastic width (structured pruning to a share of the MACs), with ``lowrank`` a
+low-rank factorization (a share of the factorized layers' parameters removed: Tucker-2 for a
+model with spatial convolutions, arXiv 1511.06530; whitened SVD for one of Linear layers, arXiv
+2403.07378), a recovery (none, a
+short fine-tune, or distillation from the original), and the number format: for latency fp32 or
+a real INT8 runtime (deploy), for size weight-only int8 or int8/int4 per layer by sensitivity
 (mixed precision).
 """
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 KEEP_MACS = (0.3, 1.0, 0.1)  # low, high, step of the share of MACs kept by pruning
 PRUNE_METHODS = ("l1", "l2")
 SIZE_BUDGETS = (0.15, 0.2, 0.25)  # mixed precision: weights at this share of float32
+LOWRANK_SHARES = (0.0, 0.25, 0.5)  # of the factorized layers' parameters removed
 NONE = "none"
 # INT8 candidates run on one runtime: a trial builds one model, not deploy's race of every
 # backend (minutes per trial), and its metric does not depend on which one won a timing.
@@ -35,12 +39,13 @@ DEPLOY_BACKEND = "openvino"
 @dataclass(frozen=True)
 class Space:
     """What may vary for one model: depth choices (drop lists as "1,2"), recoveries, formats,
-    and the training options of a recovery."""
+    the training options of a recovery, and the factorization method (None: not searched)."""
 
     depths: tuple[str, ...]
     recoveries: tuple[str, ...]
     formats: tuple[str, ...]
     recovery_options: dict[str, Any]
+    factorize: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +53,7 @@ class Space:
             "recoveries": list(self.recoveries),
             "formats": list(self.formats),
             "recovery_options": self.recovery_options,
+            "factorize": self.factorize,
         }
 
 
@@ -73,7 +79,25 @@ def space_for(entry: ZooEntry, model: nn.Module, config: SearchConfig) -> Space:
     options: dict[str, Any] = {"samples": config.recovery_samples}
     if text:  # the built-in text recipe's training settings
         options.update(lr=0.0001, batch_size=64)
-    return Space(depth_choices(model), recoveries, formats, options)
+    factorize = factorize_method(model) if config.lowrank else None
+    return Space(depth_choices(model), recoveries, formats, options, factorize)
+
+
+def factorize_method(model: nn.Module) -> str:
+    """Tucker-2 for a model with spatial convolutions (its MACs are there), whitened SVD for a
+    model of Linear layers.
+
+    Raises:
+        ConfigError: neither kind of layer.
+    """
+    from torch import nn
+
+    layers = list(model.modules())
+    if any(isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1 for m in layers):
+        return "tucker2"
+    if any(isinstance(m, nn.Linear) for m in layers):
+        return "whitened"
+    raise ConfigError(f"lowrank: {type(model).__name__} has no Conv2d or Linear layer to factorize")
 
 
 def depth_choices(model: nn.Module) -> tuple[str, ...]:
@@ -106,8 +130,9 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
     params["keep_macs"] = round(trial.suggest_float("keep_macs", low, high, step=step), 2)
     if params["keep_macs"] < 1.0:
         params["prune_method"] = trial.suggest_categorical("prune_method", PRUNE_METHODS)
-    changed = params["depth"] != NONE or params["keep_macs"] < 1.0
-    if changed and len(space.recoveries) > 1:
+    if space.factorize is not None:  # asked only when searched: other spaces sample as before
+        params["lowrank"] = trial.suggest_categorical("lowrank", LOWRANK_SHARES)
+    if _changed(params) and len(space.recoveries) > 1:
         params["recovery"] = trial.suggest_categorical("recovery", space.recoveries)
     params["format"] = trial.suggest_categorical("format", space.formats)
     if params["format"] == "mixed":
@@ -123,9 +148,11 @@ def recipe_for(params: dict[str, Any], space: Space) -> Recipe:
     if params["keep_macs"] < 1.0:
         removed = round(1.0 - params["keep_macs"], 2)
         stages.append(("prune", {"method": params["prune_method"], "target": f"macs={removed}"}))
+    if params.get("lowrank", 0.0) > 0.0:
+        target = f"params={params['lowrank']}"
+        stages.append(("factorize", {"method": space.factorize, "target": target}))
     recovery = params.get("recovery", space.recoveries[0] if len(space.recoveries) == 1 else NONE)
-    changed = params["depth"] != NONE or params["keep_macs"] < 1.0
-    if changed and recovery != NONE:
+    if _changed(params) and recovery != NONE:
         stages.append((recovery, _recovery_options(recovery, space)))
     if params["format"] == "int8":
         stages.append(("deploy", {"precision": "int8", "backend": DEPLOY_BACKEND}))
@@ -138,6 +165,12 @@ def recipe_for(params: dict[str, Any], space: Space) -> Recipe:
         )
     built = tuple(Stage(name, build_options(get_step(name), values)) for name, values in stages)
     return Recipe(built, describe(params), "search")
+
+
+def _changed(params: dict[str, Any]) -> bool:
+    """Whether the candidate changes the float model (a recovery has something to recover)."""
+    lowrank = params.get("lowrank", 0.0) > 0.0
+    return params["depth"] != NONE or params["keep_macs"] < 1.0 or lowrank
 
 
 def _recovery_options(recovery: str, space: Space) -> dict[str, Any]:
@@ -155,6 +188,8 @@ def describe(params: dict[str, Any]) -> str:
         parts.append(f"depth -[{params['depth']}]")
     if params["keep_macs"] < 1.0:
         parts.append(f"{params['keep_macs'] * 100:.0f} % MACs ({params['prune_method']})")
+    if params.get("lowrank", 0.0) > 0.0:
+        parts.append(f"low-rank -{params['lowrank'] * 100:.0f} % params")
     if params.get("recovery", NONE) != NONE:
         parts.append(str(params["recovery"]))
     fmt = params["format"]

@@ -2,7 +2,8 @@
 
 Runs in the search's process or in a Ray worker, so everything it needs travels in a
 ``TrialSpec`` (plain values and the baseline's report) and it returns plain values. A trial
-whose recipe does not fit the model returns its error instead of figures.
+whose recipe does not fit the model returns its error instead of figures. Beside its artifact
+a trial writes ``roofline.json``: each op of its float module on this machine's roofline.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torchslim._io import write_json
 from torchslim.errors import TorchslimError
 
 
@@ -54,6 +56,8 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
     from torchslim.pipeline.recipe import Recipe
     from torchslim.pipeline.registry import StepContext, get_step
     from torchslim.pipeline.runner import RunOptions, run_stages, write_result
+    from torchslim.profile import profile
+    from torchslim.search.roofline import ROOFLINE_FILE, measured_roofline
 
     entry = base_entry({"model": spec.source})
     recipe = spec.recipe
@@ -64,7 +68,11 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
     final = stages[-1:] if stages and get_step(stages[-1].step).final else ()
     body = Recipe(stages[: len(stages) - len(final)], recipe.description, "search")
     model, records = run_stages(copy.deepcopy(original), body, context, options)
-    macs, params = _macs_and_params(entry, model)
+    inputs = tuple(entry.example_inputs(1))
+    counts = profile(model, inputs, measure_memory=False)
+    macs, params = int(counts.total.macs), sum(p.numel() for p in model.parameters())
+    note = f"its float module before {final[0].step}" if final else ""
+    roofline = measured_roofline(model, inputs, spec.threads, counts, note)
     if final:
         model, last = run_stages(model, Recipe(final, "", "search"), context, options)
         records += [{**record, "index": len(records)} for record in last]
@@ -76,6 +84,7 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
         entry.name, f"search trial {spec.number}", spec.baseline, after, Path(spec.out), details
     )
     outcome = write_result(Path(spec.out), entry, model, recipe, outcome)
+    write_json(Path(spec.out) / ROOFLINE_FILE, roofline)
     figures = {
         "metric": float(outcome.after.metrics[spec.metric]),
         "metrics": outcome.after.metrics,
@@ -87,12 +96,3 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
         "stages": [{"step": r["step"], "seconds": r["seconds"]} for r in records],
     }
     return figures
-
-
-def _macs_and_params(entry: Any, model: Any) -> tuple[int, int]:
-    """MACs (batch 1) and parameters of the float model the trial made (before any runtime)."""
-    from torchslim.profile import profile
-
-    inputs = tuple(entry.example_inputs(1))
-    macs = int(profile(model, inputs, measure_memory=False).total.macs)
-    return macs, sum(p.numel() for p in model.parameters())
