@@ -34,7 +34,12 @@ from torchslim.prune.artifact import (
 )
 from torchslim.prune.blocks import DROPPED
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
-from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
+from torchslim.prune.config_widths import (
+    WidthPlan,
+    build_width_plan,
+    holds_hugging_face_model,
+    is_hugging_face_model,
+)
 from torchslim.prune.depth import drop_layers_
 from torchslim.prune.depth_plan import DepthWidthPlan, build_depth_plan
 from torchslim.prune.graph import PruneError, build_graph
@@ -155,7 +160,7 @@ def _depth_and_widths(
 ) -> tuple[DepthWidthPlan, dict[str, Any]]:
     """Residual blocks dropped and widths pruned by latency per damage (``depth_plan``); the
     record holds the dropped blocks and every module whose shapes changed."""
-    if is_hugging_face_model(model):
+    if holds_hugging_face_model(model):
         raise ConfigError(
             "depth='auto' drops residual blocks of plain models; for a transformers model give "
             "the layers to remove with drop_layers (its config records the new depth)"
