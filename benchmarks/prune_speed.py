@@ -28,9 +28,10 @@ from rich.console import Console
 import torchslim.zoo
 from torchslim._machine import machine_facts
 from torchslim.benchmark import BenchmarkConfig, compare, write_result_json
+from torchslim.distill.student import parse_indices
 from torchslim.profile import profile
 from torchslim.prune import StructuredPruneConfig, prune_
-from torchslim.prune.config_widths import is_hugging_face_model
+from torchslim.prune.config_widths import holds_hugging_face_model
 from torchslim.prune.finetune import FinetuneConfig, finetune_
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,6 +47,8 @@ def parse_args() -> argparse.Namespace:
                         help="auto: add the latency-aware depth+width variant")  # fmt: skip
     parser.add_argument("--calibration-batches", type=int, default=2,
                         help="batches the depth planner measures damage on")  # fmt: skip
+    parser.add_argument("--drop-layers", default="",
+                        help="transformers: layers dropped before widths, e.g. 1,2")  # fmt: skip
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30)
@@ -70,7 +73,15 @@ def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str
         seconds = time.perf_counter() - started
         variants[f"pruned_round{round_to}"] = {"model": model.eval(), "result": result,
                                                "seconds": seconds}  # fmt: skip
-    if args.depth == "auto" and not is_hugging_face_model(dense):
+    if args.drop_layers and holds_hugging_face_model(dense):
+        model = copy.deepcopy(dense)
+        layers = tuple(parse_indices(args.drop_layers))
+        config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, drop_layers=layers)
+        started = time.perf_counter()
+        result = prune_(model, config, inputs)
+        seconds = time.perf_counter() - started
+        variants["drop_layers"] = {"model": model.eval(), "result": result, "seconds": seconds}
+    if args.depth == "auto" and not holds_hugging_face_model(dense):
         model = copy.deepcopy(dense)
         config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, depth="auto")
         calibration = entry.calibration_batches(args.calibration_batches)
@@ -116,7 +127,7 @@ def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.evaluate:
         row["metrics"] = {k: entry.evaluate(m) for k, m in models.items()}
-    if args.finetune_epochs:
+    if args.finetune_epochs and entry.task == "image-classification":
         tune = FinetuneConfig(args.finetune_epochs, args.finetune_samples)
         row["finetuned_metrics"] = {}
         for k, m in models.items():
