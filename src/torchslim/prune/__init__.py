@@ -95,6 +95,7 @@ def prune_(
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
         macs_before = _macs(model, example_inputs) if config.drop_layers else None
+        plan: PrunePlan | RulePlan | WidthPlan | DepthWidthPlan
         with untouched_on_failure(model):
             if config.drop_layers:
                 config = drop_layers_(model, example_inputs, config)

@@ -201,7 +201,8 @@ def _width_step(
     when the width engine cannot remove it."""
     name = next(n for n, w in TARGETS.items() if w == search.what)
     fraction = min(max(amount / cost, 1e-6), 0.999)
-    step = dataclasses.replace(config, depth="off", **{name: fraction})
+    changes: dict[str, Any] = {"depth": "off", name: fraction}
+    step = dataclasses.replace(config, **changes)
     try:
         plan = build_plan(search.model, search.example_inputs, step)
     except PruneError:
