@@ -63,32 +63,32 @@ def parse_args() -> argparse.Namespace:
 
 
 def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Each variant's pruned copy of ``dense``, its prune result and its planning seconds."""
+    ratio = args.macs_ratio
+    configs: dict[str, tuple[StructuredPruneConfig, Any]] = {
+        f"pruned_round{r}": (StructuredPruneConfig(target_macs_ratio=ratio, round_to=r), None)
+        for r in sorted({1, args.round_to})
+    }
+    if args.drop_layers and holds_hugging_face_model(dense):
+        layers = tuple(parse_indices(args.drop_layers))
+        configs["drop_layers"] = (
+            StructuredPruneConfig(target_macs_ratio=ratio, drop_layers=layers),
+            None,
+        )
+    if args.depth == "auto" and not holds_hugging_face_model(dense):
+        calibration = entry.calibration_batches(args.calibration_batches)
+        configs["depth_auto"] = (
+            StructuredPruneConfig(target_macs_ratio=ratio, depth="auto"),
+            calibration,
+        )
     inputs = tuple(entry.example_inputs(1))
     variants: dict[str, Any] = {}
-    for round_to in sorted({1, args.round_to}):
+    for name, (config, calibration) in configs.items():
         model = copy.deepcopy(dense)
-        config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, round_to=round_to)
-        started = time.perf_counter()
-        result = prune_(model, config, inputs)
-        seconds = time.perf_counter() - started
-        variants[f"pruned_round{round_to}"] = {"model": model.eval(), "result": result,
-                                               "seconds": seconds}  # fmt: skip
-    if args.drop_layers and holds_hugging_face_model(dense):
-        model = copy.deepcopy(dense)
-        layers = tuple(parse_indices(args.drop_layers))
-        config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, drop_layers=layers)
-        started = time.perf_counter()
-        result = prune_(model, config, inputs)
-        seconds = time.perf_counter() - started
-        variants["drop_layers"] = {"model": model.eval(), "result": result, "seconds": seconds}
-    if args.depth == "auto" and not holds_hugging_face_model(dense):
-        model = copy.deepcopy(dense)
-        config = StructuredPruneConfig(target_macs_ratio=args.macs_ratio, depth="auto")
-        calibration = entry.calibration_batches(args.calibration_batches)
         started = time.perf_counter()
         result = prune_(model, config, inputs, calibration)
         seconds = time.perf_counter() - started
-        variants["depth_auto"] = {"model": model.eval(), "result": result, "seconds": seconds}
+        variants[name] = {"model": model.eval(), "result": result, "seconds": seconds}
     return variants
 
 
