@@ -13,6 +13,7 @@ OUTPUT_SHAPES = {  # per sample, the batch dimension left out
     "tiny-mobilenetv2": (10,),
     "tiny-cnn": (10,),
     "tiny-resnet8": (10,),
+    "tiny-resnet14": (10,),
 }
 
 

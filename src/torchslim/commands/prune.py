@@ -29,8 +29,25 @@ def prune_command(
         str, typer.Option(help="l1 | l2 | bn | taylor | magnitude | nm | wanda | sparsegpt")
     ] = "l2",
     target: Annotated[
-        str, typer.Option(help="macs=0.5 | flops=0.5 | params=0.5 | ratio=0.3 | sparsity=0.9 | 2:4")
+        str,
+        typer.Option(
+            help="macs=0.5 | flops=0.5 | params=0.5 | latency=0.5 | ratio=0.3 | sparsity=0.9 | 2:4"
+        ),
     ] = "macs=0.5",
+    depth: Annotated[
+        str,
+        typer.Option(
+            help="off | auto: also drop whole residual blocks where they save more predicted "
+            "latency per output damage than thinner layers (structured targets)."
+        ),
+    ] = "off",
+    drop_layers: Annotated[
+        str | None,
+        typer.Option(
+            help="Transformers: layers removed from every layer stack before the widths are "
+            "pruned, e.g. 1,3 or 2-4 (structured targets)."
+        ),
+    ] = None,
     ignore: Annotated[
         list[str] | None, typer.Option(help="Module name or re:<regex> to leave whole.")
     ] = None,
@@ -61,6 +78,7 @@ def prune_command(
     """Prune MODEL (structured channels/heads/neurons, unstructured or N:M) and prove the result.
 
     Example: torchslim prune fashion-resnet20 --method l2 --target macs=0.5 --out r20-pruned
+    Faster at the same MACs: ... --target macs=0.5 --depth auto (drops residual blocks too)
     """
     from torchslim._devices import check_device
     from torchslim._outdir import check_out
@@ -74,7 +92,13 @@ def prune_command(
 
     check_out(out, overwrite)  # before any work: never a user's folder, never after minutes
     check_device(device)
-    stages = [Stage("prune", PruneOptions(method, target, tuple(ignore or ()), scope))]
+    from torchslim.distill.student import parse_indices
+
+    dropped = tuple(parse_indices(drop_layers)) if drop_layers is not None else ()
+    if drop_layers is not None and not dropped:
+        raise ConfigError(f"--drop-layers {drop_layers!r} names no layer: give e.g. 1,3")
+    pruning = PruneOptions(method, target, tuple(ignore or ()), scope, depth, dropped)
+    stages = [Stage("prune", pruning)]
     if finetune_epochs:
         tuning = FinetuneOptions(epochs=finetune_epochs, lr=finetune_lr, samples=finetune_samples)
         stages.append(Stage("finetune", tuning))
@@ -84,8 +108,10 @@ def prune_command(
     entry = resolve_model(model, options_)
     require_layers(entry, "prune")
     note_synthetic_data(entry)
-    technique = f"prune {method} {target}" + (
-        f" + {finetune_epochs} epoch(s)" if finetune_epochs else ""
+    technique = (
+        f"prune {method} {target}"
+        + (f" depth {depth}" if depth != "off" else "")
+        + (f" + {finetune_epochs} epoch(s)" if finetune_epochs else "")
     )
     run = RunOptions(
         device, threads, repeats, batch_size, measure_stages=False, technique=technique

@@ -32,9 +32,16 @@ from torchslim.prune.artifact import (
     shape_record,
     update_hf_configs,
 )
+from torchslim.prune.blocks import DROPPED
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
-from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
+from torchslim.prune.config_widths import (
+    WidthPlan,
+    build_width_plan,
+    holds_hugging_face_model,
+    is_hugging_face_model,
+)
 from torchslim.prune.depth import drop_layers_
+from torchslim.prune.depth_plan import DepthWidthPlan, build_depth_plan
 from torchslim.prune.graph import PruneError, build_graph
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
@@ -64,7 +71,7 @@ class PruneResult:
     macs_before: int | None
     macs_after: int | None
     sparsity: float | None = None
-    plan: PrunePlan | RulePlan | WidthPlan | None = None
+    plan: PrunePlan | RulePlan | WidthPlan | DepthWidthPlan | None = None
     record: dict[str, Any] = field(default_factory=dict)  # shapes to rebuild the pruned model
 
 
@@ -78,7 +85,8 @@ def prune_(
 
     Structured pruning needs ``example_inputs`` (to trace and to measure MACs): one tensor, a
     tuple of positional inputs or a dict of keyword inputs. The "wanda" method reads
-    input-feature norms from ``calibration`` batches (default: the example inputs).
+    input-feature norms from ``calibration`` batches (default: the example inputs), and so
+    does ``depth="auto"`` to measure the output damage of each block drop and width step.
     """
     if example_inputs is not None:
         example_inputs = positional_inputs(model, example_inputs)
@@ -87,10 +95,14 @@ def prune_(
         if example_inputs is None:
             raise ConfigError("structured pruning needs example_inputs to trace the model")
         macs_before = _macs(model, example_inputs) if config.drop_layers else None
+        plan: PrunePlan | RulePlan | WidthPlan | DepthWidthPlan
         with untouched_on_failure(model):
             if config.drop_layers:
                 config = drop_layers_(model, example_inputs, config)
-            plan, record = _structured(model, example_inputs, config)
+            if config.depth == "auto":
+                plan, record = _depth_and_widths(model, example_inputs, config, calibration)
+            else:
+                plan, record = _structured(model, example_inputs, config)
         macs_before = plan.macs_before if macs_before is None else macs_before
         return PruneResult(
             params_before, plan.params_after, macs_before, plan.macs_after, None, plan, record
@@ -141,6 +153,28 @@ def _structured(
     raise AssertionError("unreachable")
 
 
+def _depth_and_widths(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    config: StructuredPruneConfig,
+    calibration: Sequence[Sequence[Any]] | None,
+) -> tuple[DepthWidthPlan, dict[str, Any]]:
+    """Residual blocks dropped and widths pruned by latency per damage (``depth_plan``); the
+    record holds the dropped blocks and every module whose shapes changed."""
+    if holds_hugging_face_model(model):
+        raise ConfigError(
+            "depth='auto' drops residual blocks of plain models; for a transformers model give "
+            "the layers to remove with drop_layers (its config records the new depth)"
+        )
+    plan = build_depth_plan(model, example_inputs, config, calibration)
+    before = _own_shapes(model)
+    plan.apply()
+    after = _own_shapes(model)
+    changed = [n for n in after if n in before and after[n] != before[n]]
+    record = {**shape_record(model, changed), **{name: dict(DROPPED) for name in plan.dropped}}
+    return plan, dict(sorted(record.items()))
+
+
 def _own_shapes(model: nn.Module) -> dict[str, Any]:
     """Every module's own tensor shapes and size attributes (what a reload must rebuild)."""
     return {name: shape_record(model, [name])[name] for name, _ in model.named_modules()}
@@ -154,6 +188,7 @@ def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:
 
 __all__ = [
     "ChannelGroup",
+    "DepthWidthPlan",
     "NMPruneConfig",
     "PruneError",
     "PrunePlan",
@@ -163,6 +198,7 @@ __all__ = [
     "UnstructuredPruneConfig",
     "WeightMask",
     "WidthPlan",
+    "build_depth_plan",
     "build_graph",
     "build_plan",
     "build_rule_plan",

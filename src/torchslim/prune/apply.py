@@ -25,10 +25,16 @@ TARGET_KEYS = {"macs": "target_macs_ratio", "flops": "target_macs_ratio",
 METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda", "sparsegpt")
 CALIBRATION_BATCHES = 8  # for "wanda" input norms and "sparsegpt" Hessians
 CALIBRATED = ("wanda", "sparsegpt")
+DEPTH_CALIBRATION_BATCHES = 2  # depth="auto": damage measured on 2 batches (64 zoo images)
 
 
 def config_from_words(
-    method: str, target: str, ignore: tuple[str, ...] = (), scope: str | None = None
+    method: str,
+    target: str,
+    ignore: tuple[str, ...] = (),
+    scope: str | None = None,
+    depth: str = "off",
+    drop_layers: tuple[int, ...] = (),
 ) -> PruneConfig:
     """``--method`` and ``--target`` of ``torchslim prune`` as a validated config.
 
@@ -39,8 +45,17 @@ def config_from_words(
     2 x MACs so the ratio is the same), ``params=0.5``, ``ratio=0.3`` (of every group's units),
     ``latency=0.5`` (fraction of the latency predicted by the calibrated latency model),
     ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
-    ``sparsity=`` targets only.
+    ``sparsity=`` targets only. ``depth`` (off | auto: residual blocks dropped where they save
+    more predicted latency per damage than widths) and ``drop_layers`` (layers removed from a
+    transformers model's stacks) are for structured targets only.
     """
+    structured = target.partition("=")[0] in TARGET_KEYS
+    for flag, value, unset in (("--depth", depth, "off"), ("--drop-layers", drop_layers, ())):
+        if value != unset and not structured:
+            raise ConfigError(
+                f"{flag} applies to structured targets (macs=R, flops=R, params=R, latency=R, "
+                f"ratio=R) only, not --target {target}"
+            )
     if scope is not None and not target.startswith("sparsity="):
         raise ConfigError(
             f"--scope applies to unstructured targets (sparsity=S) only, not --target {target}"
@@ -82,7 +97,8 @@ def config_from_words(
         raise ConfigError(f"--target {key}=... is structured pruning: --method l1|l2|bn|taylor, "
                           f"got {method!r}")  # fmt: skip
     fields: dict[str, Any] = {TARGET_KEYS[key]: ratio, "importance": STRUCTURED_METHODS[method]}
-    return StructuredPruneConfig(**fields, ignore=ignore)
+    return StructuredPruneConfig(**fields, ignore=ignore, depth=depth,
+                                 drop_layers=tuple(drop_layers))  # fmt: skip
 
 
 def needs_gradients(config: PruneConfig) -> bool:
@@ -129,6 +145,8 @@ def prune_for_entry_(
     calibration = None
     if getattr(config, "method", None) in CALIBRATED:
         calibration = entry.calibration_batches(CALIBRATION_BATCHES)
+    elif getattr(config, "depth", "off") == "auto":  # output damage of each planned move
+        calibration = entry.calibration_batches(DEPTH_CALIBRATION_BATCHES)
     result = prune_(model, config, inputs, calibration)
     model.zero_grad(set_to_none=True)
     details: dict[str, Any] = {

@@ -41,12 +41,18 @@ def shape_record(model: nn.Module, names: Iterable[str]) -> dict[str, Any]:
 
 
 def resize_to_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    """Give ``model``'s recorded modules the recorded shapes (values are uninitialized)."""
+    """Give ``model``'s recorded modules the recorded shapes (values are uninitialized), and
+    replace the blocks recorded as dropped (``{"replaced_by": "identity"}``) with identities."""
+    from torchslim.prune.blocks import DROPPED, drop_block
+
     for name, entry in record.items():
         try:
             module = model.get_submodule(name)
         except AttributeError as error:
             raise ModelLoadError(f"pruning record names {name!r}, absent from the model") from error
+        if entry == DROPPED:
+            drop_block(model, name)
+            continue
         for key, shape in entry["tensors"].items():
             old = getattr(module, key)
             fresh = torch.empty(shape, dtype=old.dtype, device=old.device)

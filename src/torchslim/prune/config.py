@@ -14,6 +14,7 @@ UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement", "wanda", "sparsegpt")
 NM_METHODS = ("l1", "wanda", "sparsegpt")
 SCOPES = ("global", "layer")
 STRUCTURED_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
+DEPTHS = ("off", "auto")
 
 
 def _check_ratio(name: str, value: float) -> None:
@@ -124,6 +125,10 @@ class StructuredPruneConfig(_DictMixin):
         round_to: kept channel counts are multiples of this (>= 1).
         drop_layers: indices of whole layers removed from every layer stack of a transformers
             model before its widths are pruned (the target counts from the original model).
+        depth: "off" (widths only) or "auto": also remove whole residual blocks (``y = x +
+            f(x)``, same shape) of the model's layer stacks, choosing block drops and width
+            steps by predicted latency saved per unit of output damage on calibration batches
+            (see ``prune.depth_plan``). Needs a MACs, params or latency target.
     """
 
     target_macs_ratio: float | None = None
@@ -134,6 +139,7 @@ class StructuredPruneConfig(_DictMixin):
     ignore: tuple[str, ...] = ()
     round_to: int = 1
     drop_layers: tuple[int, ...] = ()
+    depth: str = "off"
 
     def __post_init__(self) -> None:
         if not isinstance(self.drop_layers, tuple) or not all(
@@ -161,3 +167,14 @@ class StructuredPruneConfig(_DictMixin):
         _check_ignore(self.ignore)
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        _check_choice("depth", self.depth, DEPTHS)
+        if self.depth == "auto" and self.uniform_ratio is not None:
+            raise ConfigError(
+                "depth='auto' trades block drops against width steps to meet a target: give "
+                "target_macs_ratio, target_params_ratio or target_latency_ratio, not uniform_ratio"
+            )
+        if self.depth == "auto" and self.drop_layers:
+            raise ConfigError(
+                f"depth='auto' chooses the blocks to drop itself; drop_layers={self.drop_layers!r} "
+                "names them by hand: give one or the other"
+            )

@@ -107,6 +107,12 @@ def is_hugging_face_model(model: nn.Module) -> bool:
     return hasattr(model, "config") and hasattr(model, "save_pretrained")
 
 
+def holds_hugging_face_model(model: nn.Module) -> bool:
+    """``model`` is, or wraps (the zoo's output adapters, sentence encoders), a transformers
+    model: its layer stacks have a config that records their depth."""
+    return any(is_hugging_face_model(module) for module in model.modules())
+
+
 def build_width_plan(
     model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
 ) -> WidthPlan:

@@ -12,7 +12,7 @@ from torch import nn
 
 from torchslim.prune._target import TARGETS, cost, target_of
 from torchslim.prune.config import StructuredPruneConfig
-from torchslim.prune.config_widths import is_hugging_face_model
+from torchslim.prune.config_widths import holds_hugging_face_model
 from torchslim.prune.graph import PruneError
 
 
@@ -23,7 +23,7 @@ def drop_layers_(
     what is still to remove from the smaller model (same share of the original)."""
     from torchslim.distill.student import drop_layers, layer_stacks
 
-    if not is_hugging_face_model(model):
+    if not holds_hugging_face_model(model):
         raise PruneError(
             "drop_layers is for transformers models (their config records the new depth, so "
             f"from_pretrained reloads them); {type(model).__name__} is not one"

@@ -223,4 +223,7 @@ def entries() -> list[ZooEntry]:
         TinyEntry("tiny-resnet8", image, "Our CIFAR-style ResNet of depth 8 (one block per "
                   "stage) on 28x28 grayscale; output: logits (B, 10).",
                   lambda: architectures.ResNet(8), GRAY_28),
+        TinyEntry("tiny-resnet14", image, "Our CIFAR-style ResNet of depth 14 (two blocks per "
+                  "stage: residual blocks that depth pruning can drop) on 28x28 grayscale; "
+                  "output: logits (B, 10).", lambda: architectures.ResNet(14), GRAY_28),
     ]  # fmt: skip

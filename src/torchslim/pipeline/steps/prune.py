@@ -13,13 +13,18 @@ from torchslim.pipeline.registry import Step, StepContext, StepResult, register_
 @dataclass(frozen=True)
 class PruneOptions:
     """``method``: l1 | l2 | bn | taylor (structured), magnitude | wanda (unstructured), nm;
-    ``target``: macs=R | flops=R | params=R | ratio=R | sparsity=S | N:M; ``ignore``: names or
-    ``re:`` patterns left whole; ``scope``: global | layer (sparsity targets only)."""
+    ``target``: macs=R | flops=R | params=R | latency=R | ratio=R | sparsity=S | N:M;
+    ``ignore``: names or ``re:`` patterns left whole; ``scope``: global | layer (sparsity targets
+    only); ``depth``: off | auto (also drop whole residual blocks, chosen by predicted latency
+    saved per output damage); ``drop_layers``: layer indices removed from every layer stack of a
+    transformers model before its widths are pruned."""
 
     method: str = "l2"
     target: str = "macs=0.5"
     ignore: tuple[str, ...] = ()
     scope: str | None = None
+    depth: str = "off"
+    drop_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.config()  # every value checked when the recipe is read
@@ -27,7 +32,8 @@ class PruneOptions:
     def config(self) -> Any:
         from torchslim.prune.apply import config_from_words
 
-        return config_from_words(self.method, self.target, tuple(self.ignore), self.scope)
+        return config_from_words(self.method, self.target, tuple(self.ignore), self.scope,
+                                 self.depth, tuple(self.drop_layers))  # fmt: skip
 
 
 def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> StepResult:
@@ -42,10 +48,14 @@ def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> 
 
 def restore_prune(
     model: nn.Module, options: PruneOptions, record: dict[str, Any], context: StepContext
-) -> None:
+) -> nn.Module:
     from torchslim.prune.artifact import resize_to_record
 
-    resize_to_record(model, record.get("pruned_shapes", {}))
+    if options.drop_layers:  # the shapes were recorded on the shallower model
+        from torchslim.distill.student import drop_layers
+
+        model = drop_layers(model, list(options.drop_layers))[0]
+    return resize_to_record(model, record.get("pruned_shapes", {}))
 
 
 register_step(
