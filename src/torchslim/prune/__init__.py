@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._hf_directory import is_hugging_face_model
 from torchslim.errors import ConfigError
 from torchslim.profile import profile
 from torchslim.prune._inputs import positional_inputs
@@ -33,7 +34,7 @@ from torchslim.prune.artifact import (
     update_hf_configs,
 )
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
-from torchslim.prune.config_widths import WidthPlan, build_width_plan, is_hugging_face_model
+from torchslim.prune.config_widths import WidthPlan, build_width_plan
 from torchslim.prune.depth import drop_layers_
 from torchslim.prune.graph import PruneError, build_graph
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules

@@ -102,11 +102,6 @@ class WidthPlan:
         return self.model
 
 
-def is_hugging_face_model(model: nn.Module) -> bool:
-    """A transformers ``PreTrainedModel`` (it has a config and ``save_pretrained``)."""
-    return hasattr(model, "config") and hasattr(model, "save_pretrained")
-
-
 def build_width_plan(
     model: nn.Module, example_inputs: tuple[Any, ...], config: StructuredPruneConfig
 ) -> WidthPlan:

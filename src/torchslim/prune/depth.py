@@ -10,9 +10,9 @@ from typing import Any
 
 from torch import nn
 
+from torchslim._hf_directory import is_hugging_face_model
 from torchslim.prune._target import TARGETS, cost, target_of
 from torchslim.prune.config import StructuredPruneConfig
-from torchslim.prune.config_widths import is_hugging_face_model
 from torchslim.prune.graph import PruneError
 
 
