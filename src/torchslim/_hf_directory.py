@@ -206,6 +206,28 @@ def copy_source_files(source: Path | None, directory: Path) -> list[str]:
     return copied
 
 
+def config_values(model: nn.Module) -> dict[str, Any]:
+    """The flat (non-nested) values of the config of the transformers model in ``model``."""
+    found = _holder(model)
+    if found is None:
+        return {}
+    values = found[1].config.to_dict()
+    return {key: value for key, value in values.items() if not isinstance(value, dict)}
+
+
+def config_changes(before: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The config values of ``model`` that differ from ``before`` (what pruning changed)."""
+    after = config_values(model)
+    return {key: value for key, value in after.items() if before.get(key) != value}
+
+
+def apply_config_changes(model: nn.Module, changes: dict[str, Any]) -> None:
+    """Set ``changes`` on the config in place: every module holding it sees them."""
+    found = _holder(model)
+    if found is not None and changes:
+        found[1].config.update(changes)
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of ``path`` named as in the torchslim model: an artifact's
     ``model.safetensors`` gets back the wrapper prefix its manifest records (version 2)."""
