@@ -76,7 +76,8 @@ class HFDirectory:
             own = {name[start:]: tensor for name, tensor in state.items()}
             save_tensors(directory / WEIGHTS, own, metadata={"format": "pt"})
         copied = copy_source_files(self.source, directory)
-        why, kwargs = self.why_not, {}
+        why: str | None = self.why_not
+        kwargs: dict[str, Any] = {}
         if why is None:
             why, kwargs = write_config(self.inner, directory)
         fields = {"weights_prefix": self.prefix, "hf_loadable": why is None}
@@ -121,7 +122,7 @@ def write_config(inner: nn.Module, directory: Path) -> tuple[str | None, dict[st
     None, and the ``from_pretrained`` keyword arguments the build needs)."""
     import transformers
 
-    config = copy.deepcopy(inner.config)
+    config: Any = copy.deepcopy(inner.config)
     config.architectures = [type(inner).__name__]
     floats = [p.dtype for p in inner.parameters() if p.is_floating_point()]
     if floats:
@@ -129,7 +130,7 @@ def write_config(inner: nn.Module, directory: Path) -> tuple[str | None, dict[st
     config.save_pretrained(directory)  # what from_pretrained will read back
     reread = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     accepted = inspect.signature(type(inner).__init__).parameters
-    tries = [{}] + [o for o in INIT_OPTIONS if set(o) <= set(accepted)]
+    tries: list[dict[str, Any]] = [{}, *(o for o in INIT_OPTIONS if set(o) <= set(accepted))]
     differences = []
     for kwargs in tries:
         difference = structure_difference(inner, reread, kwargs)
@@ -211,7 +212,8 @@ def config_values(model: nn.Module) -> dict[str, Any]:
     found = _holder(model)
     if found is None:
         return {}
-    values = found[1].config.to_dict()
+    config: Any = found[1].config
+    values = config.to_dict()
     return {key: value for key, value in values.items() if not isinstance(value, dict)}
 
 
@@ -225,7 +227,8 @@ def apply_config_changes(model: nn.Module, changes: dict[str, Any]) -> None:
     """Set ``changes`` on the config in place: every module holding it sees them."""
     found = _holder(model)
     if found is not None and changes:
-        found[1].config.update(changes)
+        config: Any = found[1].config
+        config.update(changes)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
