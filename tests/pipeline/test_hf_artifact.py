@@ -177,3 +177,21 @@ def test_a_failing_hf_write_leaves_no_artifact(tmp_path: Path, monkeypatch) -> N
     with pytest.raises(RuntimeError, match="disk full"):
         _run("tiny-llama", DROP_LAST, tmp_path / "artifact")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no artifact, no staging folder
+
+
+@pytest.mark.assets
+@pytest.mark.slow  # about 30 s: MiniLM measured before and after
+def test_minilm_artifact_is_a_sentence_transformers_ready_directory(tmp_path: Path) -> None:
+    out = tmp_path / "minilm"
+    manifest = _run("minilm", "version: 1\nstages:\n  - step: drop_layers\n    layers: [1, 3, 5]\n",
+                    out)  # fmt: skip
+    assert manifest["hf_loadable"] and manifest["weights_prefix"] == "encoder."
+    assert {"tokenizer.json", "vocab.txt"} <= set(manifest["hf"]["copied_files"])
+    plain = transformers.AutoModel.from_pretrained(out)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    batch = tokenizer(["a small model", "the same words"], return_tensors="pt", padding=True)
+    ours = torchslim.load(out)
+    with torch.no_grad():
+        expected = ours.encoder(**batch).last_hidden_state  # the wrapper's encoder
+        torch.testing.assert_close(plain.eval()(**batch).last_hidden_state, expected)
+    assert plain.config.num_hidden_layers == 3
