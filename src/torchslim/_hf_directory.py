@@ -46,6 +46,7 @@ AUTO_CLASSES = (
 # constructor options a model may have been built with that its config does not record
 INIT_OPTIONS = ({"add_pooling_layer": False},)
 _SHOWN = 3  # differences named in a "why"
+JSON_VALUES = (str, int, float, bool, list, tuple, type(None))  # config values a manifest records
 
 
 def is_hugging_face_model(model: nn.Module) -> bool:
@@ -127,8 +128,12 @@ def write_config(inner: nn.Module, directory: Path) -> tuple[str | None, dict[st
     floats = [p.dtype for p in inner.parameters() if p.is_floating_point()]
     if floats:
         config.dtype = floats[0]
-    config.save_pretrained(directory)  # what from_pretrained will read back
-    reread = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    try:
+        config.save_pretrained(directory)  # what from_pretrained will read back
+        reread = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
+    except Exception as error:  # the artifact is still written, for torchslim alone
+        (directory / "config.json").unlink(missing_ok=True)
+        return f"its config cannot be saved and read back ({type(error).__name__}: {error})", {}
     accepted = inspect.signature(type(inner).__init__).parameters
     tries: list[dict[str, Any]] = [{}, *(o for o in INIT_OPTIONS if set(o) <= set(accepted))]
     differences = []
@@ -208,13 +213,14 @@ def copy_source_files(source: Path | None, directory: Path) -> list[str]:
 
 
 def config_values(model: nn.Module) -> dict[str, Any]:
-    """The flat (non-nested) values of the config of the transformers model in ``model``."""
+    """The flat values (no nested configs) of the config of the transformers model in
+    ``model``."""
     found = _holder(model)
     if found is None:
         return {}
     config: Any = found[1].config
     values = config.to_dict()
-    return {key: value for key, value in values.items() if not isinstance(value, dict)}
+    return {key: value for key, value in values.items() if isinstance(value, JSON_VALUES)}
 
 
 def config_changes(before: dict[str, Any], model: nn.Module) -> dict[str, Any]:

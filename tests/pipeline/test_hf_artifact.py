@@ -19,6 +19,7 @@ from torchslim._io import load_tensors, save_tensors
 from torchslim.cli import app
 from torchslim.pipeline import parse_recipe
 from torchslim.pipeline.runner import RunOptions, compress
+from torchslim.prune import load_pruned_artifact
 from torchslim.zoo.options import resolve_model
 
 FAST = RunOptions(repeats=1, measure_stages=False)
@@ -81,6 +82,8 @@ def test_the_config_records_what_pruning_changed(tmp_path: Path) -> None:
     assert heads == (2, 1, 16) and config["intermediate_size"] == 64  # from 4/2 heads, 128
     rebuilt = torchslim.load(tmp_path / "pruned").model.config  # the prune stage replayed
     assert (rebuilt.num_attention_heads, rebuilt.intermediate_size) == (2, 64)
+    fresh = load_pruned_artifact(zoo.get("tiny-llama").load(), tmp_path / "pruned")
+    assert fresh.model.model.layers[1].mlp.up_proj.out_features == 64  # prefix added back
     _run("tiny-llama", DROP_LAST, tmp_path / "shallow")
     assert json.loads((tmp_path / "shallow" / "config.json").read_text())["num_hidden_layers"] == 1
 
