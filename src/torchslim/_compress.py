@@ -18,6 +18,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from torchslim._hf_directory import HFDirectory
 from torchslim._io import atomic_directory, save_tensors, write_json
 from torchslim._machine import machine_facts
 from torchslim._progress import stage
@@ -91,16 +92,22 @@ def write_model_artifact(
     manifest: dict[str, Any],
     extra_files: dict[str, Path] | None = None,
     dense_weights: bool = True,
+    hf: HFDirectory | None = None,
 ) -> Path:
     """Write ``out/model.safetensors`` + ``out/manifest.json`` (+ extra files) atomically;
     ``dense_weights=False`` leaves out ``model.safetensors`` (an extra file holds the weights).
 
     ``extra_files`` maps a name inside the artifact to a file to copy there (e.g. ``model.onnx``).
-    The directory appears complete or not at all; an existing one is replaced only on success.
+    ``hf``: lay the weights out as a Hugging Face directory (see :mod:`torchslim._hf_directory`)
+    and add its fields to the manifest. The directory appears complete or not at all; an
+    existing one is replaced only on success.
     """
     with stage(f"writing {out}"), atomic_directory(out) as tmp:
-        if dense_weights:
-            save_tensors(tmp / "model.safetensors", model.state_dict())
+        state = model.state_dict() if dense_weights else None
+        if hf is not None:
+            manifest = {**manifest, **hf.write(tmp, state)}
+        elif state is not None:
+            save_tensors(tmp / "model.safetensors", state)
         for name, source in (extra_files or {}).items():
             (tmp / name).write_bytes(Path(source).read_bytes())
         write_json(tmp / "manifest.json", {"versions": versions(), **manifest})

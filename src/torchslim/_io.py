@@ -66,8 +66,10 @@ def write_json(path: str | Path, payload: Any) -> None:
 ALIASES_KEY = "torchslim_aliases"
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
-    """Save a flat tensor dict as safetensors, atomically.
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """Save a flat tensor dict as safetensors, atomically, with ``metadata`` in its header.
 
     A tensor that is the same tensor as an earlier entry (tied weights, e.g. an LM head sharing
     the embedding) is stored once; the file's metadata maps the alias to the stored name and
@@ -83,9 +85,9 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
             continue
         seen[key] = name
         unique[name] = tensor.detach().contiguous().clone()
-    metadata = {ALIASES_KEY: json.dumps(aliases)} if aliases else None
+    header = {**(metadata or {}), **({ALIASES_KEY: json.dumps(aliases)} if aliases else {})}
     with atomic_path(path) as tmp:
-        save_file(unique, str(tmp), metadata=metadata)
+        save_file(unique, str(tmp), metadata=header or None)
 
 
 def load_tensors(path: str | Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -28,7 +28,8 @@ def test_distill_command_drops_layers_trains_and_reports_before_after(tmp_path):
     assert details["distill_config"]["output_loss"] == "mse"  # no labels: teacher outputs
     assert details["steps"] == 8  # 32 calibration examples / 8 per step x 2 epochs
     names = sorted(p.name for p in out.iterdir())
-    assert names == [RECORD, "manifest.json", "metrics.jsonl", "model.safetensors"]
+    # a Hugging Face directory: the config says the new depth (the student is a BertModel)
+    assert names == [RECORD, "config.json", "manifest.json", "metrics.jsonl", "model.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["outcome"]["after"]["params"] == payload["after"]["params"]
     assert [stage["step"] for stage in manifest["stages"]] == ["drop_layers", "distill"]

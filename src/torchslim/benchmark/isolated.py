@@ -332,11 +332,11 @@ def zoo_model_call(name: str, batch_size: int, weights: str | None = None) -> Va
     """Factory for :class:`WorkerVariant`: zoo model ``name`` in fp32 eager on its example
     inputs of ``batch_size`` (``weights``: an optional safetensors file to load into it)."""
     import torchslim.zoo
-    from torchslim._io import load_tensors
+    from torchslim._hf_directory import load_weights
 
     entry = torchslim.zoo.get(name)
     model = entry.load().eval()
     if weights is not None:
-        model.load_state_dict(load_tensors(weights))
+        model.load_state_dict(load_weights(weights))
     inputs = entry.example_inputs(batch_size)
     return lambda: model(*inputs)

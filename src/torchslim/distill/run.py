@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._io import load_tensors
+from torchslim._hf_directory import load_weights
 from torchslim.distill.config import DistillConfig
 from torchslim.distill.data import training_data
 from torchslim.distill.distiller import Distiller
@@ -55,7 +55,7 @@ def build_student(teacher: nn.Module, spec: StudentSpec) -> tuple[nn.Module, dic
             copy.deepcopy(teacher).requires_grad_(True), None)  # fmt: skip
         details["student_from_teacher"] = dropped.to_dict() if dropped else "copy"
     if spec.weights is not None:
-        details["reshaped_from_checkpoint"] = load_reshaped(student, load_tensors(spec.weights))
+        details["reshaped_from_checkpoint"] = load_reshaped(student, load_weights(spec.weights))
         details["student_weights"] = str(spec.weights)
     if spec.from_scratch:
         _reinitialise(student)

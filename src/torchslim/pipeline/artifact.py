@@ -5,6 +5,11 @@ the original model (``model``: its spec and options), the resolved recipe, each 
 figures and structure record, and the before/after outcome. Weights are ``model.safetensors``
 (fake-quant layers stored dequantized, masks folded); a deployed model keeps its runtime files
 (ONNX, OpenVINO IR, PT2) and the deploy manifest's keys beside these.
+
+Version 2: the module artifact of a transformers model is a Hugging Face directory (weights under
+the transformers model's own names, ``weights_prefix`` in the manifest, ``config.json`` where it
+describes the model, ``hf_loadable`` and ``hf.why`` where not); version 1 (wrapper names) still
+loads.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
     from torchslim.zoo._entry import ZooEntry
 
 ARTIFACT_FORMAT = "torchslim"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: Hugging Face directory layout; 1 still read
 MANIFEST = "manifest.json"
 
 
@@ -66,9 +71,38 @@ def write_pipeline_artifact(
         deployed = runtime.manifest()
         return write_artifact(out, runtime.artifact, {**deployed, **manifest, "kind": "deployed"})
     from torchslim._compress import write_model_artifact
+    from torchslim._hf_directory import hf_directory
 
     module = {**manifest, "kind": "module"}
-    return write_model_artifact(out, storable(model), module, extra_files, dense_weights)
+    why_not = not_from_pretrained(model, dense_weights)
+    stored = storable(model)
+    layout = hf_directory(stored, why_not, source_directory(entry))
+    return write_model_artifact(out, stored, module, extra_files, dense_weights, layout)
+
+
+def not_from_pretrained(model: nn.Module, dense_weights: bool) -> str | None:
+    """Why a config.json cannot stand for ``model`` whatever its shapes, or None."""
+    from torchslim.quantize.modules import quant_modules
+
+    if not dense_weights:
+        return "the weights are packed (model.packed), which transformers does not read"
+    quantized = quant_modules(model)
+    if quantized:
+        return (
+            f"{len(quantized)} fake-quant layers (e.g. {next(iter(quantized))}): "
+            "model.safetensors holds their dequantized weights, and config.json cannot express "
+            "their quantization; torchslim.load rebuilds what torchslim measured"
+        )
+    return None
+
+
+def source_directory(entry: ZooEntry) -> Path | None:
+    """The directory the original model was read from (its tokenizer files are copied)."""
+    spec = model_source(entry).get("spec")
+    if isinstance(spec, str) and Path(spec).is_dir():
+        return Path(spec)
+    found = getattr(entry, "hf_directory", None)
+    return found() if callable(found) else None
 
 
 def pruned_shapes(stages: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,7 +185,8 @@ def load(directory: str | Path) -> nn.Module:
 
 def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Module:
     """The original model, its stages' structure replayed, the artifact's weights loaded."""
-    from torchslim._io import load_state_dict_strict, load_tensors
+    from torchslim._hf_directory import load_weights
+    from torchslim._io import load_state_dict_strict
     from torchslim.pipeline.recipe import build_options
     from torchslim.pipeline.registry import StepContext, get_step
 
@@ -172,7 +207,7 @@ def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Mo
         weights = directory / "model.packed"
         state = read_packed(weights)
     else:
-        state = load_tensors(weights)
+        state = load_weights(weights)  # the wrapper's names, whatever the artifact version
     if reshaped:  # a student loaded from a checkpoint of other shapes: the artifact's shapes
         from torchslim.distill.student import load_reshaped
 

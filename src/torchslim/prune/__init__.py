@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._hf_directory import is_hugging_face_model
 from torchslim.errors import ConfigError
 from torchslim.profile import profile
 from torchslim.prune._inputs import positional_inputs
@@ -38,7 +39,6 @@ from torchslim.prune.config_widths import (
     WidthPlan,
     build_width_plan,
     holds_hugging_face_model,
-    is_hugging_face_model,
 )
 from torchslim.prune.depth import drop_layers_
 from torchslim.prune.depth_plan import DepthWidthPlan, build_depth_plan

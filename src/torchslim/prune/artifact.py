@@ -88,7 +88,7 @@ def load_pruned_artifact(model: nn.Module, directory: str | Path) -> nn.Module:
     original architecture (e.g. ``zoo.get(name).load()``): resized, then weights loaded."""
     import json
 
-    from torchslim._io import load_tensors
+    from torchslim._hf_directory import load_weights
 
     directory = Path(directory)
     manifest = json.loads((directory / "manifest.json").read_text())
@@ -96,7 +96,7 @@ def load_pruned_artifact(model: nn.Module, directory: str | Path) -> nn.Module:
         raise ModelLoadError(
             f"{directory}/manifest.json has no pruned_shapes: not a prune artifact"
         )
-    state = load_tensors(directory / "model.safetensors")
+    state = load_weights(directory / "model.safetensors")
     return load_pruned(model, manifest["pruned_shapes"], state).eval()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._hf_directory import is_hugging_face_model
 from torchslim.profile import profile
 from torchslim.prune._target import cost, target_of
 from torchslim.prune._width_indices import choose_indices, heads_lcm
@@ -100,11 +101,6 @@ class WidthPlan:
         self.model.__dict__.clear()
         self.model.__dict__.update(pruned.__dict__)
         return self.model
-
-
-def is_hugging_face_model(model: nn.Module) -> bool:
-    """A transformers ``PreTrainedModel`` (it has a config and ``save_pretrained``)."""
-    return hasattr(model, "config") and hasattr(model, "save_pretrained")
 
 
 def holds_hugging_face_model(model: nn.Module) -> bool:

@@ -17,7 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from torchslim._io import load_state_dict_strict, load_tensors
+from torchslim._hf_directory import load_weights
+from torchslim._io import load_state_dict_strict
 from torchslim.errors import ModelLoadError
 from torchslim.zoo._entry import Batch, ZooEntry
 
@@ -64,7 +65,7 @@ class _Configured:
             from torchslim.prune.artifact import resize_to_record
 
             resize_to_record(model, record)
-        load_state_dict_strict(model, load_tensors(self.weights), str(self.weights))
+        load_state_dict_strict(model, load_weights(self.weights), str(self.weights))
         return model.eval()
 
     def meta_model(self) -> nn.Module:

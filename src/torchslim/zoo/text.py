@@ -10,6 +10,7 @@ import json
 import math
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,6 +133,10 @@ class MiniLM(ZooEntry):
 
         encoder = AutoModel.from_pretrained(str(package_file(*MINILM_DIR)), dtype=torch.float32)
         return SentenceEncoder(encoder).eval()
+
+    def hf_directory(self) -> Path:
+        """The Hugging Face directory the model is read from (an artifact copies its tokenizer)."""
+        return Path(package_file(*MINILM_DIR))
 
     def meta_model(self) -> nn.Module:
         from transformers import AutoConfig, AutoModel

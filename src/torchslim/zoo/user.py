@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim._io import load_state_dict_strict, load_tensors
+from torchslim._hf_directory import load_weights
+from torchslim._io import load_state_dict_strict
 from torchslim.errors import ConfigError, ModelLoadError, UnknownModelError, did_you_mean
 from torchslim.zoo._hf import HuggingFaceOutput, huggingface_class, huggingface_inputs
 from torchslim.zoo._inputs import InputSpec
@@ -178,7 +179,7 @@ def _factory_entry(spec: str, options: ModelOptions) -> UserEntry:
                 "return the model itself (weights go in --weights)."
             )
         if weights is not None:
-            load_state_dict_strict(model, load_tensors(weights), weights)
+            load_state_dict_strict(model, load_weights(weights), weights)
         return model.eval()
 
     inputs = _with_data_and_seq_len(UserInputs(specs), options, spec)

@@ -37,25 +37,32 @@ class PruneOptions:
 
 
 def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> StepResult:
+    from torchslim._hf_directory import config_changes, config_values
     from torchslim.profile import profile
     from torchslim.prune.apply import prune_for_entry_
 
+    config_before = config_values(model)
     result, details = prune_for_entry_(model, context.entry, options.config())
     inputs = tuple(context.entry.example_inputs(1))
     details["macs_after"] = profile(model, inputs, measure_memory=False).total.macs
-    return StepResult(details, {"pruned_shapes": result.record})
+    # the transformers config's new widths: a rebuilt model writes the same config.json
+    config = config_changes(config_before, model)
+    return StepResult(details, {"pruned_shapes": result.record, "config": config})
 
 
 def restore_prune(
     model: nn.Module, options: PruneOptions, record: dict[str, Any], context: StepContext
 ) -> nn.Module:
+    from torchslim._hf_directory import apply_config_changes
     from torchslim.prune.artifact import resize_to_record
 
     if options.drop_layers:  # the shapes were recorded on the shallower model
         from torchslim.distill.student import drop_layers
 
         model = drop_layers(model, list(options.drop_layers))[0]
-    return resize_to_record(model, record.get("pruned_shapes", {}))
+    model = resize_to_record(model, record.get("pruned_shapes", {}))
+    apply_config_changes(model, record.get("config", {}))
+    return model
 
 
 register_step(
