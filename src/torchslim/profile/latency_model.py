@@ -375,7 +375,6 @@ class _OverheadFit:
     python_call_s: float
     calls_per_op: float
     calls_per_module_call: float
-    programs: dict[str, dict[str, float]]
 
 
 def _fit_overheads(
@@ -385,8 +384,8 @@ def _fit_overheads(
     from torchslim.profile import profile
 
     work_only = LatencyModel(classes, 0.0, threads or 1, str(device))
-    features, left, seen = [], [], {}
-    for name, model, inputs in overhead_programs(device):
+    features, left = [], []
+    for _, model, inputs in overhead_programs(device):
         report = profile(model, inputs, measure_memory=False, count_calls=True)
         run: Callable[[], Any] = functools.partial(model, *inputs)
         timing = measure_latency(run, warmup=5, repeats=50, threads=threads, device=device)
@@ -395,17 +394,11 @@ def _fit_overheads(
         calls = report.python_calls or 0
         features.append([ops, modules, calls])
         left.append(max(seconds - work_only.predict_report(report), 0.0))
-        seen[name] = {
-            "ops": ops,
-            "module_calls": modules,
-            "python_calls": calls,
-            "ms": seconds * 1e3,
-        }
     rates = nnls(np.array(features, dtype=float), np.array(left))[0]
     counts = np.array(features, dtype=float)
     per = nnls(counts[:, :2], counts[:, 2])[0]  # calls ~ ops and module calls
     op_s, module_call_s, python_call_s = (float(r) for r in rates)
-    return _OverheadFit(op_s, module_call_s, python_call_s, float(per[0]), float(per[1]), seen)
+    return _OverheadFit(op_s, module_call_s, python_call_s, float(per[0]), float(per[1]))
 
 
 def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
