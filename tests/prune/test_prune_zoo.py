@@ -224,3 +224,30 @@ def test_minilm_30_percent_of_heads_and_neurons_round_trips(tmp_path: Path) -> N
     reloaded = from_pretrained(tmp_path)
     with torch.no_grad():
         torch.testing.assert_close(reloaded(*inputs)[0], model.encoder(*inputs)[0])
+
+
+def test_ignored_layer_keeps_the_config_width_honest() -> None:
+    """A wrapped BERT whose second MLP `ignore` keeps whole: the config must not claim the
+    pruned width for every layer (it would build a model that cannot load the weights)."""
+    from transformers import BertConfig, BertModel
+
+    class Wrapper(nn.Module):  # a wrapper fx cannot trace: pruned by the module rules
+        def __init__(self) -> None:
+            super().__init__()
+            config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64)  # fmt: skip
+            self.encoder = BertModel(config, add_pooling_layer=False)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids=ids).last_hidden_state.mean(1)
+
+    ids = torch.randint(0, 50, (2, 8))
+    ignored = StructuredPruneConfig(uniform_ratio=0.5, ignore=("re:.*layer\\.1\\..*",))
+    model = Wrapper()
+    prune_(model, ignored, (ids,))
+    widths = [layer.intermediate.dense.out_features for layer in model.encoder.encoder.layer]
+    assert widths == [32, 64]
+    assert model.encoder.config.intermediate_size == 64  # not rewritten: widths differ
+    uniform = Wrapper()
+    prune_(uniform, StructuredPruneConfig(uniform_ratio=0.5), (ids,))
+    assert uniform.encoder.config.intermediate_size == 32

@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim.errors import ModelLoadError
 from torchslim.prune._units import UnitGroup
+from torchslim.prune.rules import find_unit_groups
 
 RECORD_KEY = "torchslim_pruning"
 
@@ -105,8 +106,11 @@ def update_hf_configs(model: nn.Module, groups: list[UnitGroup], record: dict[st
 
     Only fields that fully describe the new shapes are changed: ``intermediate_size`` (and
     GPT-2's ``n_inner``) when every MLP keeps the same neuron count; ``num_attention_heads``,
-    ``num_key_value_heads`` and ``head_dim`` for q/k/v/o attention with ``head_dim``.
+    ``num_key_value_heads`` and ``head_dim`` for q/k/v/o attention with ``head_dim``. "Every"
+    counts the layers that ``ignore`` kept at full width too: they are found again on the
+    pruned model, so a config never claims a width some layer does not have.
     """
+    now = find_unit_groups(model)  # after pruning, ignored groups included, n_units = width now
     done: list[str] = []
     for prefix, module in model.named_modules():  # outermost first: inner models share config
         config = getattr(module, "config", None)
@@ -116,8 +120,11 @@ def update_hf_configs(model: nn.Module, groups: list[UnitGroup], record: dict[st
             continue
         done.append(prefix)
         inside = [g for g in groups if _within(prefix, g.spans[0].module)]
-        _update_mlp(config, [g for g in inside if g.kind == "neurons"])
-        _update_heads(config, [g for g in inside if "KV groups" in g.name])
+        widths = [g for g in now if _within(prefix, g.spans[0].module)]
+        mlp_widths = {g.n_units for g in widths if g.kind == "neurons"}
+        kv_widths = {g.n_units for g in widths if "KV groups" in g.name}
+        _update_mlp(config, [g for g in inside if g.kind == "neurons"], mlp_widths)
+        _update_heads(config, [g for g in inside if "KV groups" in g.name], kv_widths)
         start = len(prefix) + 1 if prefix else 0
         local = {name[start:]: entry for name, entry in record.items() if _within(prefix, name)}
         setattr(config, RECORD_KEY, local)
@@ -127,9 +134,11 @@ def _within(prefix: str, name: str) -> bool:
     return not prefix or name.startswith(prefix + ".")
 
 
-def _update_mlp(config: Any, groups: list[UnitGroup]) -> None:
+def _update_mlp(config: Any, groups: list[UnitGroup], widths_now: set[int]) -> None:
     kept = {g.kept for g in groups}
     if len(kept) != 1 or any(g.n_units != groups[0].n_units for g in groups):
+        return
+    if widths_now - kept:  # a layer (ignored, or pruned elsewhere) has another width
         return
     if getattr(config, "intermediate_size", None) == groups[0].n_units:
         config.intermediate_size = kept.pop()
@@ -137,9 +146,9 @@ def _update_mlp(config: Any, groups: list[UnitGroup]) -> None:
         config.n_inner = kept.pop()
 
 
-def _update_heads(config: Any, groups: list[UnitGroup]) -> None:
+def _update_heads(config: Any, groups: list[UnitGroup], kv_heads_now: set[int]) -> None:
     kept = {g.kept for g in groups}
-    if len(kept) != 1:
+    if len(kept) != 1 or kv_heads_now - kept:
         return
     q_span, k_span = groups[0].spans[0], groups[0].spans[1]
     head_dim, per_group = k_span.width, q_span.width // k_span.width
