@@ -37,6 +37,7 @@ stages:
   - step: prune
     method: l2
     target: {target}
+    depth: {depth}
   - step: {step}
     epochs: {epochs}
 """
@@ -108,12 +109,12 @@ def recovery(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Prune, then fine-tune or distill at the same budget, per seed."""
     entry = zoo.get(args.model)
     prune = next(s for s in load_recipe(args.recipe).stages if s.step == "prune")
-    target = prune.options.target  # the recipe's own pruning, recovered two ways
+    target, depth = prune.options.target, prune.options.depth  # the recipe's own pruning
     rows: dict[str, list[float]] = {"finetune": [], "distill": []}
     for seed in args.recovery_seeds:
         for step in rows:
             recipe = parse_recipe(
-                RECOVERY.format(target=target, step=step, epochs=args.recovery_epochs)
+                RECOVERY.format(target=target, depth=depth, step=step, epochs=args.recovery_epochs)
             )
             run = RunOptions(repeats=3, measure_stages=False, seed=seed)
             outcome = compress(entry, recipe, work / f"{step}-{seed}", run)
