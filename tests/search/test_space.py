@@ -113,3 +113,50 @@ def test_a_lowrank_trial_runs_and_writes_its_factorized_model(tmp_path: Path) ->
     assert [stage["step"] for stage in manifest["stages"]] == ["factorize"]
     rebuilt = load(tmp_path / "t")  # layers kept whole or factorized: it rebuilds either way
     assert sum(p.numel() for p in rebuilt.parameters()) == figures["params"]
+
+
+def test_auto_depth_is_offered_for_residual_models_and_builds_a_latency_aware_prune() -> None:
+    entry = resolve_model("tiny-resnet14")
+    model = entry.load()
+    space = space_for(entry, model, SearchConfig(max_drop=1.0, formats=("fp32",)))
+    assert space.depths[-1] == "auto"
+    plain = resolve_model("tiny-cnn")  # no residual blocks: nothing for the planner to drop
+    assert "auto" not in space_for(plain, plain.load(), SearchConfig(max_drop=1.0)).depths
+    choices = {"depth": "auto", "keep_macs": 0.5, "prune_method": "l2", "format": "fp32"}
+    recipe = recipe_for(choices, space)
+    (stage,) = recipe.to_dict()["stages"]
+    assert (stage["step"], stage["target"], stage["depth"]) == ("prune", "macs=0.5", "auto")
+    assert parse_recipe(recipe.to_yaml()).to_dict() == recipe.to_dict()
+    assert describe(choices) == "blocks + widths by latency, 50 % MACs (l2), fp32"
+    unchanged = {"depth": "auto", "keep_macs": 1.0, "format": "fp32", "recovery": "finetune"}
+    assert recipe_for(unchanged, space).stages == ()  # nothing pruned: nothing to recover
+
+
+def test_an_auto_depth_trial_drops_blocks_and_its_artifact_reloads(tmp_path: Path) -> None:
+    from torchslim.evaluate import evaluate
+    from torchslim.pipeline.artifact import load, model_source
+    from torchslim.search.trial import TrialSpec, run_trial
+
+    entry = resolve_model("tiny-resnet14")
+    original = entry.load()
+    space = space_for(entry, original, SearchConfig(max_drop=1.0, formats=("fp32",)))
+    choices = {"depth": "auto", "keep_macs": 0.5, "prune_method": "l2", "format": "fp32"}
+    baseline = evaluate(original, entry, 1, 1, "cpu", 3)
+    spec = TrialSpec(0, recipe_for(choices, space), model_source(entry), str(tmp_path / "t"), 1,
+                     3, 0, "cosine_vs_reference", baseline)  # fmt: skip
+    figures = run_trial(spec)
+    assert "error" not in figures, figures.get("error")
+    assert figures["macs"] <= 0.5 * baseline.details.get("macs", figures["macs"] * 2) + 1
+    rebuilt = load(tmp_path / "t")
+    assert sum(p.numel() for p in rebuilt.parameters()) == figures["params"]
+
+
+def test_a_study_without_auto_depth_does_not_resume_with_it(tmp_path: Path) -> None:
+    from torchslim.search.study import open_study
+
+    entry = resolve_model("tiny-resnet14")
+    config = SearchConfig(max_drop=1.0, formats=("fp32",))
+    open_study(tmp_path, config, resume=False)  # as a search before the choice existed
+    space = space_for(entry, entry.load(), config)
+    with pytest.raises(ConfigError, match="depths"):
+        open_study(tmp_path, config, resume=True, space=space)

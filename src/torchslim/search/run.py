@@ -101,9 +101,9 @@ def search(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stored = _load_state(out) if resume else None
-    handle = study.open_study(out, config, resume)
     original = entry.load()
     space = space_for(entry, original, config)
+    handle = study.open_study(out, config, resume, space)
     metric = metric_of(list(entry.metric_names()) or list(entry.evaluate(original)))
     threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
     baseline = (

@@ -76,6 +76,8 @@ def fragile_layer(
     if not fragile:
         return ""
     prune = next(stage for stage in recipe["stages"] if stage["step"] == "prune")
+    if prune.get("depth", "off") != "off":  # blocks dropped too: the width shares do not apply
+        return ""
     shares = shares_of(prune["method"], prune["target"])
     for layer in fragile:
         share = shares.get(layer["name"], 0.0)

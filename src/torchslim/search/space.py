@@ -1,7 +1,9 @@
 """The search space: every candidate is a recipe of registered steps.
 
 Elastic depth (repeated layers dropped from every stack, NAS-lite: the given model, no new
-supernet), elastic width (structured pruning to a share of the MACs), with ``lowrank`` a
+supernet; or, for a plain model with residual blocks, ``auto``: the pruning step's own plan of
+which blocks to drop and which widths to thin, by predicted latency per output damage), elastic
+width (structured pruning to a share of the MACs), with ``lowrank`` a
 low-rank factorization (a share of the factorized layers' parameters removed: Tucker-2 for a
 model with spatial convolutions, arXiv 1511.06530; whitened SVD for one of Linear layers, arXiv
 2403.07378), a recovery (none, a
@@ -31,6 +33,7 @@ PRUNE_METHODS = ("l1", "l2")
 SIZE_BUDGETS = (0.15, 0.2, 0.25)  # mixed precision: weights at this share of float32
 LOWRANK_SHARES = (0.0, 0.25, 0.5)  # of the factorized layers' parameters removed
 NONE = "none"
+AUTO = "auto"  # depth: blocks dropped by the prune step's latency-aware plan (prune depth=auto)
 # INT8 candidates run on one runtime: a trial builds one model, not deploy's race of every
 # backend (minutes per trial), and its metric does not depend on which one won a timing.
 DEPLOY_BACKEND = "openvino"
@@ -80,7 +83,18 @@ def space_for(entry: ZooEntry, model: nn.Module, config: SearchConfig) -> Space:
     if text:  # the built-in text recipe's training settings
         options.update(lr=0.0001, batch_size=64)
     factorize = factorize_method(model) if config.lowrank else None
-    return Space(depth_choices(model), recoveries, formats, options, factorize)
+    depths = depth_choices(model)
+    if _plans_depth(model, tuple(entry.example_inputs(1))):
+        depths = (*depths, AUTO)
+    return Space(depths, recoveries, formats, options, factorize)
+
+
+def _plans_depth(model: nn.Module, example_inputs: tuple[Any, ...]) -> bool:
+    """Whether the prune step's ``depth: auto`` applies: a plain model with residual blocks."""
+    from torchslim.prune.blocks import residual_blocks
+    from torchslim.prune.config_widths import holds_hugging_face_model
+
+    return not holds_hugging_face_model(model) and bool(residual_blocks(model, example_inputs))
 
 
 def factorize_method(model: nn.Module) -> str:
@@ -143,11 +157,14 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
 def recipe_for(params: dict[str, Any], space: Space) -> Recipe:
     """The recipe a trial's choices stand for (validated like a recipe file)."""
     stages: list[tuple[str, dict[str, Any]]] = []
-    if params["depth"] != NONE:
+    if params["depth"] not in (NONE, AUTO):
         stages.append(("drop_layers", {"layers": [int(i) for i in params["depth"].split(",")]}))
     if params["keep_macs"] < 1.0:
         removed = round(1.0 - params["keep_macs"], 2)
-        stages.append(("prune", {"method": params["prune_method"], "target": f"macs={removed}"}))
+        prune = {"method": params["prune_method"], "target": f"macs={removed}"}
+        if params["depth"] == AUTO:
+            prune["depth"] = AUTO
+        stages.append(("prune", prune))
     if params.get("lowrank", 0.0) > 0.0:
         target = f"params={params['lowrank']}"
         stages.append(("factorize", {"method": space.factorize, "target": target}))
@@ -170,7 +187,7 @@ def recipe_for(params: dict[str, Any], space: Space) -> Recipe:
 def _changed(params: dict[str, Any]) -> bool:
     """Whether the candidate changes the float model (a recovery has something to recover)."""
     lowrank = params.get("lowrank", 0.0) > 0.0
-    return params["depth"] != NONE or params["keep_macs"] < 1.0 or lowrank
+    return params["depth"] not in (NONE, AUTO) or params["keep_macs"] < 1.0 or lowrank
 
 
 def _recovery_options(recovery: str, space: Space) -> dict[str, Any]:
@@ -184,7 +201,9 @@ def _recovery_options(recovery: str, space: Space) -> dict[str, Any]:
 def describe(params: dict[str, Any]) -> str:
     """One line a person reads: 'depth -[2], 60 % MACs (l2), distill, int8'."""
     parts = []
-    if params["depth"] != NONE:
+    if params["depth"] == AUTO and params["keep_macs"] < 1.0:
+        parts.append("blocks + widths by latency")
+    elif params["depth"] not in (NONE, AUTO):
         parts.append(f"depth -[{params['depth']}]")
     if params["keep_macs"] < 1.0:
         parts.append(f"{params['keep_macs'] * 100:.0f} % MACs ({params['prune_method']})")

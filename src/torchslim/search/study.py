@@ -15,7 +15,7 @@ from typing import Any
 
 from torchslim.errors import ConfigError
 from torchslim.search.config import SearchConfig
-from torchslim.search.space import Space, suggest
+from torchslim.search.space import AUTO, Space, suggest
 
 STUDY_FILE = "study.db"
 STUDY_NAME = "torchslim-search"
@@ -28,9 +28,10 @@ CHOICES = "choices"  # user attribute: the trial's choices as the recipe reads t
 VIOLATION = "drop_over_budget"  # the constraint: drop - max_drop (> 0: infeasible)
 
 
-def open_study(out: Path, config: SearchConfig, resume: bool) -> Any:
+def open_study(out: Path, config: SearchConfig, resume: bool, space: Space | None = None) -> Any:
     """The study of ``out``: a new one, or (``resume``) the stored one, which must have been
-    started with the same sampling settings.
+    started with the same sampling settings (and, where the space offers ``auto`` depth, the
+    same depth choices: a study started before that choice existed cannot take it).
 
     Raises:
         ConfigError: resume without a study, or with other settings than it was started with.
@@ -40,6 +41,8 @@ def open_study(out: Path, config: SearchConfig, resume: bool) -> Any:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(out / STUDY_FILE).resolve()}"
     settings = config.sampler_settings()
+    if space is not None and AUTO in space.depths:
+        settings["depths"] = list(space.depths)
     if not resume:
         study = optuna.create_study(
             storage=storage,
