@@ -89,6 +89,16 @@ def bf16_in_hardware(device: torch.device | str = "cpu") -> bool:
     return bf16_native(cpu_features())
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``, cgroup cpusets), not
+    the machine's count. More threads than these time-share one core and wait on each other at
+    every parallel region, many times slower than one thread."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def machine_facts() -> dict[str, Any]:
     """What every benchmark JSON records next to its figures."""
     facts: dict[str, Any] = {
@@ -96,6 +106,7 @@ def machine_facts() -> dict[str, Any]:
         "cpu_features": cpu_features(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

@@ -9,7 +9,6 @@ kill) leaves the best model found so far; ``report.html`` is written at the end 
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import yaml
 
 from torchslim._io import atomic_directory, write_json
+from torchslim._machine import usable_cpus
 from torchslim._progress import stage as progress
 from torchslim.search import front, study
 from torchslim.search.config import SearchConfig
@@ -105,7 +105,7 @@ def search(
     space = space_for(entry, original, config)
     handle = study.open_study(out, config, resume, space)
     metric = metric_of(list(entry.metric_names()) or list(entry.evaluate(original)))
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    threads = config.threads or max(1, usable_cpus() // config.workers)
     baseline = (
         stored["baseline"] if stored else _measure_baseline(entry, original, metric, config, device)
     )
@@ -283,7 +283,7 @@ def _measure_baseline(
     from torchslim.profile import profile
     from torchslim.search.roofline import measured_roofline
 
-    threads = config.threads or max(1, (os.cpu_count() or 1) // config.workers)
+    threads = config.threads or max(1, usable_cpus() // config.workers)
     with progress("measuring the original"):
         start = time.perf_counter()
         report = evaluate(original, entry, 1, threads, device, config.repeats)
