@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from torchslim.profile.latency_model import ClassFit, LatencyModel
+
 
 def tiny_convnet(seed: int = 0) -> nn.Module:
     """Conv-BN-ReLU-pool-linear on (B, 1, 8, 8) inputs, 3 classes."""
@@ -48,3 +50,17 @@ def padded_tokens(batch: int = 6, seq: int = 24) -> tuple[torch.Tensor, torch.Te
     lengths = torch.linspace(5, seq - 8, batch).long()  # (B,)
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()  # (B, T)
     return ids * mask, mask
+
+
+# A fixed latency model for unit tests: no calibration of the test machine.
+FAKE_LATENCY = LatencyModel(
+    {
+        "view": ClassFit([(0, 0, 1e-6)]),
+        "elementwise": ClassFit([(1e3, 8e3, 2e-6), (1e6, 8e6, 1e-4)]),
+        "conv": ClassFit([(1e4, 1e4, 5e-6), (1e8, 1e6, 2e-3)]),
+    },
+    module_call_s=2e-6,
+    threads=1,
+    device="cpu",
+    op_overhead_s=5e-6,
+)  # per-op overheads make a block cost more than its MACs, as on a real CPU

@@ -14,27 +14,15 @@ from typer.testing import CliRunner
 
 import torchslim
 import torchslim.zoo as zoo
+from models import FAKE_LATENCY
 from torchslim.cli import app
 from torchslim.errors import ConfigError
 from torchslim.profile import latency_model
-from torchslim.profile.latency_model import ClassFit, LatencyModel
 from torchslim.prune import PruneError, StructuredPruneConfig, build_depth_plan, prune_
 from torchslim.prune.apply import config_from_words
 from torchslim.prune.artifact import resize_to_record
 from torchslim.prune.blocks import DROPPED, drop_block, residual_blocks
 from torchslim.zoo.architectures import ResNet
-
-FAKE_LATENCY = LatencyModel(
-    {
-        "view": ClassFit([(0, 0, 1e-6)]),
-        "elementwise": ClassFit([(1e3, 8e3, 2e-6), (1e6, 8e6, 1e-4)]),
-        "conv": ClassFit([(1e4, 1e4, 5e-6), (1e8, 1e6, 2e-3)]),
-    },
-    module_call_s=2e-6,
-    threads=1,
-    device="cpu",
-    op_overhead_s=5e-6,
-)  # per-op overheads make a block cost more than its MACs, as on a real CPU
 
 
 @pytest.fixture(autouse=True)

@@ -5,11 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from models import FAKE_LATENCY
 from torchslim.errors import ConfigError
 from torchslim.pipeline.recipe import parse_recipe
 from torchslim.search import SearchConfig
 from torchslim.search.space import depth_choices, describe, recipe_for, space_for
 from torchslim.zoo.options import resolve_model
+
+
+@pytest.fixture
+def fake_latency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed latency model: no calibration of this machine in unit tests."""
+    from torchslim.profile import latency_model
+
+    monkeypatch.setattr(latency_model, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
 
 
 def test_depth_choices_keep_the_layers_that_change_shape() -> None:
@@ -132,6 +141,7 @@ def test_auto_depth_is_offered_for_residual_models_and_builds_a_latency_aware_pr
     assert recipe_for(unchanged, space).stages == ()  # nothing pruned: nothing to recover
 
 
+@pytest.mark.usefixtures("fake_latency")
 def test_an_auto_depth_trial_drops_blocks_and_its_artifact_reloads(tmp_path: Path) -> None:
     from torchslim.evaluate import evaluate
     from torchslim.pipeline.artifact import load, model_source
@@ -160,3 +170,34 @@ def test_a_study_without_auto_depth_does_not_resume_with_it(tmp_path: Path) -> N
     space = space_for(entry, entry.load(), config)
     with pytest.raises(ConfigError, match="depths"):
         open_study(tmp_path, config, resume=True, space=space)
+
+
+@pytest.mark.usefixtures("fake_latency")
+def test_a_structure_predicted_over_the_latency_limit_is_discarded_before_recovery(
+    tmp_path: Path,
+) -> None:
+    from torchslim.evaluate import evaluate
+    from torchslim.pipeline.artifact import model_source
+    from torchslim.search.run import LATENCY_SLACK, _latency_limit
+    from torchslim.search.trial import TrialSpec, run_trial
+
+    entry = resolve_model("tiny-resnet14")
+    original = entry.load()
+    space = space_for(entry, original, SearchConfig(max_drop=1.0, formats=("fp32",)))
+    choices = {"depth": "none", "keep_macs": 0.9, "prune_method": "l2", "format": "fp32"}
+    baseline = evaluate(original, entry, 1, 1, "cpu", 3)
+
+    def run(limit: float, name: str) -> dict:
+        spec = TrialSpec(0, recipe_for(choices, space), model_source(entry), str(tmp_path / name),
+                         1, 3, 0, "cosine_vs_reference", baseline, latency_limit=limit)  # fmt: skip
+        return run_trial(spec)
+
+    slow = run(0.2, "slow")  # 90 % of the MACs cannot run in a fifth of the time
+    assert "latency model predicts" in slow["discarded"] and "limit 0.20" in slow["discarded"]
+    assert not (tmp_path / "slow").exists()  # nothing trained, measured or written
+    fits = run(1.5, "fits")
+    assert "discarded" not in fits and fits["latency_ms"] > 0
+    target = SearchConfig(max_drop=1.0, objective="latency", target_ratio=0.3)
+    assert _latency_limit(target, choices) == pytest.approx(0.3 * LATENCY_SLACK)
+    assert _latency_limit(target, {**choices, "format": "int8"}) is None  # not what it predicts
+    assert _latency_limit(SearchConfig(max_drop=1.0), choices) is None  # no target: none

@@ -73,6 +73,8 @@ def measured_record(
     }
     if "error" in figures:
         return {**base, "state": "failed", "error": figures["error"]}
+    if "discarded" in figures:  # the worker's latency model: hopeless before it was measured
+        return {**base, "state": "discarded", "reason": figures["discarded"]}
     drop = metric.drop(baseline["metric"], figures["metric"])
     return {
         **base,

@@ -29,6 +29,10 @@ from torchslim.search.trial import TrialSpec
 from torchslim.search.workers import workers_for
 from torchslim.zoo._entry import ZooEntry
 
+# The latency model's error across the zoo is within about 1.5x (benchmarks/profile_latency):
+# a candidate predicted over 1.5x the target is not measured.
+LATENCY_SLACK = 1.5
+
 STATE_FILE = "search.json"
 
 
@@ -214,6 +218,7 @@ def _run_generation(
                 state.metric.name,
                 state.baseline["report"],
                 device,
+                _latency_limit(state.config, choices),
             )
         )
     for figures in pool.run(specs, lambda: time.monotonic() >= deadline):
@@ -224,6 +229,15 @@ def _run_generation(
     for number, _ in sorted(pending):
         if number in recorded:
             study.tell(handle, number, recorded[number], state.config.max_drop)
+
+
+def _latency_limit(config: SearchConfig, choices: dict[str, Any]) -> float | None:
+    """The predicted latency share above which a candidate is hopeless: with a latency target,
+    for a float candidate (what the latency model predicts; an INT8 runtime's speed-up is not
+    in it), the target widened by the model's error (``LATENCY_SLACK``)."""
+    if config.objective != "latency" or config.target_ratio is None:
+        return None
+    return config.target_ratio * LATENCY_SLACK if choices["format"] == "fp32" else None
 
 
 def _add(out: Path, state: SearchState, record: dict[str, Any]) -> None:

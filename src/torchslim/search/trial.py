@@ -4,6 +4,10 @@ Runs in the search's process or in a Ray worker, so everything it needs travels 
 ``TrialSpec`` (plain values and the baseline's report) and it returns plain values. A trial
 whose recipe does not fit the model returns its error instead of figures. Beside its artifact
 a trial writes ``roofline.json``: each op of its float module on this machine's roofline.
+
+With a latency limit, the model's structure is built first (the stages before the first
+recovery) and the latency model predicts it: a candidate predicted slower than the limit is
+discarded before its recovery is trained or its latency measured.
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ class TrialSpec:
     metric: str
     baseline: Any  # EvaluationReport of the original model (one measurement for every trial)
     device: str = "cpu"
+    latency_limit: float | None = None  # discard above this predicted share of the original's
+
+
+RECOVERY_STEPS = frozenset({"finetune", "distill", "qat"})
 
 
 def run_trial(spec: TrialSpec) -> dict[str, Any]:
@@ -66,16 +74,24 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
     options = RunOptions(spec.device, spec.threads, measure_stages=False, seed=spec.seed)
     stages = recipe.stages
     final = stages[-1:] if stages and get_step(stages[-1].step).final else ()
-    body = Recipe(stages[: len(stages) - len(final)], recipe.description, "search")
-    model, records = run_stages(copy.deepcopy(original), body, context, options)
+    body = stages[: len(stages) - len(final)]
+    first_recovery = next((i for i, s in enumerate(body) if s.step in RECOVERY_STEPS), len(body))
     inputs = tuple(entry.example_inputs(1))
+    model, records = run_stages(copy.deepcopy(original), Recipe(body[:first_recovery]), context,
+                                options)  # fmt: skip
+    if spec.latency_limit is not None:
+        reason = _predicted_too_slow(original, model, inputs, spec)
+        if reason:
+            return {"discarded": reason}
+    model, more = run_stages(model, Recipe(body[first_recovery:]), context, options)
+    records += [{**record, "index": len(records) + i} for i, record in enumerate(more)]
     counts = profile(model, inputs, measure_memory=False)
     macs, params = int(counts.total.macs), sum(p.numel() for p in model.parameters())
     note = f"its float module before {final[0].step}" if final else ""
     roofline = measured_roofline(model, inputs, spec.threads, counts, note)
     if final:
         model, last = run_stages(model, Recipe(final, "", "search"), context, options)
-        records += [{**record, "index": len(records)} for record in last]
+        records += [{**record, "index": len(records) + i} for i, record in enumerate(last)]
     after = evaluate(
         model, entry, batch_size=1, threads=spec.threads, repeats=spec.repeats, device=spec.device
     )
@@ -96,3 +112,22 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
         "stages": [{"step": r["step"], "seconds": r["seconds"]} for r in records],
     }
     return figures
+
+
+def _predicted_too_slow(original: Any, model: Any, inputs: tuple[Any, ...], spec: TrialSpec) -> str:
+    """Why the candidate's structure cannot meet ``spec.latency_limit`` ('' when it may): its
+    float model predicted by this machine's latency model, as a share of the original's (a
+    ratio of two predictions: the model's bias on this architecture cancels)."""
+    from torchslim.profile import profile
+    from torchslim.profile.latency_model import calibrated_model
+
+    latency = calibrated_model(spec.threads, spec.device)
+    ratio = latency.predict_report(profile(model, inputs, measure_memory=False)) / (
+        latency.predict_report(profile(original, inputs, measure_memory=False))
+    )
+    if ratio <= spec.latency_limit:
+        return ""
+    return (
+        f"the latency model predicts its structure at {ratio:.2f} of the original's latency, "
+        f"over the limit {spec.latency_limit:.2f}: discarded before recovery and measurement"
+    )
