@@ -80,7 +80,7 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
     model, records = run_stages(copy.deepcopy(original), Recipe(body[:first_recovery]), context,
                                 options)  # fmt: skip
     if spec.latency_limit is not None:
-        reason = _predicted_too_slow(original, model, inputs, spec)
+        reason = _predicted_too_slow(original, model, inputs, spec.latency_limit, spec)
         if reason:
             return {"discarded": reason}
     model, more = run_stages(model, Recipe(body[first_recovery:]), context, options)
@@ -114,8 +114,9 @@ def _build_and_measure(spec: TrialSpec) -> dict[str, Any]:
     return figures
 
 
-def _predicted_too_slow(original: Any, model: Any, inputs: tuple[Any, ...], spec: TrialSpec) -> str:
-    """Why the candidate's structure cannot meet ``spec.latency_limit`` ('' when it may): its
+def _predicted_too_slow(original: Any, model: Any, inputs: tuple[Any, ...], limit: float,
+                        spec: TrialSpec) -> str:  # fmt: skip
+    """Why the candidate's structure cannot meet the latency ``limit`` ('' when it may): its
     float model predicted by this machine's latency model, as a share of the original's (a
     ratio of two predictions: the model's bias on this architecture cancels)."""
     from torchslim.profile import profile
@@ -125,9 +126,9 @@ def _predicted_too_slow(original: Any, model: Any, inputs: tuple[Any, ...], spec
     ratio = latency.predict_report(profile(model, inputs, measure_memory=False)) / (
         latency.predict_report(profile(original, inputs, measure_memory=False))
     )
-    if ratio <= spec.latency_limit:
+    if ratio <= limit:
         return ""
     return (
         f"the latency model predicts its structure at {ratio:.2f} of the original's latency, "
-        f"over the limit {spec.latency_limit:.2f}: discarded before recovery and measurement"
+        f"over the limit {limit:.2f}: discarded before recovery and measurement"
     )
