@@ -182,3 +182,9 @@ def test_deploy_text_int8_with_torch_candidate(tmp_path: Path):
     loaded = load_text_int8(deployed.save(tmp_path / "deployed"))
     with torch.inference_mode():
         assert torch.equal(loaded(*padded_tokens(3)), deployed(*padded_tokens(3)))
+    from torchslim.deploy import load_deployed  # what torchslim.load calls for any deployed dir
+
+    generic = load_deployed(tmp_path / "deployed")
+    assert isinstance(generic, DeployedTextModel)
+    with torch.inference_mode():
+        assert torch.equal(generic(*padded_tokens(3)), deployed(*padded_tokens(3)))

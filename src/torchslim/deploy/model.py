@@ -95,13 +95,18 @@ class DeployedModel(nn.Module):
         return f"backend={self.backend!r}, candidate={self.candidate!r}"
 
 
-def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel:
+def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel | nn.Module:
     """Load a directory written by :meth:`DeployedModel.save` (no pickle: ONNX, a checked PT2
-    archive, JSON).
+    archive, JSON), or by ``DeployedTextModel.save`` (an int8 text encoder: loaded by
+    ``load_text_int8``).
 
     ``threads`` overrides the intra-op thread count recorded at deployment.
     """
+    from torchslim.deploy import text_artifact
+
     directory, manifest, artifact = read_artifact(path, "a deployed artifact")
+    if manifest.get("format") == text_artifact.ARTIFACT_FORMAT:
+        return text_artifact.load_text_int8(directory, threads)
     if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("backend") not in _LOADERS:
         raise DeployError(
             f"{directory / 'manifest.json'} is not a {ARTIFACT_FORMAT} artifact of a saveable "
