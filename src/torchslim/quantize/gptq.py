@@ -58,6 +58,7 @@ from torchslim.quantize.calibrate import check_batches
 from torchslim.quantize.formats import QuantFormat
 from torchslim.quantize.modules import (
     QuantLinear,
+    drop_weight_caches,
     eval_mode,
     mse_weight_qparams,
     quant_modules,
@@ -402,9 +403,11 @@ def _sequential(
             report.update({start + name: loss for name, loss in block_report.items()})
             if index + 1 < len(blocks):
                 calls = advance(block, calls)
+            drop_weight_caches(block)  # its fake-quant weights are not needed again
     rest = {name: m for name, m in layers.items() if not name.startswith(f"{prefix}.")}
-    for name, hessian in hessians(model, rest, batches, quantized=True).items():
-        report[name] = _quantize_layer(rest[name], hessian, config)
+    if rest:  # a full pass (logits of the whole vocabulary included) only when a layer needs it
+        for name, hessian in hessians(model, rest, batches, quantized=True).items():
+            report[name] = _quantize_layer(rest[name], hessian, config)
     return report
 
 
