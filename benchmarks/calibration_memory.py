@@ -42,7 +42,7 @@ def _rss_bytes(field: str = "VmRSS") -> int:
 
 def _run(method: str, model: Any, calibration: list[Any], weight: str) -> None:
     """One compression method, in place (``fp32``: nothing)."""
-    from torchslim.prune import UnstructuredPruneConfig, prune_
+    from torchslim.prune import UnstructuredPruneConfig, prune_  # imported before measuring
     from torchslim.quantize import QuantConfig, quantize_
     from torchslim.quantize.awq import AWQConfig, awq_
     from torchslim.quantize.gptq import GPTQConfig, gptq_
@@ -67,6 +67,7 @@ def child(method: str, weight: str, calibration_windows: int, eval_windows: int)
     from torchslim.evaluate.memory import PeakRSS
     from torchslim.zoo.text import perplexity_spread, token_windows, window_nlls
 
+    _run("fp32", None, [], weight)  # imports every method's modules: not the method's memory
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     torch.manual_seed(0)
     row: dict[str, Any] = {"rss_after_imports_bytes": _rss_bytes()}
@@ -116,10 +117,11 @@ def library_commit() -> str:
 
     source = Path(torchslim.__file__).parent
     try:
-        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "."],
-                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        git = ["git", "-C", str(source)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return f"unknown ({source})"
     return commit + (" (dirty)" if dirty else "")
@@ -171,8 +173,9 @@ def main() -> None:
         rows[method] = json.loads(lines[-1][4:])
         payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         write_json(output, payload)
+        figures = {k: v for k, v in rows[method].items() if k.startswith("perplexity")}
         print(args.label, method, rows[method]["summary_mib"], rows[method]["seconds"], "s",
-              {k: v for k, v in rows[method].items() if k.startswith("perplexity")}, flush=True)  # fmt: skip
+              figures, flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
