@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._heap import release_free_heap
 from torchslim._hessians import recording_hessians
 from torchslim.errors import ConfigError, reject_unknown_keys
 from torchslim.quantize._attention import attention_probe, probes_attention
@@ -346,6 +347,7 @@ def _gptq_block(
                 with _weights_float(pending.values()):
                     layer_hessian = _value_hessians(block, name, calls, hessian)
             report[name] = _quantize_layer(pending.pop(name), layer_hessian, config)
+        release_free_heap()  # the group's temporaries (Hessians, column loop)
     return report
 
 
