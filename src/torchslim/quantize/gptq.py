@@ -410,6 +410,7 @@ def _sequential(
     if rest:  # a full pass (logits of the whole vocabulary included) only when a layer needs it
         for name, hessian in hessians(model, rest, batches, quantized=True).items():
             report[name] = _quantize_layer(rest[name], hessian, config)
+        drop_weight_caches(model)  # that pass cached every layer's fake-quant weight
     return report
 
 
