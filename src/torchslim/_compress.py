@@ -6,10 +6,7 @@ The contract (DEVELOPERS.md): ``{"model", "technique", "before": {evaluate}, "af
 
 from __future__ import annotations
 
-import copy
 import platform
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from torchslim._hf_directory import HFDirectory
 from torchslim._io import atomic_directory, save_tensors, write_json
 from torchslim._machine import machine_facts
 from torchslim._progress import stage
+from torchslim._rollback import untouched_on_failure as untouched_on_failure  # re-exported
 from torchslim.evaluate import EvaluationReport, comparison_table, evaluate
 from torchslim.zoo import ZooEntry
 
@@ -112,18 +110,3 @@ def write_model_artifact(
             (tmp / name).write_bytes(Path(source).read_bytes())
         write_json(tmp / "manifest.json", {"versions": versions(), **manifest})
     return out
-
-
-@contextmanager
-def untouched_on_failure(model: nn.Module) -> Iterator[None]:
-    """Restore ``model``'s parameters, buffers and submodules if the body raises.
-
-    For in-place transforms (``quantize_``, ``prune_``) that may swap modules or reshape weights.
-    """
-    saved = copy.deepcopy(model)
-    try:
-        yield
-    except BaseException:
-        model.__dict__.clear()
-        model.__dict__.update(saved.__dict__)
-        raise

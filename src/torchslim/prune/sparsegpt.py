@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchslim._heap import release_free_heap
 from torchslim._hessians import recording_hessians
 from torchslim.quantize._blocks import (
     BlockWalkError,
@@ -129,6 +130,7 @@ def sparsegpt_masks(
             hessian = sums[group[0]].value()
             for name in group:
                 masks[start + name] = _prune_layer(inside[name], hessian, sparsity, nm)
+            release_free_heap()  # the group's temporaries (Hessian, column loop)
         if index + 1 < len(blocks):
             calls = advance(block, calls)
     rest = {n: m for n, m in layers.items() if not n.startswith(f"{prefix}.")}

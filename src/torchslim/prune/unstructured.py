@@ -9,13 +9,14 @@ Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activatio
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from torchslim._heap import release_free_heap
 from torchslim.errors import ConfigError
 from torchslim.prune._targets import weighted_modules
 from torchslim.prune.activations import input_norms, wanda_scores
@@ -155,11 +156,16 @@ def folded_copy(model: nn.Module) -> nn.Module:
 
 def _scores(
     model: nn.Module, modules: dict[str, nn.Module], method: str, calibration: Batches | None
-) -> dict[str, torch.Tensor]:
-    if method != "wanda":
-        return {name: weight_importance(m, method) for name, m in modules.items()}
-    norms = input_norms(model, modules, calibration or [])
-    return {name: wanda_scores(m, norms.get(name)) for name, m in modules.items()}
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, score) per module, made one at a time: a caller that needs one layer's scores at
+    a time holds one float copy of a weight, not of all of them."""
+    norms = input_norms(model, modules, calibration or []) if method == "wanda" else {}
+    for name, module in modules.items():
+        if method == "wanda":
+            yield name, wanda_scores(module, norms.get(name))
+        else:
+            yield name, weight_importance(module, method)
+        release_free_heap()  # the score's temporaries
 
 
 def _needed(calibration: Batches | None) -> Batches:
@@ -182,7 +188,10 @@ def unstructured_prune_(
         masks = sparsegpt_masks(model, modules, _needed(calibration), config.sparsity)
     else:
         scores = _scores(model, modules, config.method, calibration)
-        masks = magnitude_masks(scores, config.sparsity, config.scope)
+        if config.scope == "layer":
+            masks = {name: _keep_top(score, config.sparsity) for name, score in scores}
+        else:
+            masks = magnitude_masks(dict(scores), config.sparsity, config.scope)
     apply_masks_(model, masks)
     return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
 
@@ -202,9 +211,8 @@ def nm_prune_(
         masks = sparsegpt_masks(model, modules, _needed(calibration), 0.0, pattern)
         apply_masks_(model, masks)
         return {name: 1.0 - mask.float().mean().item() for name, mask in masks.items()}
-    scores = _scores(model, modules, config.method, calibration)
-    for name, module in modules.items():
-        weight = scores[name]
+    for name, weight in _scores(model, modules, config.method, calibration):
+        module = modules[name]
         transposed = type(module).__name__ == "Conv1D"  # HF Conv1D weight: (in, out)
         score = weight.t() if transposed else weight  # (out, in, ...)
         if score.shape[1] % config.m == 0:

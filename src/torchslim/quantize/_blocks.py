@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from torchslim._heap import release_free_heap
 from torchslim.errors import ConfigError
 
 BLOCK_LIST_NAMES = ("layers", "h", "blocks", "layer")  # model.layers, transformer.h, ...
@@ -128,7 +129,11 @@ def run_block_until(block: nn.Module, call: BlockCall, stop_at: nn.Module) -> No
 
 
 def advance(block: nn.Module, calls: list[BlockCall]) -> list[BlockCall]:
-    """The calls of the next block: this block's outputs with the same other arguments."""
+    """The calls of the next block: this block's outputs with the same other arguments.
+
+    Only two blocks' activations are alive: the caller drops ``calls`` for the returned ones.
+    The heap's free pages (the finished block's temporaries) go back to the OS first."""
+    release_free_heap()
     return [BlockCall(run_block(block, call), call.args, call.kwargs) for call in calls]
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._heap import release_free_heap
 from torchslim.errors import ConfigError, TorchslimError
 from torchslim.quantize.calibrate import (
     MAX_SCORING_BATCHES,
@@ -215,7 +216,10 @@ def quantize_(
         layers = select_layers(model, config)
         if calibration is not None:  # bad data fails before any layer is swapped
             calibration = check_batches(calibration)
-        swapped = {name: swap_layer(model, name, m, config) for name, m in layers.items()}
+        swapped = {}
+        for name, module in layers.items():
+            swapped[name] = swap_layer(model, name, module, config)
+            release_free_heap()  # the layer's temporaries: RSS would grow by them layer by layer
         inputs = {
             name: module.input_quantizer
             for name, module in swapped.items()

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from torchslim._compress import untouched_on_failure
+from torchslim._heap import release_free_heap
 from torchslim._hessians import recording_hessians
 from torchslim.errors import ConfigError, reject_unknown_keys
 from torchslim.quantize._attention import attention_probe, probes_attention
@@ -58,6 +59,7 @@ from torchslim.quantize.calibrate import check_batches
 from torchslim.quantize.formats import QuantFormat
 from torchslim.quantize.modules import (
     QuantLinear,
+    drop_weight_caches,
     eval_mode,
     mse_weight_qparams,
     quant_modules,
@@ -345,6 +347,7 @@ def _gptq_block(
                 with _weights_float(pending.values()):
                     layer_hessian = _value_hessians(block, name, calls, hessian)
             report[name] = _quantize_layer(pending.pop(name), layer_hessian, config)
+        release_free_heap()  # the group's temporaries (Hessians, column loop)
     return report
 
 
@@ -402,9 +405,12 @@ def _sequential(
             report.update({start + name: loss for name, loss in block_report.items()})
             if index + 1 < len(blocks):
                 calls = advance(block, calls)
+            drop_weight_caches(block)  # its fake-quant weights are not needed again
     rest = {name: m for name, m in layers.items() if not name.startswith(f"{prefix}.")}
-    for name, hessian in hessians(model, rest, batches, quantized=True).items():
-        report[name] = _quantize_layer(rest[name], hessian, config)
+    if rest:  # a full pass (logits of the whole vocabulary included) only when a layer needs it
+        for name, hessian in hessians(model, rest, batches, quantized=True).items():
+            report[name] = _quantize_layer(rest[name], hessian, config)
+        drop_weight_caches(model)  # that pass cached every layer's fake-quant weight
     return report
 
 

@@ -164,6 +164,22 @@ class WeightQuantizer(nn.Module):
         """Forget the cached inference weight (after writing scales or weights directly)."""
         self._cache = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy's weight lives elsewhere, so the cache (keyed by data_ptr) would never hit: copying
+        # it would only double the layer's memory
+        state = super().__getstate__()
+        return {**state, "_cache": None}
+
+    def uncached(self, weight: Tensor) -> Tensor:
+        """The fake-quantized weight, from the cache if it holds it, without filling it: for
+        one-off reads (SQNR, GPTQ's reference) that should not keep a second weight alive."""
+        if not self.enabled:
+            return weight
+        key = (weight.data_ptr(), weight._version, self.scale._version)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        return self._quantize(weight)
+
     def enable_lsq(self) -> None:
         """Make the scale a trainable parameter (LSQ); only for kind "int"."""
         if self.fmt.kind != "int":
@@ -286,7 +302,7 @@ class _QuantMixin(nn.Module):
 
     def quantized_weight(self) -> Tensor:
         with torch.no_grad():
-            return self.weight_quantizer(self.weight).detach()
+            return self.weight_quantizer.uncached(self.weight).detach()
 
     def weight_sqnr_db(self) -> float:
         return sqnr_db(self.weight, self.quantized_weight())
@@ -423,6 +439,14 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in flags.items():
             module.training = training
+
+
+def drop_weight_caches(module: nn.Module) -> None:
+    """Forget the cached fake-quant weights of ``module``'s layers (a block calibration is done
+    with), so a layer-by-layer method holds one block's second weights at a time, not all."""
+    for quantizer in module.modules():
+        if isinstance(quantizer, WeightQuantizer):
+            quantizer.reset_cache()
 
 
 @contextmanager
