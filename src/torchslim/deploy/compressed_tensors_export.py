@@ -114,7 +114,8 @@ def signed_codes(module: QuantLinear) -> tuple[Tensor, Tensor, Tensor]:
     fmt = quantizer.fmt
     weight = module.weight.detach().float()  # (out, in)
     scale, zero = quantizer.qparams()  # broadcastable to the weight (or its group view)
-    view = to_groups(weight, fmt.group_size) if fmt.group_size else weight  # (out, G, g) | (out, in)
+    size = fmt.group_size
+    view = weight if size is None else to_groups(weight, size)  # (out, in) | (out, G, g)
     codes = quantize(view, scale.detach().float(), zero, fmt.qmin, fmt.qmax).reshape(weight.shape)
     shift = 0 if fmt.symmetric else 2 ** (fmt.bits - 1)
     rows = 1 if fmt.granularity == "tensor" else weight.shape[0]
@@ -174,15 +175,19 @@ def quantization_config(
             "format": FORMAT,
         }
     config = QuantizationConfig.model_validate(
-        {"config_groups": groups, "format": FORMAT, "quantization_status": "compressed",
-         "ignore": sorted(float_linears)}  # fmt: skip
+        {
+            "config_groups": groups,
+            "format": FORMAT,
+            "quantization_status": "compressed",
+            "ignore": sorted(float_linears),
+        }
     )
-    return config.model_dump(mode="json")  # type: ignore[no-any-return]
+    values: dict[str, Any] = config.model_dump(mode="json")
+    values["dequantize"] = needs_dequantize(values)  # how transformers must load it
+    return values
 
 
-def compressed_state(
-    inner: nn.Module, layers: dict[str, QuantLinear]
-) -> dict[str, Tensor]:
+def compressed_state(inner: nn.Module, layers: dict[str, QuantLinear]) -> dict[str, Tensor]:
     """``inner``'s state dict (its own names) with each of ``layers`` (same names) replaced by
     its compressed-tensors tensors; every other tensor as it is."""
     state = dict(inner.state_dict())
@@ -238,11 +243,29 @@ def export_compressed_tensors(
 
 def _add_quantization_config(path: Path, config: dict[str, Any]) -> None:
     values = json.loads(path.read_text())
-    # transformers' compressed path (dequantize false) builds the layers on ``meta`` with the
-    # zero points unpacked, so it rejects the packed asymmetric zero points compressed-tensors
-    # itself writes (size mismatch; transformers 5.24, compressed-tensors 0.20.1); dequantizing
-    # at load takes every grid, and on CPU the compressed path dequantizes at the first forward
-    # anyway. vLLM reads the same tensors and ignores the key.
-    values["quantization_config"] = {"quant_method": "compressed-tensors", **config,
-                                     "dequantize": True}  # fmt: skip
+    values["quantization_config"] = {"quant_method": "compressed-tensors", **config}
     path.write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
+
+
+def needs_dequantize(config: dict[str, Any]) -> bool:
+    """Whether transformers must dequantize at load (``dequantize: true`` in the config).
+
+    Its compressed path (the default) builds each layer on ``meta`` with the zero points
+    unpacked, so it rejects the packed asymmetric zero points compressed-tensors itself writes
+    (size mismatch; transformers 5.24, compressed-tensors 0.20.1); dequantizing at load takes
+    them, but decompresses every layer with one config group's scheme. So: symmetric grids
+    load by the default path (any number of groups), asymmetric ones by dequantizing (one
+    group). On CPU both compute with the same dequantized weights; vLLM ignores the key.
+
+    Raises:
+        ConfigError: asymmetric grids in several config groups, which neither path loads.
+    """
+    groups = config["config_groups"].values()
+    asymmetric = [g for g in groups if not g["weights"]["symmetric"]]
+    if asymmetric and len(groups) > 1:
+        raise ConfigError(
+            f"{len(groups)} weight formats with an asymmetric ('uint') one: transformers loads "
+            "asymmetric compressed-tensors grids only when every quantized layer has one "
+            "format; quantize every layer to one format, or use symmetric ('int') formats"
+        )
+    return bool(asymmetric)
