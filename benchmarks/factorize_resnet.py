@@ -39,6 +39,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default="fashion-resnet20")
     parser.add_argument("--target", default="macs=0.5")
     parser.add_argument("--method", default="tucker2", choices=["tucker2", "cp"])
+    parser.add_argument(
+        "--allocation", default="uniform", choices=["uniform", "sensitivity"],
+        help="ranks per layer: one energy level for all (uniform) or a sensitivity scan",
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="latency batches")
     parser.add_argument("--samples", type=int, default=10000, help="fine-tuning images")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
@@ -46,11 +51,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def latency(entry: Any, model: nn.Module, threads: int) -> dict[str, float]:
+def latency(entry: Any, model: nn.Module, args: argparse.Namespace) -> dict[str, float]:
     medians = {}
-    for batch in (1, 32):
+    for batch in args.batches:
         inputs = tuple(entry.example_inputs(batch))
-        stats = measure_latency(lambda batch=inputs: model(*batch), 5, 30, threads)
+        stats = measure_latency(lambda batch=inputs: model(*batch), 5, 30, args.threads)
         medians[f"batch_{batch}_median_ms"] = round(stats.median, 3)
     return medians
 
@@ -69,7 +74,8 @@ def main() -> None:
         "version: 1\nstages:\n"
         f"  - step: factorize\n    method: {args.method}\n    target: {args.target}\n"
         "    check_speed: false\n"
-        f"  - step: finetune\n    epochs: 1\n    samples: {args.samples}\n    lr: {args.lr}\n"
+        + ("" if args.allocation == "uniform" else f"    allocation: {args.allocation}\n")
+        + f"  - step: finetune\n    epochs: 1\n    samples: {args.samples}\n    lr: {args.lr}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         options = RunOptions(repeats=5, threads=args.threads, measure_stages=True)
@@ -80,8 +86,8 @@ def main() -> None:
     config = FactorizeConfig(method=args.method, target=args.target, check_speed=True)
     speed_checked = factorize_(checked, config, example_inputs=tuple(entry.example_inputs(1)))
     base_latency, new_latency = (
-        latency(entry, original, args.threads),
-        latency(entry, model, args.threads),
+        latency(entry, original, args),
+        latency(entry, model, args),
     )
     payload = {
         "benchmark": "factorize_resnet",
@@ -108,6 +114,7 @@ def main() -> None:
     }
     payload["method"] = args.method
     suffix = "" if args.method == "tucker2" else f"-{args.method}"
+    suffix += "" if args.allocation == "uniform" else f"-{args.allocation}"
     path = write_result_json(f"factorize_resnet-{args.model}{suffix}", payload, args.out_dir)
     print(f"speed-up {payload['speed_up']}; accuracy {payload['original']['metrics']} -> "
           f"{payload['factorized']['after_finetune']}; wrote {path}")  # fmt: skip
