@@ -40,7 +40,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--target", default="macs=0.5")
     parser.add_argument("--method", default="tucker2", choices=["tucker2", "cp"])
     parser.add_argument(
-        "--allocation", default="uniform", choices=["uniform", "sensitivity"],
+        "--allocation",
+        default="uniform",
+        choices=["uniform", "sensitivity"],
         help="ranks per layer: one energy level for all (uniform) or a sensitivity scan",
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="latency batches")

@@ -1,18 +1,20 @@
 """Ranks per layer from a sensitivity scan, under one global parameter or MAC target.
 
 The scan factorizes one layer at a time at a few candidate ranks (those keeping, say, 25 / 50 /
-75 % of the layer's own cost) and measures the damage: the relative squared error of the model's
-outputs on calibration batches (a noise power: roughly additive over layers). Each layer's damage is then read as a function of its kept cost
-(piecewise linear through the scanned points, zero when dense), and a greedy allocator lowers,
-one rank step at a time, the layer whose next step adds the least damage per unit of cost saved
-until the summed cost meets the target (as the pruning allocator does for channel groups,
-Li et al., arXiv:1608.08710, section 3.4; here the steps are single ranks, so the target is met
-to within one rank step of one layer).
+75 % of the layer's own cost) and measures the damage: the relative squared error of the
+model's outputs on calibration batches (a noise power: roughly additive over layers). Each
+layer's damage is then read as a function of its kept cost (piecewise linear through the
+scanned points, zero when dense), and a greedy allocator lowers, one rank step at a time, the
+layer whose next step adds the least damage per unit of cost saved until the summed cost meets
+the target (as the pruning allocator does for channel groups, Li et al., arXiv:1608.08710,
+section 3.4; here the steps are single ranks, so the target is met to within one rank step of
+one layer). Ranks below the cheapest scanned point are never chosen (their damage is unknown).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +47,7 @@ class LayerScan:
         known.sort(reverse=True)  # costliest first; damage made non-increasing in cost below
         for i in range(1, len(known)):
             known[i] = (known[i][0], max(known[i][1], known[i - 1][1]))
-        for (c_high, d_high), (c_low, d_low) in zip(known, known[1:], strict=False):
+        for (c_high, d_high), (c_low, d_low) in itertools.pairwise(known):
             if cost >= c_low:
                 return d_low + (d_high - d_low) * (cost - c_low) / max(c_high - c_low, 1e-9)
         return known[-1][1]

@@ -3,8 +3,9 @@ Tucker-2, CP), in place.
 
 Ranks come from an explicit rank, an energy level, or one global parameter / MAC target: by one
 common energy level for every layer (``allocation="uniform"``, found by bisection), or from a
-per-layer sensitivity scan (``allocation="sensitivity"``, ``allocate.py``). A factorized layer that is measured
-slower than the one it replaces, or that would not be smaller, is left whole; the result says why.
+per-layer sensitivity scan (``allocation="sensitivity"``, ``allocate.py``). A factorized layer
+that is measured slower than the one it replaces, or that would not be smaller, is left whole;
+the result says why.
 """
 
 from __future__ import annotations

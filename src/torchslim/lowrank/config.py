@@ -79,8 +79,13 @@ class FactorizeConfig:
                 "macs=R (rank and energy choose every layer's rank directly)"
             )
         keep = self.scan_keep
-        if not isinstance(keep, tuple | list) or not keep or not all(
-            isinstance(k, int | float) and not isinstance(k, bool) and 0.0 < k < 1.0 for k in keep
+        if (
+            not isinstance(keep, tuple | list)
+            or not keep
+            or not all(
+                isinstance(k, int | float) and not isinstance(k, bool) and 0.0 < k < 1.0
+                for k in keep
+            )
         ):
             raise ConfigError(f"scan_keep must be fractions in (0, 1), e.g. [0.25, 0.5, 0.75]; "
                               f"got {keep!r}")  # fmt: skip
