@@ -1,9 +1,9 @@
 """Tucker-2 (Kim et al., arXiv 1511.06530) or CP (``--method cp``, arXiv 1412.6553) on
 fashion-resnet20 at half the conv MACs: accuracy before and after fine-tuning, and the measured
-latency of the original and the factorized model at batch 1 and 16 in the same run. Every 3x3
-conv is factorized (``check_speed: false``; the sensitivity allocation may keep some dense) to meet
-the MAC target; a second pass with the speed
-check on records which layers the check keeps whole.
+latency of the original and the factorized model at batch 1 and 16 in the same run. The 3x3
+convs are factorized (``check_speed: false``; the sensitivity allocation may keep some dense) to
+meet the MAC target; a second pass with the speed check on records which layers the check keeps
+whole.
 
     OMP_NUM_THREADS=1 python benchmarks/factorize_resnet.py --samples 10000 [--method cp]
         [--allocation sensitivity]
