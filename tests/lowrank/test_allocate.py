@@ -124,3 +124,13 @@ def test_sensitivity_allocation_from_the_command_line(tmp_path: Path) -> None:
     typo = CliRunner().invoke(app, [*args[:7], "sensitivty", "--out", str(tmp_path / "x")])
     assert typo.exit_code != 0 and "Did you mean" in str(typo.exception or typo.output)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_recipe_stage_takes_the_allocation_and_refuses_a_misspelt_key() -> None:
+    from torchslim.pipeline import parse_recipe
+
+    stage = "version: 1\nstages:\n  - step: factorize\n    target: macs=0.5\n    {}\n"
+    options = parse_recipe(stage.format("allocation: sensitivity")).stages[0].options
+    assert isinstance(options, FactorizeConfig) and options.allocation == "sensitivity"
+    with pytest.raises(ConfigError, match='Did you mean "allocation"'):
+        parse_recipe(stage.format("alocation: sensitivity"))
