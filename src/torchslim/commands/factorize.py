@@ -25,6 +25,13 @@ def factorize_command(
     target: Annotated[
         str | None, typer.Option(help="params=R or macs=R: the fraction removed, ranks allocated.")
     ] = None,
+    allocation: Annotated[
+        str,
+        typer.Option(
+            help="How --target is split among layers: uniform (one energy level) | sensitivity "
+            "(a per-layer scan of the output error on calibration batches)."
+        ),
+    ] = "uniform",
     ignore: Annotated[
         list[str] | None, typer.Option(help="Layer names or re:patterns left whole.")
     ] = None,
@@ -39,6 +46,7 @@ def factorize_command(
     """Low-rank factorization of MODEL's Linear (SVD, whitened SVD) or Conv2d (Tucker-2) layers.
 
     Example: torchslim factorize fashion-resnet20 --method tucker2 --target macs=0.5 --out r20-lr
+    (add --allocation sensitivity to give sensitive layers larger ranks)
     """
     import yaml
 
@@ -52,7 +60,7 @@ def factorize_command(
     check_out(out, overwrite)
     check_device(device)
     stage = {"step": "factorize", "method": method, "rank": rank, "energy": energy,
-             "target": target, "ignore": list(ignore or []),
+             "target": target, "allocation": allocation, "ignore": list(ignore or []),
              "check_speed": check_speed}  # fmt: skip
     stage = {k: v for k, v in stage.items() if v is not None}
     recipe = parse_recipe(yaml.safe_dump({"version": 1, "stages": [stage]}), "torchslim factorize")

@@ -1,14 +1,16 @@
 """``factorize_``: replace Linear / Conv2d layers by low-rank factors (SVD, whitened SVD,
 Tucker-2, CP), in place.
 
-Ranks come from an explicit rank, an energy level, or one global parameter / MAC target (one
-common energy level for every layer, found by bisection). A factorized layer that is measured
-slower than the one it replaces, or that would not be smaller, is left whole; the result says why.
+Ranks come from an explicit rank, an energy level, or one global parameter / MAC target: by one
+common energy level for every layer (``allocation="uniform"``, found by bisection), or from a
+per-layer sensitivity scan (``allocation="sensitivity"``, ``allocate.py``). A factorized layer
+that is measured slower than the one it replaces, or that would not be smaller, is left whole;
+the result says why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError
 from torchslim.lowrank import primitives
 from torchslim.lowrank._layers import LayerFacts, candidates, fill_spectra, observe
+from torchslim.lowrank.allocate import allocate, scan_layers
 from torchslim.lowrank.config import FactorizeConfig
 from torchslim.lowrank.modules import build_factorized
 
@@ -31,7 +34,9 @@ class FactorizeResult:
     left whole, ``reason``; ``latency_ms`` (dense, factorized) where speed was measured."""
 
     method: str
+    allocation: str = "uniform"
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    target: dict[str, Any] = field(default_factory=dict)  # unit, goal and kept share of the cost
 
     def record(self) -> dict[str, dict[str, Any]]:
         """What rebuilds the structure: kind and ranks of every applied layer."""
@@ -45,6 +50,7 @@ class FactorizeResult:
         applied = [d for d in self.layers.values() if d["applied"]]
         return {
             "method": self.method,
+            "allocation": self.allocation,
             "layers_factorized": len(applied),
             "layers_left_whole": len(self.layers) - len(applied),
             "params_before": sum(d["params_before"] for d in self.layers.values()),
@@ -52,6 +58,7 @@ class FactorizeResult:
                 d["params_after"] if d["applied"] else d["params_before"]
                 for d in self.layers.values()
             ),
+            **({"target": self.target} if self.target else {}),
             "layers": self.layers,
         }
 
@@ -66,20 +73,28 @@ def factorize_(
 
     Raises:
         ConfigError: no layer to factorize, a rank larger than a layer allows, a target that
-            cannot be reached, ``whitened`` without calibration batches, or the speed check /
-            a MAC target without example inputs. The model is then untouched.
+            cannot be reached, ``whitened`` or ``allocation="sensitivity"`` without calibration
+            batches, or the speed check / a MAC target without example inputs. The model is
+            then untouched.
     """
     facts = _facts(model, config, calibration, example_inputs)
     kind = config.method if config.method in ("tucker2", "cp") else "svd"
     unit = config.target_ratio()[0] if config.target is not None else "params"
-    ranks = _choose_ranks(facts, config, unit)
-    result = FactorizeResult(config.method)
+    result = FactorizeResult(config.method, config.allocation)
+    ranks: Mapping[str, list[int] | None]
+    if config.allocation == "sensitivity":
+        ranks = _sensitivity_ranks(model, facts, config, list(calibration or []), result)
+    else:
+        ranks = _choose_ranks(facts, config, unit)
     replacements: dict[str, nn.Module] = {}
     for name, layer in facts.items():
-        decision = {"kind": kind, "ranks": ranks[name], "applied": False,
-                    "params_before": layer.cost(None, "params"),
-                    "params_after": layer.cost(ranks[name], "params")}  # fmt: skip
-        result.layers[name] = decision
+        decision = result.layers.setdefault(name, {})
+        decision.update({"kind": kind, "ranks": ranks[name], "applied": False,
+                         "params_before": layer.cost(None, "params"),
+                         "params_after": layer.cost(ranks[name], "params")})  # fmt: skip
+        if ranks[name] is None:
+            decision["reason"] = "the sensitivity allocation keeps it dense"
+            continue
         if layer.cost(ranks[name], unit) >= layer.cost(None, unit):
             decision["reason"] = f"no saving: ranks {ranks[name]} cost as much {unit} as dense"
             continue
@@ -88,10 +103,28 @@ def factorize_(
             continue
         decision["applied"] = True
         replacements[name] = factorized
+    if config.target is not None:
+        result.target = _target_met(facts, ranks, replacements, config)
     with untouched_on_failure(model):
         for name, module in replacements.items():
             model.set_submodule(name, module)
     return result
+
+
+def _target_met(
+    facts: dict[str, LayerFacts],
+    ranks: Mapping[str, list[int] | None],
+    applied: dict[str, nn.Module],
+    config: FactorizeConfig,
+) -> dict[str, Any]:
+    """The share of the targeted layers' cost kept: the goal and what the applied layers give
+    (less is removed than asked where the speed check kept a layer whole)."""
+    unit, removed = config.target_ratio()
+    dense = sum(layer.cost(None, unit) for layer in facts.values())
+    kept = sum(
+        layer.cost(ranks[name] if name in applied else None, unit) for name, layer in facts.items()
+    )
+    return {"unit": unit, "kept_goal": round(1.0 - removed, 6), "kept": round(kept / dense, 6)}
 
 
 def _facts(
@@ -109,6 +142,11 @@ def _facts(
         raise ConfigError("factorize: check_speed and macs targets need example_inputs")
     if config.method == "whitened" and not calibration:
         raise ConfigError("factorize whitened: pass calibration batches (the inputs it whitens by)")
+    if config.allocation == "sensitivity" and not calibration:
+        raise ConfigError(
+            "factorize allocation=sensitivity: pass calibration batches (the scan measures the "
+            "output error on them)"
+        )
     if example_inputs is not None:
         observe(model, layers, [example_inputs], gram=False)
     if config.method == "whitened":
@@ -132,6 +170,29 @@ def _choose_ranks(
     if config.effective_energy is not None:
         return {n: layer.ranks_for_energy(config.effective_energy) for n, layer in facts.items()}
     return _ranks_for_target(facts, *config.target_ratio())
+
+
+def _sensitivity_ranks(
+    model: nn.Module,
+    facts: dict[str, LayerFacts],
+    config: FactorizeConfig,
+    calibration: Batches,
+    result: FactorizeResult,
+) -> dict[str, list[int] | None]:
+    """Scan each layer alone at ``config.scan_keep`` of its cost, then allocate the target."""
+    unit, removed = config.target_ratio()
+
+    def build(layer: LayerFacts, ranks: list[int]) -> nn.Module:
+        kind = config.method if config.method in ("tucker2", "cp") else "svd"
+        return _factorized(layer, config.method, {"kind": kind, "ranks": ranks})
+
+    scans = scan_layers(model, facts, build, calibration, config.scan_keep, unit)
+    for name, scan in scans.items():
+        result.layers[name] = {"sensitivity": [
+            {k: p[k] for k in ("keep", "ranks", "damage")} for p in scan.points
+        ]}  # fmt: skip
+    dense = sum(scan.dense_cost for scan in scans.values())
+    return allocate(scans, (1.0 - removed) * dense)
 
 
 def _ranks_for_target(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, did_you_mean
 
 METHODS = ("svd", "whitened", "tucker2", "cp")
 TARGET_KEYS = ("params", "macs")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class FactorizeConfig:
         target: ``params=R`` or ``macs=R``: remove the fraction R of the targeted layers' parameters
             or MACs, with ranks allocated by one common energy level for every layer.
             At most one of ``rank``, ``energy``, ``target``; none means ``energy=0.9``.
+        allocation: how a ``target`` is split among layers: ``uniform`` (one common energy
+            level) or ``sensitivity`` (each layer factorized alone at ``scan_keep`` of its own
+            cost, the relative output error on the calibration batches measured, then rank steps
+            taken greedily where they add the least error per unit saved; needs calibration).
+        scan_keep: the fractions of each layer's own cost (the target's unit) the sensitivity
+            scan tries, each in (0, 1).
         targets: names or ``re:`` patterns of the layers to factorize; empty = every fitting layer.
         ignore: names or ``re:`` patterns left whole.
         calibration_batches: batches whose inputs whiten the ``whitened`` method.
@@ -37,6 +44,8 @@ class FactorizeConfig:
     rank: int | None = None
     energy: float | None = None
     target: str | None = None
+    allocation: str = "uniform"
+    scan_keep: tuple[float, ...] = (0.25, 0.5, 0.75)
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     calibration_batches: int = 8
@@ -54,8 +63,32 @@ class FactorizeConfig:
             raise ConfigError(f"energy must be in (0, 1], got {self.energy!r}")
         if self.target is not None:
             self.target_ratio()
+        self._check_allocation()
         if self.calibration_batches < 1:
             raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches!r}")
+
+    def _check_allocation(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise ConfigError(
+                f"allocation must be one of {list(ALLOCATIONS)}, got {self.allocation!r}."
+                f"{did_you_mean(str(self.allocation), ALLOCATIONS)}"
+            )
+        if self.allocation == "sensitivity" and self.target is None:
+            raise ConfigError(
+                "allocation=sensitivity splits a target among layers: give target=params=R or "
+                "macs=R (rank and energy choose every layer's rank directly)"
+            )
+        keep = self.scan_keep
+        if (
+            not isinstance(keep, tuple | list)
+            or not keep
+            or not all(
+                isinstance(k, int | float) and not isinstance(k, bool) and 0.0 < k < 1.0
+                for k in keep
+            )
+        ):
+            raise ConfigError(f"scan_keep must be fractions in (0, 1), e.g. [0.25, 0.5, 0.75]; "
+                              f"got {keep!r}")  # fmt: skip
 
     def target_ratio(self) -> tuple[str, float]:
         """(``params`` | ``macs``, fraction removed) of ``target``."""

@@ -16,7 +16,7 @@ def run_factorize(model: nn.Module, options: FactorizeConfig, context: StepConte
     from torchslim.lowrank import factorize_
 
     calibration = None
-    if options.method == "whitened":
+    if options.method == "whitened" or options.allocation == "sensitivity":
         calibration = context.entry.calibration_batches(options.calibration_batches)
     inputs = tuple(context.entry.example_inputs(1))
     result = factorize_(model, options, calibration, inputs)
