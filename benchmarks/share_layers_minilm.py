@@ -66,8 +66,11 @@ def main() -> None:
             "after_distill": stages[1]["figures"]["metrics"],
             "reloaded_metrics": entry.evaluate(reloaded),
         },
+        "distill": {"seconds": stages[1]["seconds"], "summary": stages[1]["summary"]},
         "machine": machine_facts(),
-        "note": "shared 2-core machine, busy with other jobs",
+        "note": "shared 2-core machine, busy with other jobs (1 thread pinned to a core other "
+        "processes also ran on); --samples distillation texts, fewer than the corpus holds, to "
+        "keep the run under ~25 min",
     }
     path = write_result_json("share_layers_minilm", payload, args.out_dir)
     print(f"{payload['original']['unique_params']} -> {payload['shared']['unique_params']} "
