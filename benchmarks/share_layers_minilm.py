@@ -4,7 +4,7 @@ distillation from the original; unique parameters and WordSim-353 before and aft
 
     OMP_NUM_THREADS=1 python benchmarks/share_layers_minilm.py --samples 2000
 
-Writes benchmarks/results/share_layers_minilm-<optimizer>.json.
+Writes benchmarks/results/share_layers_minilm-<optimizer>[-<init>].json.
 """
 
 from __future__ import annotations
@@ -73,7 +73,10 @@ def main() -> None:
         "processes also ran on); --samples distillation texts, fewer than the corpus holds, to "
         "keep the run under ~25 min",
     }
-    path = write_result_json(f"share_layers_minilm-{args.optimizer}", payload, args.out_dir)
+    name = f"share_layers_minilm-{args.optimizer}" + (
+        "" if args.init == "first" else f"-{args.init}"
+    )
+    path = write_result_json(name, payload, args.out_dir)
     print(f"{payload['original']['unique_params']} -> {payload['shared']['unique_params']} "
           f"unique params; {payload['shared']['after_distill']}; wrote {path}")  # fmt: skip
 
