@@ -33,7 +33,7 @@ from torchslim.prune.apply import config_from_words
 from torchslim.prune.finetune import FinetuneConfig, finetune_
 from torchslim.prune.schedule import prune_gradually_
 from torchslim.prune.unstructured import folded_copy
-from torchslim.share import ClusterConfig, cluster_
+from torchslim.share import ClusterConfig, cluster_, codebook_groups
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -47,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=None, help="training images per epoch")
     parser.add_argument("--bits", type=int, default=4, help="codebook: 2^bits centroids")
     parser.add_argument("--cluster-epochs", type=int, default=1)
+    parser.add_argument(
+        "--groups", nargs="*", default=[], help="layer patterns, each sharing one codebook"
+    )
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -69,8 +72,10 @@ def held_out_accuracy(entry: Any, model: nn.Module) -> dict[str, float]:
 
 
 def packed_size(model: nn.Module, coders: tuple[str, ...], scratch: Path) -> dict[str, Any]:
-    result = pack_model(folded_copy(model), scratch / "model.packed", PackConfig(coders))
+    groups = codebook_groups(model)  # a group's codebook stored once
+    result = pack_model(folded_copy(model), scratch / "model.packed", PackConfig(coders), groups)
     return {"bytes": result.bytes, "bytes_per_layer": result.layers,
+            "shared_codebooks": result.codebooks,
             "tensors": result.summary()["tensors"]}  # fmt: skip
 
 
@@ -95,7 +100,7 @@ def main() -> None:
         stages["pruned"] = {**pruned, "seconds": _since(started),
                             "metrics": held_out_accuracy(entry, model.eval())}  # fmt: skip
         started = time.perf_counter()
-        cluster_(model, ClusterConfig(bits=args.bits))
+        cluster_(model, ClusterConfig(bits=args.bits, groups=tuple(args.groups)))
         stages["clustered_before_finetune"] = {"metrics": held_out_accuracy(entry, model)}
         tune = FinetuneConfig(args.cluster_epochs, args.samples, args.lr / 2, augment=augment)
         finetune_(entry, model, tune)

@@ -4,7 +4,7 @@ distillation from the original; unique parameters and WordSim-353 before and aft
 
     OMP_NUM_THREADS=1 python benchmarks/share_layers_minilm.py --samples 2000
 
-Writes benchmarks/results/share_layers_minilm.json.
+Writes benchmarks/results/share_layers_minilm-<optimizer>[-<init>].json.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=3)
     parser.add_argument("--init", default="first", help="first | mean")
     parser.add_argument("--samples", type=int, default=2000, help="distillation texts")
+    parser.add_argument("--optimizer", default="adamw", help="adamw | sgd (the distill step's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -41,7 +42,7 @@ def main() -> None:
         "version: 1\nstages:\n"
         f"  - step: share_layers\n    blocks: {args.blocks}\n    init: {args.init}\n"
         "  - step: distill\n    epochs: 1\n    lr: 0.0001\n    batch_size: 64\n"
-        f"    samples: {args.samples}\n"
+        f"    samples: {args.samples}\n    optimizer: {args.optimizer}\n"
     )
     with tempfile.TemporaryDirectory() as tmp:
         options = RunOptions(repeats=5, threads=args.threads, measure_stages=True)
@@ -66,10 +67,16 @@ def main() -> None:
             "after_distill": stages[1]["figures"]["metrics"],
             "reloaded_metrics": entry.evaluate(reloaded),
         },
+        "distill": {"seconds": stages[1]["seconds"], "summary": stages[1]["summary"]},
         "machine": machine_facts(),
-        "note": "shared 2-core machine, busy with other jobs",
+        "note": "shared 2-core machine, busy with other jobs (1 thread pinned to a core other "
+        "processes also ran on); --samples distillation texts, fewer than the corpus holds, to "
+        "keep the run under ~25 min",
     }
-    path = write_result_json("share_layers_minilm", payload, args.out_dir)
+    name = f"share_layers_minilm-{args.optimizer}" + (
+        "" if args.init == "first" else f"-{args.init}"
+    )
+    path = write_result_json(name, payload, args.out_dir)
     print(f"{payload['original']['unique_params']} -> {payload['shared']['unique_params']} "
           f"unique params; {payload['shared']['after_distill']}; wrote {path}")  # fmt: skip
 

@@ -53,7 +53,7 @@ def test_every_layout_round_trips_bit_for_bit(tmp_path: Path) -> None:
         "tied_a": shared,
         "tied_b": shared,
     }
-    records = write_packed(tmp_path / "m.packed", state)
+    records, _ = write_packed(tmp_path / "m.packed", state)
     layouts = {r["name"]: r.get("layout", "alias") for r in records}
     assert layouts["sparse"] == "sparse"
     assert layouts["codes"] == "codes" and layouts["raw"] == "raw"
@@ -91,7 +91,7 @@ def test_without_entropy_coders_streams_are_fixed_width() -> None:
 
 @pytest.mark.parametrize("where", [100, -5])
 def test_a_corrupt_or_truncated_file_is_refused_by_its_checksum(tmp_path: Path, where: int) -> None:
-    data, _ = encode_state({"w": clustered_sparse((32, 32), 0.2)})
+    data, *_ = encode_state({"w": clustered_sparse((32, 32), 0.2)})
     broken = bytearray(data)
     broken[where] ^= 0x01
     (tmp_path / "bad.packed").write_bytes(bytes(broken))

@@ -92,3 +92,10 @@ def test_structural_steps_reload_with_their_structure(
 def test_the_deep_compression_recipe_reads() -> None:
     recipe = load_recipe("cnn-deep-compression")
     assert [s.step for s in recipe.stages][-3:] == ["cluster", "finetune", "pack"]
+
+
+def test_the_share_layers_recipe_distils_with_adamw_and_a_bad_optimizer_is_refused() -> None:
+    distill = load_recipe("minilm-share-layers-distill").stages[-1]
+    assert distill.options.optimizer == "adamw"
+    with pytest.raises(RecipeError, match="optimizer must be one of"):
+        parse_recipe("version: 1\nstages:\n  - step: distill\n    optimizer: adam\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,16 @@ class PackConfig:
 
 @dataclass
 class PackResult:
-    """The packed file, its size, the dense size of the same tensors, bytes per layer and the
-    layout of every tensor."""
+    """The packed file, its size, the dense size of the same tensors, bytes per layer (a shared
+    codebook not included), the layout of every tensor and the shared codebooks (``tensors``,
+    ``entries``, ``bytes``: counted once, beside the layers)."""
 
     path: Path
     bytes: int
     dense_bytes: int
     layers: dict[str, int] = field(default_factory=dict)
     tensors: list[dict[str, Any]] = field(default_factory=list)
+    codebooks: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         layouts: dict[str, int] = {}
@@ -50,16 +53,24 @@ class PackResult:
             "ratio": round(self.dense_bytes / max(self.bytes, 1), 2),
             "layouts": layouts,
             "bytes_per_layer": self.layers,
+            "shared_codebooks": self.codebooks,
             "tensors": {r["name"]: _brief(r) for r in self.tensors},
         }
 
 
-def pack_model(model: nn.Module, path: str | Path, config: PackConfig | None = None) -> PackResult:
+def pack_model(
+    model: nn.Module,
+    path: str | Path,
+    config: PackConfig | None = None,
+    codebook_groups: Sequence[Sequence[str]] = (),
+) -> PackResult:
     """Write ``model``'s state dict packed to ``path`` (pass a model with masks and fake-quant
-    layers folded: ``torchslim.pipeline.artifact.storable``)."""
+    layers folded: ``torchslim.pipeline.artifact.storable``). ``codebook_groups``: names of
+    tensors that share one codebook, stored once (``torchslim.share.codebook_groups`` of the
+    clustered model)."""
     config = config or PackConfig()
     state = model.state_dict()
-    records = write_packed(path, state, tuple(config.coders))
+    records, codebooks = write_packed(path, state, tuple(config.coders), codebook_groups)
     layers: dict[str, int] = {}
     for record in records:
         layer = record["name"].rpartition(".")[0] or record["name"]
@@ -69,7 +80,8 @@ def pack_model(model: nn.Module, path: str | Path, config: PackConfig | None = N
         for r, t in zip(records, state.values(), strict=True)
         if "alias_of" not in r
     )
-    return PackResult(Path(path), Path(path).stat().st_size, dense, layers, records)
+    size = Path(path).stat().st_size
+    return PackResult(Path(path), size, dense, layers, records, codebooks)
 
 
 def unpack_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -82,6 +94,8 @@ def _brief(record: dict[str, Any]) -> dict[str, Any]:
         return {"alias_of": record["alias_of"]}
     brief = {"layout": record["layout"], "bytes": record["bytes"],
              "layout_sizes": record["layout_sizes"]}  # fmt: skip
+    if "codebook_ref" in record:
+        brief["codebook_ref"] = record["codebook_ref"]
     if "index_bits" in record:
         brief["index_bits"] = record["index_bits"]
     brief["coders"] = [s["coder"] for s in record["streams"]]

@@ -1,7 +1,7 @@
 """Weight sharing: k-means clustered weights (Deep Compression) and layers sharing one block
 (ALBERT)."""
 
-from torchslim.share.cluster import ClusteredWeight, ClusterResult, cluster_
+from torchslim.share.cluster import ClusteredWeight, ClusterResult, cluster_, codebook_groups
 from torchslim.share.config import ClusterConfig, ShareLayersConfig
 from torchslim.share.layers import ShareLayersResult, share_layers_, unique_params
 
@@ -12,6 +12,7 @@ __all__ = [
     "ShareLayersConfig",
     "ShareLayersResult",
     "cluster_",
+    "codebook_groups",
     "share_layers_",
     "unique_params",
 ]

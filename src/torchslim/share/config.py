@@ -11,13 +11,17 @@ INITS = ("first", "mean")
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """k-means weight sharing per layer (Deep Compression, arXiv 1510.00149).
+    """k-means weight sharing per layer or per group of layers (Deep Compression, arXiv
+    1510.00149).
 
     Args:
-        bits: the codebook holds 2^bits centroids per layer (1..8).
+        bits: each codebook holds 2^bits centroids (1..8).
         targets: names or ``re:`` patterns of the Linear/Conv layers to cluster; empty = all.
         ignore: names or ``re:`` patterns left as they are.
         iterations: at most this many Lloyd iterations.
+        groups: names or ``re:`` patterns, one per group: the clustered layers a pattern
+            matches share one codebook (``("re:.*",)``: one for the whole model); a layer in
+            no group keeps its own.
 
     Pruned (zero) weights stay zero and take no codebook entry.
     """
@@ -26,12 +30,18 @@ class ClusterConfig:
     targets: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     iterations: int = 30
+    groups: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 8:
             raise ConfigError(f"bits must be an integer in [1, 8], got {self.bits!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations!r}")
+        if isinstance(self.groups, str) or len(set(self.groups)) != len(self.groups):
+            raise ConfigError(
+                f"groups must be a list of distinct layer names or re: patterns (one per "
+                f"group), got {self.groups!r}"
+            )
 
 
 @dataclass(frozen=True)

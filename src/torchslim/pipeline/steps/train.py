@@ -15,6 +15,7 @@ from torch import nn
 
 from torchslim.errors import ConfigError
 from torchslim.pipeline.registry import Step, StepContext, StepResult, register_step
+from torchslim.train.config import OPTIMIZERS
 
 
 def _check_training(epochs: int, lr: float, samples: int | None, batch_size: int) -> None:
@@ -56,7 +57,8 @@ def run_finetune(model: nn.Module, options: FinetuneOptions, context: StepContex
 @dataclass(frozen=True)
 class DistillOptions:
     """Knowledge distillation from the original model: ``temperature``, ``alpha`` (weight of the
-    teacher's soft targets; 1 - alpha on the labels), plus the training options of finetune."""
+    teacher's soft targets; 1 - alpha on the labels), ``optimizer`` (``sgd``, or ``adamw`` for
+    transformers at a small lr), plus the training options of finetune."""
 
     epochs: int = 1
     lr: float = 0.02
@@ -64,9 +66,14 @@ class DistillOptions:
     batch_size: int = 128
     temperature: float = 4.0
     alpha: float = 0.9
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
         _check_training(self.epochs, self.lr, self.samples, self.batch_size)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"optimizer must be one of {list(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -81,7 +88,7 @@ def run_distill(model: nn.Module, options: DistillOptions, context: StepContext)
     config = DistillConfig(temperature=options.temperature, alpha=options.alpha)
     train_config = TrainConfig(
         epochs=options.epochs, batch_size=options.batch_size, lr=options.lr, seed=context.seed,
-        augment=True, checkpoint_every_steps=10**9,
+        augment=True, checkpoint_every_steps=10**9, optimizer=options.optimizer,
     )  # fmt: skip
     run = {"subset": options.samples, "device": context.device, "teacher": context.original}
     with tempfile.TemporaryDirectory(prefix="torchslim-distill-") as scratch:
