@@ -201,3 +201,13 @@ def test_a_structure_predicted_over_the_latency_limit_is_discarded_before_recove
     assert _latency_limit(target, choices) == pytest.approx(0.3 * LATENCY_SLACK)
     assert _latency_limit(target, {**choices, "format": "int8"}) is None  # not what it predicts
     assert _latency_limit(SearchConfig(max_drop=1.0), choices) is None  # no target: none
+
+
+def test_a_new_search_in_a_directory_holding_a_study_says_to_resume(tmp_path: Path) -> None:
+    from torchslim.search.study import open_study
+
+    config = SearchConfig(max_drop=1.0, formats=("fp32",))
+    open_study(tmp_path, config, resume=False)
+    with pytest.raises(ConfigError, match=r"already holds a search study.*--resume"):
+        open_study(tmp_path, config, resume=False)
+    assert open_study(tmp_path, config, resume=True) is not None  # the stored one, untouched

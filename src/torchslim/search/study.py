@@ -34,7 +34,8 @@ def open_study(out: Path, config: SearchConfig, resume: bool, space: Space | Non
     same depth choices: a study started before that choice existed cannot take it).
 
     Raises:
-        ConfigError: resume without a study, or with other settings than it was started with.
+        ConfigError: resume without a study, or with other settings than it was started with;
+            a new search in an ``out`` that holds one.
     """
     import optuna
 
@@ -44,6 +45,11 @@ def open_study(out: Path, config: SearchConfig, resume: bool, space: Space | Non
     if space is not None and AUTO in space.depths:
         settings["depths"] = list(space.depths)
     if not resume:
+        if (out / STUDY_FILE).is_file():
+            raise ConfigError(
+                f"{out} already holds a search study ({STUDY_FILE}): continue it with --resume, "
+                f"or give another --out (or remove {out}) to start a new one"
+            )
         study = optuna.create_study(
             storage=storage,
             study_name=STUDY_NAME,
