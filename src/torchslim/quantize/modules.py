@@ -175,10 +175,15 @@ class WeightQuantizer(nn.Module):
         one-off reads (SQNR, GPTQ's reference) that should not keep a second weight alive."""
         if not self.enabled:
             return weight
-        key = (weight.data_ptr(), weight._version, self.scale._version)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
-        return self._quantize(weight)
+        cached = self._cached(self._cache_key(weight))
+        return self._quantize(weight) if cached is None else cached
+
+    def _cache_key(self, weight: Tensor) -> tuple[int, int, int]:
+        """What the cached weight depends on: the weight's storage and writes, the scale's."""
+        return (weight.data_ptr(), weight._version, self.scale._version)
+
+    def _cached(self, key: tuple[int, int, int]) -> Tensor | None:
+        return self._cache[1] if self._cache is not None and self._cache[0] == key else None
 
     def enable_lsq(self) -> None:
         """Make the scale a trainable parameter (LSQ); only for kind "int"."""
@@ -193,11 +198,11 @@ class WeightQuantizer(nn.Module):
         if not self.enabled:
             return weight
         if not torch.is_grad_enabled():  # inference: the quantized weight changes only on writes
-            key = (weight.data_ptr(), weight._version, self.scale._version)
-            if self._cache is not None and self._cache[0] == key:
-                return self._cache[1]
-            value = self._quantize(weight)
-            self._cache = (key, value)
+            key = self._cache_key(weight)
+            value = self._cached(key)
+            if value is None:
+                value = self._quantize(weight)
+                self._cache = (key, value)
             return value
         return self._quantize(weight)
 
