@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._targets import matches
 from torchslim.lowrank import primitives
 from torchslim.lowrank.config import FactorizeConfig
 from torchslim.lowrank.modules import fits_tucker2
-from torchslim.prune._targets import matches
 
 
 @dataclass

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._output_error import damage, model_outputs
 from torchslim.errors import ConfigError
 from torchslim.lowrank._layers import LayerFacts
 from torchslim.quantize.modules import eval_mode
-from torchslim.zoo._inputs import output_tensors
 
 Batches = Sequence[Sequence[Any]]
 Build = Callable[[LayerFacts, list[int]], nn.Module]  # a layer's factorization at given ranks
@@ -83,7 +83,7 @@ def scan_layers(
     substitutes the factorized layer's output for the layer's own during the trial)."""
     scans = {}
     with eval_mode(model), torch.inference_mode():
-        reference = _outputs(model, calibration)
+        reference = model_outputs(model, calibration)
         for name, layer in facts.items():
             scan = LayerScan(rank_ladder(layer, unit), layer.cost(None, unit))
             for fraction in sorted(keep, reverse=True):
@@ -151,10 +151,6 @@ def _rung_within(ladder: list[tuple[list[int], int]], cost: float) -> tuple[list
     return fitting[-1] if fitting else (ladder[0] if ladder else None)
 
 
-def _outputs(model: nn.Module, batches: Batches) -> list[torch.Tensor]:
-    return [t.float() for batch in batches for t in output_tensors(model(*batch))]
-
-
 def _relative_error(
     model: nn.Module,
     layer: nn.Module,
@@ -162,14 +158,9 @@ def _relative_error(
     batches: Batches,
     reference: list[torch.Tensor],
 ) -> float:
-    """‖y' − y‖² / ‖y‖² over every output of every batch, with ``trial`` standing in for
-    ``layer``: a noise power, which (errors of different layers being roughly independent)
-    adds up over layers as the allocator assumes."""
+    """The output error (``_output_error.damage``) with ``trial`` standing in for ``layer``."""
     handle = layer.register_forward_hook(lambda module, args, output: trial(*args))
     try:
-        outputs = _outputs(model, batches)
+        return damage(model, batches, reference)
     finally:
         handle.remove()
-    error = sum(float((o - r).pow(2).sum()) for o, r in zip(outputs, reference, strict=True))
-    norm = sum(float(r.pow(2).sum()) for r in reference)
-    return error / max(norm, 1e-30)

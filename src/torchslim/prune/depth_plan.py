@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from torchslim._output_error import damage, model_outputs
+from torchslim._targets import matches
 from torchslim.profile import profile
 from torchslim.prune._target import TARGETS, predicted_seconds, report_cost, target_of
-from torchslim.prune._targets import matches
 from torchslim.prune.blocks import drop_block, residual_blocks
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import PruneError
@@ -130,7 +131,7 @@ def build_depth_plan(
     what, target = found
     work = copy.deepcopy(model).eval()
     batches = [tuple(b) for b in calibration] if calibration else [tuple(example_inputs)]
-    search = _Search(work, example_inputs, batches, outputs(work, batches), what,
+    search = _Search(work, example_inputs, batches, model_outputs(work, batches), what,
                      calibrated_model())  # fmt: skip
     candidates = [
         name
@@ -242,30 +243,3 @@ def _without(model: nn.Module, name: str) -> Iterator[None]:
         yield
     finally:
         parent._modules[child] = block
-
-
-def first_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model's output: itself, the first of a tuple, a mapping's first."""
-    if isinstance(output, torch.Tensor):
-        return output
-    values = list(output.values()) if isinstance(output, dict) else list(output)
-    for value in values:
-        if isinstance(value, torch.Tensor):
-            return value
-    raise PruneError(f"the model's output ({type(output).__name__}) holds no tensor to compare")
-
-
-def outputs(model: nn.Module, batches: list[tuple[Any, ...]]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [first_tensor(model(*batch)).float() for batch in batches]
-
-
-def damage(
-    model: nn.Module, batches: list[tuple[Any, ...]], reference: list[torch.Tensor]
-) -> float:
-    """Relative squared error of ``model``'s outputs against ``reference`` on ``batches``."""
-    error, norm = 0.0, 0.0
-    for got, want in zip(outputs(model, batches), reference, strict=True):
-        error += float((got - want).pow(2).sum())
-        norm += float(want.pow(2).sum())
-    return error / max(norm, 1e-12)

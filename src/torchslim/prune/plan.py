@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from torchslim._targets import matches
 from torchslim.profile import profile
 from torchslim.prune._slicing import keep_indices, member_owner, slice_member
 from torchslim.prune._target import cost, target_of
-from torchslim.prune._targets import matches
 from torchslim.prune.config import StructuredPruneConfig
 from torchslim.prune.graph import DependencyGraph, PruneError, build_graph
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from torchslim.prune._targets import matches
+from torchslim._targets import matches
 from torchslim.prune._units import Span, UnitGroup, is_conv1d
 
 MLP_PAIRS = (("fc1", "fc2"), ("c_fc", "c_proj"), ("pwconv1", "pwconv2"))

@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchslim._heap import release_free_heap
+from torchslim._targets import weighted_modules
 from torchslim.errors import ConfigError
-from torchslim.prune._targets import weighted_modules
 from torchslim.prune.activations import input_norms, wanda_scores
 from torchslim.prune.config import NMPruneConfig, UnstructuredPruneConfig
 from torchslim.prune.sparsegpt import sparsegpt_masks

@@ -17,8 +17,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from torchslim._compress import untouched_on_failure
+from torchslim._targets import matches, weighted_modules
 from torchslim.errors import ConfigError
-from torchslim.prune._targets import matches, weighted_modules
 from torchslim.share.config import ClusterConfig
 from torchslim.share.primitives import kmeans_1d
 

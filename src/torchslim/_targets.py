@@ -1,4 +1,5 @@
-"""Which modules a pruning config touches: exact names or "re:<regex>" patterns."""
+"""Which modules a config touches: exact names or "re:<regex>" patterns (pruning, low-rank,
+weight sharing), and the weighted layers a technique may change."""
 
 from __future__ import annotations
 
