@@ -36,8 +36,8 @@ class LayerScan:
     """One layer: its rank ladder (cheapest first, every rung cheaper than dense), the dense
     cost, and the scanned points (kept fraction, ranks, cost, measured damage)."""
 
-    ladder: list[tuple[list[int], int]]
-    dense_cost: int
+    ladder: list[tuple[list[int], float]]
+    dense_cost: float
     points: list[dict[str, Any]] = field(default_factory=list)
 
     def damage(self, cost: float) -> float:
@@ -53,7 +53,7 @@ class LayerScan:
         return known[-1][1]
 
 
-def rank_ladder(layer: LayerFacts, unit: str) -> list[tuple[list[int], int]]:
+def rank_ladder(layer: LayerFacts, unit: str) -> list[tuple[list[int], float]]:
     """Every distinct rank choice on the layer's energy path that costs less than dense, with
     its cost, cheapest first (one more singular value kept in one mode per rung)."""
     levels: set[float] = set()
@@ -61,7 +61,7 @@ def rank_ladder(layer: LayerFacts, unit: str) -> list[tuple[list[int], int]]:
         squares = spectrum.double().pow(2)  # (k,)
         levels.update((torch.cumsum(squares, 0) / squares.sum().clamp_min(1e-30)).tolist())
     dense = layer.cost(None, unit)
-    ladder: dict[tuple[int, ...], int] = {}
+    ladder: dict[tuple[int, ...], float] = {}
     for level in sorted(levels):
         ranks = layer.ranks_for_energy(min(level, 1.0))
         cost = layer.cost(ranks, unit)
@@ -70,22 +70,28 @@ def rank_ladder(layer: LayerFacts, unit: str) -> list[tuple[list[int], int]]:
     return sorted(((list(r), c) for r, c in ladder.items()), key=lambda rung: rung[1])
 
 
+def cost_scans(facts: dict[str, LayerFacts], unit: str) -> dict[str, LayerScan]:
+    """Each layer's ladder with its parameters or MACs as the cost, not yet scanned."""
+    return {name: LayerScan(rank_ladder(layer, unit), layer.cost(None, unit))
+            for name, layer in facts.items()}  # fmt: skip
+
+
 def scan_layers(
     model: nn.Module,
     facts: dict[str, LayerFacts],
     build: Build,
     calibration: Batches,
     keep: Sequence[float],
-    unit: str,
+    scans: dict[str, LayerScan],
 ) -> dict[str, LayerScan]:
-    """Factorize each layer alone at the rungs keeping each fraction of ``keep`` of its own
-    cost; record the relative output error. The model is never modified (a forward hook
-    substitutes the factorized layer's output for the layer's own during the trial)."""
-    scans = {}
+    """Factorize each layer alone at the rungs of its ladder in ``scans`` keeping each fraction
+    of ``keep`` of its own cost; record the relative output error, and drop the rungs below the
+    cheapest scanned one. The model is never modified (a forward hook substitutes the factorized
+    layer's output for the layer's own during the trial)."""
     with eval_mode(model), torch.inference_mode():
         reference = model_outputs(model, calibration)
         for name, layer in facts.items():
-            scan = LayerScan(rank_ladder(layer, unit), layer.cost(None, unit))
+            scan = scans[name]
             for fraction in sorted(keep, reverse=True):
                 rung = _rung_within(scan.ladder, fraction * scan.dense_cost)
                 if rung is None or any(p["ranks"] == rung[0] for p in scan.points):
@@ -98,7 +104,6 @@ def scan_layers(
             # no extrapolation: below the cheapest scanned rung the damage is unknown
             floor = min((p["cost"] for p in scan.points), default=scan.dense_cost)
             scan.ladder = [rung for rung in scan.ladder if rung[1] >= floor]
-            scans[name] = scan
     return scans
 
 
@@ -146,7 +151,9 @@ def _next_step(
     return (scan.damage(nxt) - scan.damage(now)) / max(saved, 1e-9), name, saved
 
 
-def _rung_within(ladder: list[tuple[list[int], int]], cost: float) -> tuple[list[int], int] | None:
+def _rung_within(
+    ladder: list[tuple[list[int], float]], cost: float
+) -> tuple[list[int], float] | None:
     fitting = [rung for rung in ladder if rung[1] <= cost]
     return fitting[-1] if fitting else (ladder[0] if ladder else None)
 

@@ -21,8 +21,16 @@ from torchslim._compress import untouched_on_failure
 from torchslim.errors import ConfigError
 from torchslim.lowrank import primitives
 from torchslim.lowrank._layers import LayerFacts, candidates, fill_spectra, observe
-from torchslim.lowrank.allocate import allocate, scan_layers
+from torchslim.lowrank.allocate import LayerScan, allocate, cost_scans, scan_layers
 from torchslim.lowrank.config import FactorizeConfig
+from torchslim.lowrank.latency import (
+    LatencyEstimator,
+    allocate_by_energy,
+    at_batch,
+    check_reachable,
+    estimate_after,
+    layer_latency,
+)
 from torchslim.lowrank.modules import build_factorized
 
 Batches = Sequence[Sequence[Any]]
@@ -81,11 +89,7 @@ def factorize_(
     kind = config.method if config.method in ("tucker2", "cp") else "svd"
     unit = config.target_ratio()[0] if config.target is not None else "params"
     result = FactorizeResult(config.method, config.allocation)
-    ranks: Mapping[str, list[int] | None]
-    if config.allocation == "sensitivity":
-        ranks = _sensitivity_ranks(model, facts, config, list(calibration or []), result)
-    else:
-        ranks = _choose_ranks(facts, config, unit)
+    ranks = _ranks(model, facts, config, (list(calibration or []), example_inputs), result)
     replacements: dict[str, nn.Module] = {}
     for name, layer in facts.items():
         decision = result.layers.setdefault(name, {})
@@ -93,22 +97,42 @@ def factorize_(
                          "params_before": layer.cost(None, "params"),
                          "params_after": layer.cost(ranks[name], "params")})  # fmt: skip
         if ranks[name] is None:
-            decision["reason"] = "the sensitivity allocation keeps it dense"
+            decision.setdefault("reason", "the allocation keeps it dense")
             continue
-        if layer.cost(ranks[name], unit) >= layer.cost(None, unit):
+        if unit != "latency" and layer.cost(ranks[name], unit) >= layer.cost(None, unit):
             decision["reason"] = f"no saving: ranks {ranks[name]} cost as much {unit} as dense"
             continue
         factorized = _factorized(layer, config.method, decision)
-        if config.check_speed and not _faster(layer, factorized, decision):
-            continue
+        if config.check_speed and unit != "latency" and not _faster(layer, factorized, decision):
+            continue  # a latency target chose only ranks estimated faster, at its batch size
         decision["applied"] = True
         replacements[name] = factorized
-    if config.target is not None:
+    if config.target is not None and unit != "latency":
         result.target = _target_met(facts, ranks, replacements, config)
     with untouched_on_failure(model):
         for name, module in replacements.items():
             model.set_submodule(name, module)
     return result
+
+
+def _ranks(
+    model: nn.Module,
+    facts: dict[str, LayerFacts],
+    config: FactorizeConfig,
+    data: tuple[Batches, Sequence[Any] | None],
+    result: FactorizeResult,
+) -> Mapping[str, list[int] | None]:
+    """Ranks per layer (None: dense) by the config's rule; the one place that decides it."""
+    calibration, example_inputs = data
+    if config.target is not None and config.target_ratio()[0] == "latency":
+        assert example_inputs is not None
+        return _latency_ranks(model, facts, config, (calibration, example_inputs), result)
+    if config.allocation == "sensitivity":
+        unit, kept = config.kept_share()
+        scans = cost_scans(facts, unit)
+        budget = kept * sum(scan.dense_cost for scan in scans.values())
+        return _scanned(model, facts, config, calibration, (scans, budget), result)
+    return _choose_ranks(facts, config)
 
 
 def _target_met(
@@ -119,12 +143,12 @@ def _target_met(
 ) -> dict[str, Any]:
     """The share of the targeted layers' cost kept: the goal and what the applied layers give
     (less is removed than asked where the speed check kept a layer whole)."""
-    unit, removed = config.target_ratio()
+    unit, goal = config.kept_share()
     dense = sum(layer.cost(None, unit) for layer in facts.values())
     kept = sum(
         layer.cost(ranks[name] if name in applied else None, unit) for name, layer in facts.items()
     )
-    return {"unit": unit, "kept_goal": round(1.0 - removed, 6), "kept": round(kept / dense, 6)}
+    return {"unit": unit, "kept_goal": round(goal, 6), "kept": round(kept / dense, 6)}
 
 
 def _facts(
@@ -137,9 +161,9 @@ def _facts(
     what = "Conv2d with a kernel > 1x1" if config.method in ("tucker2", "cp") else "Linear"
     if not layers:
         raise ConfigError(f"factorize {config.method}: no {what} layer matches targets/ignore")
-    needs_inputs = config.check_speed or (config.target or "").startswith("macs")
+    needs_inputs = config.check_speed or (config.target or "").startswith(("macs", "latency"))
     if needs_inputs and example_inputs is None:
-        raise ConfigError("factorize: check_speed and macs targets need example_inputs")
+        raise ConfigError("factorize: check_speed, macs and latency targets need example_inputs")
     if config.method == "whitened" and not calibration:
         raise ConfigError("factorize whitened: pass calibration batches (the inputs it whitens by)")
     if config.allocation == "sensitivity" and not calibration:
@@ -156,9 +180,7 @@ def _facts(
     return layers
 
 
-def _choose_ranks(
-    facts: dict[str, LayerFacts], config: FactorizeConfig, unit: str
-) -> dict[str, list[int]]:
+def _choose_ranks(facts: dict[str, LayerFacts], config: FactorizeConfig) -> dict[str, list[int]]:
     if config.rank is not None:
         for name, layer in facts.items():
             if config.rank > min(layer.max_ranks()):
@@ -169,39 +191,70 @@ def _choose_ranks(
         return {name: [config.rank] * len(layer.spectra) for name, layer in facts.items()}
     if config.effective_energy is not None:
         return {n: layer.ranks_for_energy(config.effective_energy) for n, layer in facts.items()}
-    return _ranks_for_target(facts, *config.target_ratio())
+    return _ranks_for_target(facts, *config.kept_share())
 
 
-def _sensitivity_ranks(
+def _scanned(
     model: nn.Module,
     facts: dict[str, LayerFacts],
     config: FactorizeConfig,
     calibration: Batches,
+    goal: tuple[dict[str, LayerScan], float],
     result: FactorizeResult,
 ) -> dict[str, list[int] | None]:
-    """Scan each layer alone at ``config.scan_keep`` of its cost, then allocate the target."""
-    unit, removed = config.target_ratio()
+    """Scan each layer alone at ``config.scan_keep`` of its cost (a rung of its ladder in
+    ``scans``), then allocate ``budget`` (of the layers' summed cost) among them."""
+    scans, budget = goal
 
     def build(layer: LayerFacts, ranks: list[int]) -> nn.Module:
         kind = config.method if config.method in ("tucker2", "cp") else "svd"
         return _factorized(layer, config.method, {"kind": kind, "ranks": ranks})
 
-    scans = scan_layers(model, facts, build, calibration, config.scan_keep, unit)
+    scan_layers(model, facts, build, calibration, config.scan_keep, scans)
     for name, scan in scans.items():
-        result.layers[name] = {"sensitivity": [
+        result.layers.setdefault(name, {})["sensitivity"] = [
             {k: p[k] for k in ("keep", "ranks", "damage")} for p in scan.points
-        ]}  # fmt: skip
-    dense = sum(scan.dense_cost for scan in scans.values())
-    return allocate(scans, (1.0 - removed) * dense)
+        ]
+    return allocate(scans, budget)
 
 
-def _ranks_for_target(
-    facts: dict[str, LayerFacts], unit: str, removed: float
-) -> dict[str, list[int]]:
+def _latency_ranks(
+    model: nn.Module,
+    facts: dict[str, LayerFacts],
+    config: FactorizeConfig,
+    data: tuple[Batches, Sequence[Any]],
+    result: FactorizeResult,
+) -> dict[str, list[int] | None]:
+    """Ranks meeting ``latency=R``: every layer estimated dense and at a ladder of ranks at the
+    batch size (``latency.py``), the budget the rest of the model leaves, then one energy level
+    or the sensitivity allocation over the rungs faster than dense."""
+    calibration, example_inputs = data
+    kind = config.method if config.method in ("tucker2", "cp") else "svd"
+    size, source = config.latency_batch_size, config.resolved_latency_source
+    estimator = LatencyEstimator(source)
+    model_s = estimator.seconds(model, at_batch(example_inputs, size))
+    times = {name: layer_latency(layer, kind, estimator, size) for name, layer in facts.items()}
+    kept = config.kept_share()[1]
+    budget = check_reachable(times, model_s, kept, f"at batch {size} ({source})")
+    scans = {name: t.scan() for name, t in times.items()}
+    if config.allocation == "sensitivity":
+        ranks = _scanned(model, facts, config, calibration, (scans, budget), result)
+    else:
+        ranks = allocate_by_energy(facts, scans, budget)
+    estimate, figures = estimate_after(times, ranks, model_s, size)
+    for name, layer_figures in figures.items():
+        result.layers.setdefault(name, {}).update(layer_figures)
+    result.target = {"unit": "latency", "kept_goal": kept, "kept": round(estimate / model_s, 6),
+                     "batch_size": size, "source": source,
+                     "dense_model_ms": round(model_s * 1e3, 4)}  # fmt: skip
+    return ranks
+
+
+def _ranks_for_target(facts: dict[str, LayerFacts], unit: str, kept: float) -> dict[str, list[int]]:
     """One energy level for all layers, the highest whose total cost meets the target (layers
     that would not save stay dense at their dense cost)."""
     dense = sum(layer.cost(None, unit) for layer in facts.values())
-    budget = (1.0 - removed) * dense
+    budget = kept * dense
 
     def total(energy: float) -> float:
         return sum(
@@ -212,7 +265,7 @@ def _ranks_for_target(
     low, high = 0.0, 1.0
     if total(1e-9) > budget:
         raise ConfigError(
-            f"target {unit}={removed} cannot be reached by factorizing these layers (rank 1 "
+            f"target {unit}={1.0 - kept:g} cannot be reached by factorizing these layers (rank 1 "
             f"everywhere keeps {total(1e-9) / dense:.2f} of their {unit}); lower the target"
         )
     for _ in range(40):

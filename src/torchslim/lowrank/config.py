@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from torchslim.errors import ConfigError, did_you_mean
 
 METHODS = ("svd", "whitened", "tucker2", "cp")
-TARGET_KEYS = ("params", "macs")
+TARGET_KEYS = ("params", "macs", "latency")
 ALLOCATIONS = ("uniform", "sensitivity")
+LATENCY_SOURCES = ("predicted", "measured")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class FactorizeConfig:
         energy: per layer, the smallest rank keeping this fraction of the squared singular values.
         target: ``params=R`` or ``macs=R``: remove the fraction R of the targeted layers' parameters
             or MACs, with ranks allocated by one common energy level for every layer.
+            ``latency=R``: the factorized model's latency at most R times the dense model's (R
+            is the share *kept*, not removed), at ``batch_size``; only factorizations faster
+            than their dense layer (by ``latency_source``) are chosen.
             At most one of ``rank``, ``energy``, ``target``; none means ``energy=0.9``.
         allocation: how a ``target`` is split among layers: ``uniform`` (one common energy
             level) or ``sensitivity`` (each layer factorized alone at ``scan_keep`` of its own
@@ -37,7 +41,12 @@ class FactorizeConfig:
         ignore: names or ``re:`` patterns left whole.
         calibration_batches: batches whose inputs whiten the ``whitened`` method.
         check_speed: time each factorized layer against the one it replaces on the example
-            inputs, and keep the original where the factorized one is slower.
+            inputs, and keep the original where the factorized one is slower. A latency target
+            makes this decision itself, per candidate rank, at ``batch_size``: it cannot be off.
+        batch_size: the batch a latency target is estimated at (default 1); latency targets only.
+        latency_source: how a latency target estimates each layer: ``predicted`` by the
+            profiler's latency model calibrated on this machine, or ``measured`` by timing the
+            dense layer and each candidate factorization (default); latency targets only.
     """
 
     method: str = "svd"
@@ -50,6 +59,8 @@ class FactorizeConfig:
     ignore: tuple[str, ...] = ()
     calibration_batches: int = 8
     check_speed: bool = True
+    batch_size: int | None = None
+    latency_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -64,6 +75,7 @@ class FactorizeConfig:
         if self.target is not None:
             self.target_ratio()
         self._check_allocation()
+        self._check_latency_options()
         if self.calibration_batches < 1:
             raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches!r}")
 
@@ -90,8 +102,32 @@ class FactorizeConfig:
             raise ConfigError(f"scan_keep must be fractions in (0, 1), e.g. [0.25, 0.5, 0.75]; "
                               f"got {keep!r}")  # fmt: skip
 
+    def _check_latency_options(self) -> None:
+        latency = self.target is not None and self.target_ratio()[0] == "latency"
+        for name in ("batch_size", "latency_source"):
+            if getattr(self, name) is not None and not latency:
+                raise ConfigError(
+                    f"{name} is used by a latency target only (target=latency=R), got "
+                    f"{name}={getattr(self, name)!r} with target={self.target!r}; drop it"
+                )
+        size = self.batch_size
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+            raise ConfigError(f"batch_size must be an integer >= 1, got {size!r}")
+        source = self.latency_source
+        if source is not None and source not in LATENCY_SOURCES:
+            raise ConfigError(
+                f"latency_source must be one of {list(LATENCY_SOURCES)}, got {source!r}."
+                f"{did_you_mean(str(source), LATENCY_SOURCES)}"
+            )
+        if latency and not self.check_speed:
+            raise ConfigError(
+                "check_speed=false does not apply to a latency target: it keeps only "
+                "factorizations estimated faster than their dense layer; drop check_speed"
+            )
+
     def target_ratio(self) -> tuple[str, float]:
-        """(``params`` | ``macs``, fraction removed) of ``target``."""
+        """(``params`` | ``macs`` | ``latency``, R) of ``target`` as written (see
+        ``kept_share`` for what R means)."""
         key, _, value = str(self.target).partition("=")
         try:
             ratio = float(value)
@@ -99,10 +135,27 @@ class FactorizeConfig:
             ratio = -1.0
         if key not in TARGET_KEYS or not 0.0 < ratio < 1.0:
             raise ConfigError(
-                f"target must be params=R or macs=R with R in (0, 1) the fraction removed, "
-                f"got {self.target!r}"
+                f"target must be params=R or macs=R (R in (0, 1): the fraction removed) or "
+                f"latency=R (R in (0, 1): the factorized model's latency at most R x the dense "
+                f"model's), got {self.target!r}"
             )
         return key, ratio
+
+    def kept_share(self) -> tuple[str, float]:
+        """(unit, the most of the dense cost the target keeps): 1 - R for ``params=R`` and
+        ``macs=R`` (R is removed), R for ``latency=R`` (R is kept)."""
+        unit, ratio = self.target_ratio()
+        return unit, ratio if unit == "latency" else 1.0 - ratio
+
+    @property
+    def latency_batch_size(self) -> int:
+        """The batch a latency target is estimated at."""
+        return self.batch_size or 1
+
+    @property
+    def resolved_latency_source(self) -> str:
+        """How a latency target estimates each layer."""
+        return self.latency_source or "measured"
 
     @property
     def effective_energy(self) -> float | None:
