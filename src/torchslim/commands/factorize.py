@@ -23,7 +23,11 @@ def factorize_command(
         float | None, typer.Option(help="Per layer: keep this fraction of spectral energy.")
     ] = None,
     target: Annotated[
-        str | None, typer.Option(help="params=R or macs=R: the fraction removed, ranks allocated.")
+        str | None,
+        typer.Option(
+            help="params=R or macs=R: the fraction removed; latency=R: the factorized model at "
+            "most R x the dense model's latency (R kept); ranks allocated."
+        ),
     ] = None,
     allocation: Annotated[
         str,
@@ -38,6 +42,16 @@ def factorize_command(
     check_speed: Annotated[
         bool, typer.Option(help="Keep a layer whole where its factorization is measured slower.")
     ] = True,
+    batch_size: Annotated[
+        int | None, typer.Option(help="The batch a latency target is estimated at (default 1).")
+    ] = None,
+    latency_source: Annotated[
+        str | None,
+        typer.Option(
+            help="How a latency target estimates each layer: measured (timed, default) | "
+            "predicted (the profiler's latency model of this machine)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a torchslim artifact at --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: DeviceOption = "cpu",
@@ -46,7 +60,8 @@ def factorize_command(
     """Low-rank factorization of MODEL's Linear (SVD, whitened SVD) or Conv2d (Tucker-2) layers.
 
     Example: torchslim factorize fashion-resnet20 --method tucker2 --target macs=0.5 --out r20-lr
-    (add --allocation sensitivity to give sensitive layers larger ranks)
+    (add --allocation sensitivity to give sensitive layers larger ranks; --target latency=0.7
+    --batch-size 16 for at most 0.7 x the dense model's latency at batch 16)
     """
     import yaml
 
@@ -61,7 +76,8 @@ def factorize_command(
     check_device(device)
     stage = {"step": "factorize", "method": method, "rank": rank, "energy": energy,
              "target": target, "allocation": allocation, "ignore": list(ignore or []),
-             "check_speed": check_speed}  # fmt: skip
+             "check_speed": check_speed, "batch_size": batch_size,
+             "latency_source": latency_source}  # fmt: skip
     stage = {k: v for k, v in stage.items() if v is not None}
     recipe = parse_recipe(yaml.safe_dump({"version": 1, "stages": [stage]}), "torchslim factorize")
     entry = resolve_model(model, ModelOptions())
