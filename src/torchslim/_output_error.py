@@ -20,7 +20,7 @@ def model_outputs(model: nn.Module, batches: Sequence[Sequence[Any]]) -> list[to
     Raises:
         ConfigError: the model's output holds no tensor to compare.
     """
-    found = []
+    found: list[torch.Tensor] = []
     with torch.no_grad():
         for batch in batches:
             output = model(*batch)

@@ -128,7 +128,8 @@ def estimate_after(
     """The factorized model's estimated seconds (the dense model's less each layer's saving),
     and per layer its dense and chosen estimate in ms (and why a layer without a faster rung
     stays dense)."""
-    estimate, figures = model_s, {}
+    estimate = model_s
+    figures: dict[str, dict[str, Any]] = {}
     for name, t in times.items():
         chosen = next((s for r, s in t.rungs if r == ranks[name]), None)
         figures[name] = {"latency_ms": {
