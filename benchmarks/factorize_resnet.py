@@ -12,13 +12,31 @@ whole.
 factorized alone, the output error on calibration batches measured) instead of one energy level.
 
 Writes benchmarks/results/factorize_resnet-<model>[-cp][-sensitivity][-lr<lr>].json.
+
+Rows of targets, each factorized, fine-tuned and timed against the original in its own run:
+
+    OMP_NUM_THREADS=1 python benchmarks/factorize_resnet.py --rows macs=0.5 latency=0.4@1 \
+        latency=0.4@16 [--latency-source measured|predicted]
+
+``latency=R@B`` is the latency target (at most R x the original's latency) at batch B. A
+latency target the allocator finds out of reach is recorded with its error, then run again at
+the nearest reachable R (rounded up to 0.05, plus 0.05). Each invocation merges its rows into
+benchmarks/results/factorize_resnet-<model>-latency.json. Latency: original and factorized
+timed in alternating rounds (5 calls each, 6 rounds after warm-up), medians of wall-clock time
+and of the thread's CPU time (which leaves out the time other processes take on a shared core).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import math
+import re
+import statistics
+import sys
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +48,7 @@ import torchslim
 import torchslim.zoo
 from torchslim._machine import machine_facts
 from torchslim.benchmark import write_result_json
+from torchslim.errors import ConfigError
 from torchslim.evaluate.latency import measure_latency
 from torchslim.lowrank import FactorizeConfig, factorize_
 from torchslim.pipeline import parse_recipe
@@ -55,6 +74,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    parser.add_argument("--rows", nargs="+", help="targets, latency=R@B for a latency target")
+    parser.add_argument("--latency-source", default="measured", choices=["measured", "predicted"])
     return parser.parse_args()
 
 
@@ -72,11 +93,126 @@ def conv_macs(model: nn.Module, entry: Any) -> int:
     return int(report.total.macs)
 
 
+def timed_pair(entry: Any, models: dict[str, nn.Module], batch: int) -> dict[str, Any]:
+    """Medians (ms) of wall-clock and thread CPU time of each model, timed in alternating
+    rounds so that both see the same load of a shared machine."""
+    inputs = tuple(entry.example_inputs(batch))
+    wall: dict[str, list[float]] = {name: [] for name in models}
+    cpu: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            for _ in range(5):
+                model(*inputs)
+        for _ in range(6):
+            for name, model in models.items():
+                for _ in range(5):
+                    start, cpu_start = time.perf_counter(), time.thread_time()
+                    model(*inputs)
+                    wall[name].append((time.perf_counter() - start) * 1e3)
+                    cpu[name].append((time.thread_time() - cpu_start) * 1e3)
+    return {
+        name: {
+            "wall_median_ms": round(statistics.median(wall[name]), 3),
+            "thread_cpu_median_ms": round(statistics.median(cpu[name]), 3),
+        }
+        for name in models
+    }
+
+
+def row_recipe(target: str, batch: int | None, args: argparse.Namespace) -> str:
+    stage = f"  - step: factorize\n    method: {args.method}\n    target: {target}\n"
+    if batch is None:
+        stage += "    check_speed: false\n"
+    else:
+        stage += f"    batch_size: {batch}\n    latency_source: {args.latency_source}\n"
+    if args.allocation != "uniform":
+        stage += f"    allocation: {args.allocation}\n"
+    finetune = (
+        f"  - step: finetune\n    epochs: 1\n    samples: {args.samples}\n    lr: {args.lr}\n"
+    )
+    return "version: 1\nstages:\n" + stage + finetune
+
+
+def run_row(entry: Any, original: nn.Module, row: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One target: factorize + fine-tune through the pipeline, accuracy, speed vs original."""
+    target, _, at = row.partition("@")
+    batch = int(at) if at else None
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        options = RunOptions(repeats=5, threads=args.threads, measure_stages=True)
+        recipe = parse_recipe(row_recipe(target, batch, args))
+        outcome = compress(entry, recipe, Path(tmp) / "out", options)
+        model = torchslim.load(Path(tmp) / "out").eval()
+    stages = outcome.details["stages"]
+    timings = {f"batch_{b}": timed_pair(entry, {"original": original, "factorized": model}, b)
+               for b in args.batches}  # fmt: skip
+    speed_up = {
+        f"batch_{b}_{clock}": round(t["original"][key] / t["factorized"][key], 3)
+        for b, t in zip(args.batches, timings.values(), strict=True)
+        for clock, key in (("wall", "wall_median_ms"), ("thread_cpu", "thread_cpu_median_ms"))
+    }
+    layers = stages[0]["summary"]["layers"]
+    return {
+        "row": row,
+        "target": target,
+        "batch_size": batch,
+        "macs": conv_macs(model, entry),
+        "after_factorize": stages[0]["figures"]["metrics"],
+        "after_finetune": stages[1]["figures"]["metrics"],
+        "allocator_target": stages[0]["summary"].get("target"),
+        "layers_factorized": stages[0]["summary"]["layers_factorized"],
+        "ranks": {name: d["ranks"] for name, d in layers.items() if d["applied"]},
+        "layer_latency_ms": {n: d["latency_ms"] for n, d in layers.items() if "latency_ms" in d},
+        "latency": timings,
+        "speed_up": speed_up,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def run_rows(entry: Any, original: nn.Module, args: argparse.Namespace) -> None:
+    name = f"factorize_resnet-{args.model}-latency"
+    path = args.out_dir / f"{name}.json"
+    payload = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    rows = [r for r in payload["rows"] if r["row"] not in args.rows]
+    for row in args.rows:
+        try:
+            rows.append(run_row(entry, original, row, args))
+        except ConfigError as error:
+            reachable = re.search(r"at least ([0-9.]+)", str(error))
+            rows.append({"row": row, "error": str(error)})
+            if reachable is None or "@" not in row:
+                continue
+            retry = min(0.95, math.ceil(float(reachable.group(1)) * 20) / 20 + 0.05)
+            fallback = f"latency={retry:g}@{row.partition('@')[2]}"
+            rows[-1]["fallback"] = run_row(entry, original, fallback, args)
+        print(json.dumps(rows[-1])[:400], flush=True)
+    payload.update({
+        "benchmark": "factorize_resnet",
+        "model": args.model,
+        "method": args.method,
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "config": vars(args) | {"out_dir": str(args.out_dir)},
+        "original": {"metrics": entry.evaluate(original), "macs": conv_macs(original, entry)},
+        "rows": rows,
+        "machine": machine_facts(),
+        "note": "shared 2-core machine, busy with other jobs (load 5-6); each row run pinned to "
+        "core 1 with 1 thread; original and factorized timed in alternating rounds in the same "
+        "run; wall-clock medians are inflated by the other jobs, thread CPU time leaves their "
+        "share out; latency=R@B: at most R x the original's latency at batch B as the allocator "
+        "estimates it (allocator_target.kept), fine-tuning 1 epoch over `samples` images",
+    })  # fmt: skip
+    print(f"wrote {write_result_json(name, payload, args.out_dir)}")
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     entry = torchslim.zoo.get(args.model)
     original = entry.load()
+    if args.rows:
+        run_rows(entry, original.eval(), args)
+        return
     text = (
         "version: 1\nstages:\n"
         f"  - step: factorize\n    method: {args.method}\n    target: {args.target}\n"

@@ -86,3 +86,20 @@ def measure_latency(
         while len(samples) < repeats and (len(samples) < 3 or time.perf_counter() < deadline):
             samples.append(time_call(fn, device))
     return summarize(samples)
+
+
+def measure_thread_time(fn: Callable[[], Any], warmup: int = 3, repeats: int = 20) -> LatencyStats:
+    """CPU time of the calling thread per call of ``fn`` after ``warmup`` calls, in
+    milliseconds: the time of a one-thread CPU run without the time other processes took from
+    it on a shared core (measured on 2 busy cores: fashion-resnet20 at batch 16, wall median
+    54 ms, thread-time median 13.7 ms, its layers' own times summing to 11 ms). Meaningless for
+    work on other threads (intra-op threads > 1) or on a GPU."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        samples: list[float] = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            fn()
+            samples.append((time.thread_time() - start) * 1e3)
+    return summarize(samples)

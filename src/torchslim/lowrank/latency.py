@@ -37,16 +37,20 @@ def at_batch(inputs: Sequence[Any], batch_size: int) -> tuple[Any, ...]:
 
 class LatencyEstimator:
     """Seconds of one call of a module: predicted (the calibrated latency model of this machine
-    and thread count) or measured (median of ``repeats`` after ``warmup`` calls)."""
+    and thread count) or measured: the median of ``repeats`` calls after ``warmup``, in the
+    calling thread's CPU time when the call runs on a CPU with one intra-op thread (so the time
+    other processes take from a shared core is not counted: they preempt a whole model's
+    forward far more often than one layer's, and would make the rest of the model look far
+    costlier than its layers), else in wall-clock time."""
 
-    def __init__(self, source: str, warmup: int = 3, repeats: int = 15) -> None:
+    def __init__(self, source: str, warmup: int = 3, repeats: int = 20) -> None:
         from torchslim.profile import latency_model
 
         self.source, self.warmup, self.repeats = source, warmup, repeats
         self.model = latency_model.calibrated_model() if source == "predicted" else None
 
     def seconds(self, module: nn.Module, inputs: Sequence[Any]) -> float:
-        from torchslim.evaluate.latency import measure_latency
+        from torchslim.evaluate.latency import measure_latency, measure_thread_time
         from torchslim.profile import profile
 
         with eval_mode(module):
@@ -54,9 +58,12 @@ class LatencyEstimator:
                 report = profile(module, inputs, measure_memory=False, count_calls=True)
                 return self.model.predict_report(report)
             device = next((t.device for t in inputs if isinstance(t, torch.Tensor)), None)
-            stats = measure_latency(
-                lambda: module(*inputs), self.warmup, self.repeats, device=device
-            )
+            if (device is None or device.type == "cpu") and torch.get_num_threads() == 1:
+                stats = measure_thread_time(lambda: module(*inputs), self.warmup, self.repeats)
+            else:
+                stats = measure_latency(
+                    lambda: module(*inputs), self.warmup, self.repeats, device=device
+                )
             return float(stats.median) / 1e3
 
 
