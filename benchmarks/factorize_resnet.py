@@ -173,13 +173,17 @@ def run_rows(entry: Any, original: nn.Module, args: argparse.Namespace) -> None:
     name = f"factorize_resnet-{args.model}-latency"
     path = args.out_dir / f"{name}.json"
     payload = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    rows = [r for r in payload["rows"] if r["row"] not in args.rows]
+
+    def ours(r: dict[str, Any]) -> bool:
+        return r["row"] in args.rows and r["allocation"] == args.allocation
+
+    rows = [r for r in payload["rows"] if not ours(r)]
     for row in args.rows:
         try:
-            rows.append(run_row(entry, original, row, args))
+            rows.append(run_row(entry, original, row, args) | {"allocation": args.allocation})
         except ConfigError as error:
             reachable = re.search(r"at least ([0-9.]+)", str(error))
-            rows.append({"row": row, "error": str(error)})
+            rows.append({"row": row, "allocation": args.allocation, "error": str(error)})
             if reachable is None or "@" not in row:
                 continue
             retry = min(0.95, math.ceil(float(reachable.group(1)) * 20) / 20 + 0.05)
