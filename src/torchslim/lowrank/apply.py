@@ -5,7 +5,8 @@ Ranks come from an explicit rank, an energy level, or one global parameter / MAC
 common energy level for every layer (``allocation="uniform"``, found by bisection), or from a
 per-layer sensitivity scan (``allocation="sensitivity"``, ``allocate.py``). A factorized layer
 that is measured slower than the one it replaces, or that would not be smaller, is left whole;
-the result says why.
+the result says why. A latency target (``latency.py``) allocates the same two ways over the
+ranks estimated faster than each dense layer at its batch size.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ Batches = Sequence[Sequence[Any]]
 @dataclass
 class FactorizeResult:
     """Per layer: ``kind``, ``ranks``, ``params_before``/``params_after``, ``applied`` and, when
-    left whole, ``reason``; ``latency_ms`` (dense, factorized) where speed was measured."""
+    left whole, ``reason``; ``latency_ms`` (dense, factorized) where speed was measured or, for a
+    latency target, estimated (at its batch size, by its source)."""
 
     method: str
     allocation: str = "uniform"
@@ -81,33 +83,33 @@ def factorize_(
 
     Raises:
         ConfigError: no layer to factorize, a rank larger than a layer allows, a target that
-            cannot be reached, ``whitened`` or ``allocation="sensitivity"`` without calibration
-            batches, or the speed check / a MAC target without example inputs. The model is
-            then untouched.
+            cannot be reached (a latency target's error names the reachable R), ``whitened`` or
+            ``allocation="sensitivity"`` without calibration batches, or the speed check / a MAC
+            or latency target without example inputs. The model is then untouched.
     """
     facts = _facts(model, config, calibration, example_inputs)
-    kind = config.method if config.method in ("tucker2", "cp") else "svd"
     unit = config.target_ratio()[0] if config.target is not None else "params"
+    by_latency = config.latency_target  # ranks already estimated faster, at its batch size
     result = FactorizeResult(config.method, config.allocation)
     ranks = _ranks(model, facts, config, (list(calibration or []), example_inputs), result)
     replacements: dict[str, nn.Module] = {}
     for name, layer in facts.items():
         decision = result.layers.setdefault(name, {})
-        decision.update({"kind": kind, "ranks": ranks[name], "applied": False,
+        decision.update({"kind": config.layer_kind, "ranks": ranks[name], "applied": False,
                          "params_before": layer.cost(None, "params"),
                          "params_after": layer.cost(ranks[name], "params")})  # fmt: skip
         if ranks[name] is None:
             decision.setdefault("reason", "the allocation keeps it dense")
             continue
-        if unit != "latency" and layer.cost(ranks[name], unit) >= layer.cost(None, unit):
+        if not by_latency and layer.cost(ranks[name], unit) >= layer.cost(None, unit):
             decision["reason"] = f"no saving: ranks {ranks[name]} cost as much {unit} as dense"
             continue
         factorized = _factorized(layer, config.method, decision)
-        if config.check_speed and unit != "latency" and not _faster(layer, factorized, decision):
-            continue  # a latency target chose only ranks estimated faster, at its batch size
+        if config.check_speed and not by_latency and not _faster(layer, factorized, decision):
+            continue
         decision["applied"] = True
         replacements[name] = factorized
-    if config.target is not None and unit != "latency":
+    if config.target is not None and not by_latency:
         result.target = _target_met(facts, ranks, replacements, config)
     with untouched_on_failure(model):
         for name, module in replacements.items():
@@ -124,7 +126,7 @@ def _ranks(
 ) -> Mapping[str, list[int] | None]:
     """Ranks per layer (None: dense) by the config's rule; the one place that decides it."""
     calibration, example_inputs = data
-    if config.target is not None and config.target_ratio()[0] == "latency":
+    if config.latency_target:
         assert example_inputs is not None
         return _latency_ranks(model, facts, config, (calibration, example_inputs), result)
     if config.allocation == "sensitivity":
@@ -207,8 +209,7 @@ def _scanned(
     scans, budget = goal
 
     def build(layer: LayerFacts, ranks: list[int]) -> nn.Module:
-        kind = config.method if config.method in ("tucker2", "cp") else "svd"
-        return _factorized(layer, config.method, {"kind": kind, "ranks": ranks})
+        return _factorized(layer, config.method, {"kind": config.layer_kind, "ranks": ranks})
 
     scan_layers(model, facts, build, calibration, config.scan_keep, scans)
     for name, scan in scans.items():
@@ -229,7 +230,7 @@ def _latency_ranks(
     batch size (``latency.py``), the budget the rest of the model leaves, then one energy level
     or the sensitivity allocation over the rungs faster than dense."""
     calibration, example_inputs = data
-    kind = config.method if config.method in ("tucker2", "cp") else "svd"
+    kind = config.layer_kind
     size, source = config.latency_batch_size, config.resolved_latency_source
     estimator = LatencyEstimator(source)
     model_s = estimator.seconds(model, at_batch(example_inputs, size))

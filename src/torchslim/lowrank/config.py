@@ -103,7 +103,7 @@ class FactorizeConfig:
                               f"got {keep!r}")  # fmt: skip
 
     def _check_latency_options(self) -> None:
-        latency = self.target is not None and self.target_ratio()[0] == "latency"
+        latency = self.latency_target
         for name in ("batch_size", "latency_source"):
             if getattr(self, name) is not None and not latency:
                 raise ConfigError(
@@ -146,6 +146,16 @@ class FactorizeConfig:
         ``macs=R`` (R is removed), R for ``latency=R`` (R is kept)."""
         unit, ratio = self.target_ratio()
         return unit, ratio if unit == "latency" else 1.0 - ratio
+
+    @property
+    def latency_target(self) -> bool:
+        """True for ``target=latency=R``."""
+        return self.target is not None and self.target_ratio()[0] == "latency"
+
+    @property
+    def layer_kind(self) -> str:
+        """The factorized layer's kind: ``svd`` (both Linear methods), ``tucker2`` or ``cp``."""
+        return self.method if self.method in ("tucker2", "cp") else "svd"
 
     @property
     def latency_batch_size(self) -> int:
