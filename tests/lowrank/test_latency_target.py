@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,3 +165,11 @@ def test_a_recipe_stage_takes_latency_options_and_refuses_a_misspelt_one() -> No
     assert options.kept_share() == ("latency", 0.5) and options.latency_batch_size == 16
     with pytest.raises(ConfigError, match='Did you mean "latency_source"'):
         parse_recipe(stage.format("target: latency=0.5\n    latency_sorce: measured"))
+
+
+def test_thread_time_leaves_out_the_time_the_thread_does_not_run() -> None:
+    from torchslim.evaluate.latency import measure_thread_time
+
+    stats = measure_thread_time(lambda: time.sleep(0.02), warmup=0, repeats=3)
+    assert stats.repeats == 3
+    assert 0.0 <= stats.median < 10.0  # ms: the 20 ms asleep are no CPU time of the thread
