@@ -9,6 +9,7 @@ allocator (``allocate.allocate``), with the layers' latency as the cost.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -115,7 +116,7 @@ def check_reachable(
     budget = dense - (1.0 - kept) * model_s
     fastest = sum(t.rungs[0][1] if t.rungs else t.dense_s for t in times.values())
     if fastest > budget:
-        best = (model_s - dense + fastest) / model_s
+        best = math.ceil((model_s - dense + fastest) / model_s * 100) / 100  # reachable
         raise ConfigError(
             f"target latency={kept:g} cannot be reached {where}: the fastest factorization of "
             f"every layer gives an estimated {best:.2f} x the dense model's latency (the "
