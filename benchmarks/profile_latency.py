@@ -78,6 +78,11 @@ def main() -> None:
         "machine_at_end": {**after.to_dict(), "reason": verdict(after, args.threads).reason},
         "op_overhead_us": calibration.op_overhead_s * 1e6,
         "module_call_us": calibration.module_call_s * 1e6,
+        "with_replayed_ops": {
+            "module_call_us": calibration.table_overheads[0] * 1e6,
+            "python_call_us": calibration.table_overheads[1] * 1e6,
+            "written_ns_per_kib": calibration.table_overheads[2] * 1e9 * 1024,
+        },
         "python_call_us": calibration.python_call_s * 1e6,
         "calls_per_op": calibration.calls_per_op,
         "calls_per_module_call": calibration.calls_per_module_call,
