@@ -44,7 +44,7 @@ from torchslim.profile.overhead_programs import overhead_programs
 from torchslim.profile.report import ProfileReport
 from torchslim.zoo._assets import home
 
-CALIBRATION_VERSION = 5
+CALIBRATION_VERSION = 6
 WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
 
 

@@ -15,6 +15,8 @@ table, with measured rather than tabulated shapes); the Python between the ops i
 from __future__ import annotations
 
 import collections
+import functools
+import itertools
 import json
 import statistics
 import time
@@ -121,17 +123,7 @@ def _decode(value: Any, device: Any, params: list[Callable[[], torch.Tensor]]) -
         copies = [
             _tensor(shape, stride, dtype, device) for _ in range(1 + min(31, ROTATE_BYTES // size))
         ]
-        turn = iter(())
-
-        def rotate() -> torch.Tensor:
-            nonlocal turn
-            try:
-                return next(turn)
-            except StopIteration:
-                turn = iter(copies)
-                return next(turn)
-
-        params.append(rotate)
+        params.append(functools.partial(next, itertools.cycle(copies)))
         return _Slot(len(params) - 1)
     if "dtype" in value:
         return getattr(torch, value["dtype"])
