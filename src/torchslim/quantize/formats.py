@@ -123,15 +123,15 @@ class QuantFormat:
             raise ConfigError(
                 f"QuantFormat.granularity={self.granularity!r}; allowed: {GRANULARITIES}.{hint}"
             )
-        if self.kind in _TENSOR_ONLY and self.granularity != "tensor":
-            raise ConfigError(
-                f"QuantFormat.granularity={self.granularity!r} for kind {self.kind!r}; "
-                "allowed: 'tensor'."
-            )
         if self.granularity == "token" and self.kind not in _TOKEN_KINDS:
             raise ConfigError(
                 f"QuantFormat.granularity='token' for kind {self.kind!r}; a scale per token needs "
                 f"a range-based kind: {_TOKEN_KINDS}."
+            )
+        if self.kind in _TENSOR_ONLY and self.granularity != "tensor":
+            raise ConfigError(
+                f"QuantFormat.granularity={self.granularity!r} for kind {self.kind!r}; "
+                "allowed: 'tensor'."
             )
         if self.granularity == "group":
             if self.group_size is None:
