@@ -31,12 +31,12 @@ class QuantizeOptions:
     scheme: str | None = None
     weight: str | None = None
     activation: str | None = None
-    dynamic: bool | None = None
     observer: str = "auto"
     ignore: tuple[str, ...] = ()
     calibration_batches: int = 16
     method: str = "rtn"
     act_order: bool = False
+    dynamic: bool | None = None  # last: callers (the qat step) pass the fields above by position
 
     def __post_init__(self) -> None:
         if self.act_order and "gptq" not in self.method:
