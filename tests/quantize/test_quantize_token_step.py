@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import torchslim
@@ -89,6 +90,20 @@ def test_a_step_that_cannot_work_is_refused_when_the_recipe_is_read(
 ) -> None:
     with pytest.raises(RecipeError, match=message):
         parse_recipe(_quantize_stage(**options))
+
+
+def test_awq_refuses_inputs_whose_ranges_were_calibrated_before_it() -> None:
+    from torchslim.quantize import QuantConfig, quantize_
+    from torchslim.quantize.awq import AWQError, awq_
+
+    entry = zoo.get("tiny-llama")
+    model, batches = entry.load(), entry.calibration_batches(2)
+    config = QuantConfig(weight="uint4-g16", activation="int8", observer="minmax")
+    quantize_(model, config, calibration=batches)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(AWQError, match=r"static int8-tensor range.*int8-token"):
+        awq_(model, batches)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def _invoke(model: str, *args: str) -> tuple[int, str, str]:

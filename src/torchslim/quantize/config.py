@@ -251,7 +251,7 @@ def weight_method_problem(config: QuantConfig, method: str) -> str | None:
     GPTQ and AWQ need int weights. Activations may be quantized only where their ranges come
     from each input at run time (per token, e.g. "int8-token", or ``dynamic=True``): static
     ranges are calibrated on the model before the method changes its weights (AWQ also rescales
-    the layers' inputs), so they would no longer fit.
+    the layers' inputs, which such ranges would clip).
     """
     weight = config.weight_format("")
     if weight.kind != "int":
@@ -259,8 +259,9 @@ def weight_method_problem(config: QuantConfig, method: str) -> str | None:
     static = config.static_activation_formats()
     if static:
         return (
-            f"{method} changes the weights after static input ranges ({', '.join(static)}) are "
-            "calibrated, so they would no longer fit; quantize activations dynamically (per "
-            "token: 'int8-token', or dynamic=True) or not at all"
+            f"{method} with static input ranges ({', '.join(static)}) is not supported: they are "
+            f"calibrated before {method} changes the weights (AWQ also rescales the layers' "
+            "inputs); quantize activations at run time (per token: 'int8-token', or "
+            "dynamic=True) or not at all"
         )
     return None
