@@ -158,7 +158,8 @@ def test_a_conv_with_a_per_token_input_is_refused_and_the_model_left_as_it_was()
 def test_convs_can_take_a_per_tensor_input_beside_per_token_linears() -> None:
     model = tiny_convnet().eval()
     convs = "re:" + "|".join(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    config = QuantConfig(activation="int8-token", dynamic=True, activation_overrides={convs: "int8"})
+    overrides = {convs: "int8"}
+    config = QuantConfig(activation="int8-token", dynamic=True, activation_overrides=overrides)
     result = quantize_(model, config)
     formats = {d.module_type: d.activation_format for d in result.layers}
     assert formats == {"Conv2d": "int8-tensor", "Linear": "int8-token"}

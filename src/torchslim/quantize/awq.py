@@ -284,12 +284,13 @@ def _refuse_static_inputs(blocks: Iterable[nn.Module], config: AWQConfig) -> Non
         for rule in block_rules(block, config):
             for name, layer in zip(rule.names, rule.layers, strict=True):
                 quantizer = layer.input_quantizer
-                if quantizer is not None and not quantizer.dynamic and quantizer.fmt.kind != "float":
-                    raise AWQError(
-                        f"awq_ rescales {name}'s input, whose static {quantizer.fmt.short_name} "
-                        "range was calibrated before it; quantize activations at run time "
-                        "(per token: activation='int8-token', or dynamic=True) or not at all."
-                    )
+                if quantizer is None or quantizer.dynamic or quantizer.fmt.kind == "float":
+                    continue
+                raise AWQError(
+                    f"awq_ rescales {name}'s input, whose static {quantizer.fmt.short_name} "
+                    "range was calibrated before it; quantize activations at run time "
+                    "(per token: activation='int8-token', or dynamic=True) or not at all."
+                )
 
 
 def awq_(

@@ -399,14 +399,17 @@ def to_quant(
     Raises:
         ConfigError: a per-token input format on a layer that is not a Linear.
     """
-    if activation_fmt is not None and activation_fmt.granularity == "token":
-        if not isinstance(module, nn.Linear):
-            raise ConfigError(
-                f"input format {activation_fmt.short_name!r} quantizes per token (a row of the "
-                f"input's last dim), which only a Linear's (..., in) input has; a "
-                f"{type(module).__name__}'s input is not token rows. Give such layers a per-tensor "
-                "format (activation_overrides, e.g. 'int8'), ignore them, or use 'int8'."
-            )
+    if (
+        activation_fmt is not None
+        and activation_fmt.granularity == "token"
+        and not isinstance(module, nn.Linear)
+    ):
+        raise ConfigError(
+            f"input format {activation_fmt.short_name!r} quantizes per token (a row of the "
+            f"input's last dim), which only a Linear's (..., in) input has; a "
+            f"{type(module).__name__}'s input is not token rows. Give such layers a per-tensor "
+            "format (activation_overrides, e.g. 'int8'), ignore them, or use 'int8'."
+        )
     quantized = copy.copy(module)  # same attributes; the containers are copied below
     for key, value in module.__dict__.items():
         if isinstance(value, dict):

@@ -51,8 +51,8 @@ class QuantizeOptions:
         if self.dynamic is not None and not isinstance(self.dynamic, bool):
             raise ConfigError(f"dynamic={self.dynamic!r}; allowed: true, false (or leave it out)")
         config = self.config()
-        token = config.activation is not None and config.activation_format("").granularity == "token"
-        if self.dynamic is False and token:
+        inputs = config.activation_format("")
+        if self.dynamic is False and inputs is not None and inputs.granularity == "token":
             raise ConfigError(
                 f"dynamic: false with activation {config.activation!r}: a per-token format takes "
                 "each token's scale from the input at run time; drop dynamic or use a per-tensor "
