@@ -29,7 +29,9 @@ pytest.importorskip("compressed_tensors")
 torch.set_num_threads(1)
 
 CONTRACT = {"model", "metrics", "params", "size_bytes", "latency_ms", "peak_memory_bytes"}
-QUANTIZE = "  - step: quantize\n    weight: {weight}\n    observer: minmax\n    ignore: ['re:.*lm_head']\n"
+QUANTIZE = (
+    "  - step: quantize\n    weight: {weight}\n    observer: minmax\n    ignore: ['re:.*lm_head']\n"
+)
 FAST = RunOptions(repeats=3, measure_stages=False, threads=1)
 
 
@@ -86,9 +88,8 @@ def gguf_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, objec
 def ct_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     """tiny-llama, uint4-g64 (round to nearest) written as compressed-tensors by the pipeline."""
     out = tmp_path_factory.mktemp("ct") / "uint4"
-    recipe = parse_recipe(
-        "version: 1\nstages:\n" + QUANTIZE.format(weight="uint4-g64") + "  - step: compressed_tensors\n"
-    )
+    stages = QUANTIZE.format(weight="uint4-g64") + "  - step: compressed_tensors\n"
+    recipe = parse_recipe("version: 1\nstages:\n" + stages)
     return out, compress(zoo.get("tiny-llama"), recipe, out, FAST)
 
 
@@ -144,7 +145,7 @@ def test_evaluate_json_on_an_llm_artifact_follows_the_contract(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert CONTRACT <= set(report) and set(report["latency_ms"]) >= {"median", "p90"}
+    assert set(report) >= CONTRACT and set(report["latency_ms"]) >= {"median", "p90"}
     assert report["model"] == str(out) and report["metrics"] == outcome.after.metrics
     assert report["latency_ms"]["median"] > 0 and report["size_bytes"] == outcome.after.size_bytes
     assert report["details"]["threads"] == 2
@@ -157,7 +158,7 @@ def test_threads_reach_llama_cpp_and_flags_a_path_does_not_use_are_refused(
     loaded = torchslim.load(gguf_out, threads=3)
     assert loaded.threads == 3 and loaded.llm.context_params.n_threads == 3
     assert loaded.llm.context_params.n_threads_batch == 3
-    with pytest.raises(ConfigError, match="llama.cpp on the CPU"):
+    with pytest.raises(ConfigError, match=r"llama\.cpp on the CPU"):
         torchslim.load(gguf_out, device="cuda")
     result = CliRunner().invoke(app, ["evaluate", str(ct_out), "--seq-len", "8"])
     assert result.exit_code != 0 and "--seq-len" in str(result.exception)
@@ -166,7 +167,7 @@ def test_threads_reach_llama_cpp_and_flags_a_path_does_not_use_are_refused(
 def test_threads_for_a_module_artifact_are_refused(tmp_path: Path) -> None:
     recipe = parse_recipe("version: 1\nstages:\n" + QUANTIZE.format(weight="int8"))
     compress(zoo.get("tiny-llama"), recipe, tmp_path / "m", FAST)
-    with pytest.raises(ConfigError, match="torch.set_num_threads"):
+    with pytest.raises(ConfigError, match=r"torch\.set_num_threads"):
         torchslim.load(tmp_path / "m", threads=2)
 
 

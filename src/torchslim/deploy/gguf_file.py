@@ -57,7 +57,7 @@ class _Cursor:
             raise _Truncated(self.offset)
         (value,) = struct.unpack_from("<" + fmt, self.data, self.offset)
         self.offset += size
-        return value  # type: ignore[no-any-return]
+        return value
 
     def string(self) -> str:
         length = int(self.read("Q"))
