@@ -2,7 +2,8 @@
 (transformers) written by a recipe, read back by ``torchslim.load`` and ``torchslim evaluate``.
 
 The model is the zoo's tiny random LLaMA; its GGUF template (hyper-parameters, a placeholder
-vocabulary, the float tensors) is written here with gguf-py, as llama.cpp's converter would.
+SentencePiece vocabulary, the float tensors) is written here with gguf-py, as llama.cpp's
+converter would.
 """
 
 from __future__ import annotations
@@ -56,10 +57,16 @@ def write_template(model: nn.Module, path: Path) -> Path:
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(0)  # all F32
-    writer.add_tokenizer_model("llama")  # placeholder pieces: the tests feed token ids
-    writer.add_token_list([f"<t{i}>" for i in range(config.vocab_size)])
+    # a SentencePiece vocabulary of placeholder words; any text falls back to byte tokens
+    words = config.vocab_size - 3 - 256
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)),
+                           *(f"\u2581w{i}" for i in range(words))])  # fmt: skip
     writer.add_token_scores([0.0] * config.vocab_size)
-    writer.add_token_types([1] * config.vocab_size)
+    writer.add_token_types([2, 3, 3, *[6] * 256, *[1] * words])  # unknown, control, byte, normal
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
     tensors = _float_tensors(model, config.num_attention_heads, config.num_key_value_heads)
     tensors["output.weight"] = llama.lm_head.weight.detach().float().numpy()  # not tied
     for name, value in tensors.items():
@@ -212,3 +219,24 @@ def test_an_altered_gguf_of_the_right_size_fails_its_checksum(
     broken = _with_gguf(gguf_artifact[0], tmp_path / "altered", bytes(data))
     with pytest.raises(DeployError, match="checksum"):
         torchslim.load(broken)
+
+
+def test_generate_runs_a_gguf_artifact_and_refuses_other_artifacts(
+    gguf_artifact: tuple[Path, object], ct_artifact: tuple[Path, object]
+) -> None:
+    args = [
+        "--prompt",
+        "It was a fine morning",
+        "--max-new-tokens",
+        "4",
+        "--threads",
+        "1",
+        "--json",
+    ]
+    result = CliRunner().invoke(app, ["generate", str(gguf_artifact[0]), *args])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["runtime"] == "llama.cpp" and figures["new_tokens"] == 4
+    assert figures["prompt_tokens"] > 0 and figures["threads"] == 1
+    refused = CliRunner().invoke(app, ["generate", str(ct_artifact[0]), *args])
+    assert refused.exit_code != 0 and "without a GGUF" in str(refused.exception)
