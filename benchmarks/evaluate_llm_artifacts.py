@@ -67,6 +67,12 @@ def figures(report: Any) -> dict[str, Any]:
     }
 
 
+def stage_row(stage: dict[str, Any]) -> dict[str, Any]:
+    """A stage's step, seconds and summary without the per-layer records (in the manifest)."""
+    summary = {k: v for k, v in (stage.get("summary") or {}).items() if k != "quantize"}
+    return {"step": stage["step"], "seconds": stage.get("seconds"), "summary": summary}
+
+
 def run_kind(kind: str, calibration: int, repeats: int, threads: int) -> dict[str, Any]:
     """Compress SmolLM2 with ``kind``'s recipe, load the artifact back and measure it."""
     entry = zoo.get("smollm2-135m")
@@ -101,8 +107,7 @@ def run_kind(kind: str, calibration: int, repeats: int, threads: int) -> dict[st
             "size_equal": reloaded.size_bytes == outcome.after.size_bytes,
         },
         "size_ratio_vs_fp32": round(outcome.after.size_bytes / outcome.before.size_bytes, 4),
-        "stages": [{"step": s["step"], "seconds": s.get("seconds"), "summary": s.get("summary")}
-                   for s in stages],
+        "stages": [stage_row(stage) for stage in stages],
         "artifact_files_bytes": files,
         "compress_seconds": compress_seconds,
         "load_seconds": load_seconds,
