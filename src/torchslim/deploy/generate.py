@@ -80,15 +80,18 @@ def _rate(tokens: int, seconds: float) -> float:
 
 
 def load_llama_cpp(path: Path, threads: int, context: int = 1024, all_logits: bool = False) -> Any:
-    """A llama-cpp-python ``Llama`` on ``path`` (quiet); BackendUnavailableError without it."""
+    """A llama-cpp-python ``Llama`` on ``path`` (quiet), the file checked first
+    (``check_gguf``: ModelLoadError for a missing, foreign, too new or truncated file);
+    BackendUnavailableError without llama-cpp-python."""
+    from torchslim.deploy.gguf_file import check_gguf
+
     try:
         from llama_cpp import Llama
     except ImportError as error:
         raise BackendUnavailableError(
             "llama.cpp runs GGUF files through llama-cpp-python: pip install 'torchslim[llamacpp]'"
         ) from error
-    if not Path(path).is_file():
-        raise ConfigError(f"no GGUF file at {path}")
+    check_gguf(path)
     with _no_extra_buffer_types():
         return Llama(
             model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
