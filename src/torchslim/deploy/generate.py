@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,16 +128,26 @@ def generate_llama_cpp(llm: Any, prompt: list[int], max_new_tokens: int) -> Gene
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
-    token = int(llm.scores[llm.n_tokens - 1].argmax())
+    token = int(_last_logits(llm).argmax())
     prefill = time.perf_counter() - start
     new = [token]
     start = time.perf_counter()
     for _ in range(max_new_tokens - 1):
         llm.eval([token])
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        token = int(_last_logits(llm).argmax())
         new.append(token)
     decode = time.perf_counter() - start
     return Generation(new, 1000 * prefill, _rate(max_new_tokens - 1, decode), "llama.cpp")
+
+
+def _last_logits(llm: Any) -> np.ndarray:
+    """The last evaluated token's logits, (V,), read from the llama.cpp context: llama-cpp-python
+    0.3 fills ``llm.scores`` only when it keeps every position's logits (``all_logits``), so
+    without it the row read before was all zeros and every greedy token came out as id 0."""
+    import llama_cpp
+
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))
 
 
 def llama_cpp_window_nlls(llm: Any, windows: torch.Tensor) -> torch.Tensor:
