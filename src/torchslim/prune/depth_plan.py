@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 LatencyFunction = Callable[["ProfileReport"], float]  # seconds of a profiled forward
 
 OVERSHOOT = 0.02  # a block drop may pass the target by this share of the original cost
+GROUP_CANDIDATES = 3  # per step, groups measured for a one-block width cut (``_block_steps``)
 DAMAGE_FLOOR = 1e-6  # added damage below this counts as this (a free move is not infinite)
 
 
@@ -223,12 +224,46 @@ def _next_move(
             continue  # coarse widths overshooting the target: the fine step stays on offer
         removed = f"{current.cost - thinner[0].cost:,.4g} {search.what}, round_to {round_to}"
         options.append((dataclasses.replace(thinner[0], detail=removed), thinner[1]))
+    for move, thinner in _block_steps(search, config):
+        if move.cost < current.cost and move.cost >= goal - OVERSHOOT * full:
+            options.append((move, thinner))
     if not options:
         raise PruneError(
             f"target {1 - goal / full:.0%} fewer {search.what} is out of reach: no residual "
             f"block left to drop and no width step possible at {current.cost:,.4g}"
         )
     return max(options, key=lambda option: _value(current, option[0]))
+
+
+def _block_steps(
+    search: _Search, config: StructuredPruneConfig
+) -> list[tuple[Move, nn.Module]]:
+    """One channel group each thinned by one oneDNN block (to the next lower multiple of the
+    block and ``round_to``): a width a batched conv runs faster at, where a global step may
+    leave every group just past a block. Only the ``GROUP_CANDIDATES`` groups losing the least
+    importance are measured."""
+    step = math.lcm(config.round_to, channel_block())
+    whole = dataclasses.replace(config, depth="off", uniform_ratio=0.0, target_macs_ratio=None,
+                                target_params_ratio=None, target_latency_ratio=None)  # fmt: skip
+    try:
+        plan = build_plan(search.model, search.example_inputs, whole)
+    except PruneError:
+        return []
+    ranked = []
+    for group in plan.groups:
+        keep = (group.size - 1) // step * step
+        if group.frozen_reason is None and keep > 0:
+            order = torch.argsort(group.scores, descending=True)
+            lost = float(group.scores[order[keep:]].sum() / group.scores.sum().clamp_min(1e-12))
+            ranked.append((lost, group.root, group, torch.sort(order[:keep]).values))
+    steps = []
+    for _, _, group, kept in sorted(ranked, key=lambda r: r[:2])[:GROUP_CANDIDATES]:
+        group.keep = kept
+        thinner = plan.pruned_copy().eval()
+        group.keep = None
+        detail = f"group {group.root} {group.size} -> {len(kept)} channels"
+        steps.append((search.measure("widths", detail, thinner), thinner))
+    return steps
 
 
 def _roundings(round_to: int) -> list[int]:
