@@ -25,9 +25,9 @@ Writes benchmarks/results/prune_speed.json (or --name).
 from __future__ import annotations
 
 import argparse
-import sys
 import copy
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--drop-layers", default="",
                         help="transformers: layers dropped before widths, e.g. 1,2")  # fmt: skip
     parser.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 16],
-                        help="batch sizes the depth planner scores predicted latency at")  # fmt: skip
+                        help="batch sizes the depth planner scores latency at")  # fmt: skip
     parser.add_argument("--no-widths-only", action="store_true",
                         help="skip the widths-only variants (pruned_round*)")  # fmt: skip
     parser.add_argument("--clock", choices=["wall", "thread_cpu"], default="wall")
@@ -102,7 +102,8 @@ def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str
         configs["depth_auto_b1"] = (before, calibration)
         sizes = tuple(args.latency_batch_sizes)
         config = StructuredPruneConfig(target_macs_ratio=ratio, depth="auto",
-                                       round_to=args.round_to, latency_batch_sizes=sizes)  # fmt: skip
+                                       round_to=args.round_to,
+                                       latency_batch_sizes=sizes)  # fmt: skip
         configs["depth_auto"] = (config, calibration)
     inputs = tuple(entry.example_inputs(1))
     variants: dict[str, Any] = {}
@@ -144,7 +145,8 @@ def conv_probe(threads: int, clock: str) -> list[dict[str, Any]]:
                 conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).eval()
                 for _ in range(5):
                     conv(x)
-                ms = statistics.median(time_call(lambda: conv(x), None, clock) for _ in range(25))
+                call = lambda c=conv, x=x: c(x)  # noqa: E731
+                ms = statistics.median(time_call(call, None, clock) for _ in range(25))
                 onednn = runs_onednn(tuple(x.shape), tuple(conv.weight.shape), threads, False)
                 rows.append({"batch": batch, "hw": size, "in": c_in, "out": c_out,
                              "median_ms": ms, "onednn": onednn})  # fmt: skip

@@ -50,7 +50,7 @@ def prune_command(
     ] = None,
     round_to: Annotated[
         int | None,
-        typer.Option(help="Kept channel counts are multiples of this (structured targets).")
+        typer.Option(help="Kept channel counts are multiples of this (structured targets)."),
     ] = None,
     latency_batch_sizes: Annotated[
         str | None,

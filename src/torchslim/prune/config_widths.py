@@ -148,11 +148,12 @@ def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -
     assert found is not None
     what, target = found
     hf = plan.model.config
-    full = max(_cost(plan, hf, what, config.latency_batch_sizes), 1e-12)
+    batch_sizes = config.latency_batch_sizes
+    full = max(_cost(plan, hf, what, batch_sizes), 1e-12)
 
     def removed(sizes: dict[Knob, Any]) -> float:
         _set_sizes(plan, sizes)
-        return 1 - _cost(plan, _scaled_config(hf, plan.widths), what, config.latency_batch_sizes) / full
+        return 1 - _cost(plan, _scaled_config(hf, plan.widths), what, batch_sizes) / full
 
     def at(scale: float) -> dict[Knob, Any]:
         return {k: _scaled(hf, k, scale, config.round_to) for k in knobs}
@@ -182,9 +183,7 @@ def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -
     _set_sizes(plan, sizes)
 
 
-def _cost(
-    plan: WidthPlan, config: Any, what: str, batch_sizes: tuple[int, ...] | None
-) -> float:
+def _cost(plan: WidthPlan, config: Any, what: str, batch_sizes: tuple[int, ...] | None) -> float:
     if what == "MACs" and config is not plan.model.config:
         return float(plan.macs_after)  # just counted by _set_sizes
     with torch.device("meta"):

@@ -236,9 +236,7 @@ def _next_move(
     return max(options, key=lambda option: _value(current, option[0]))
 
 
-def _block_steps(
-    search: _Search, config: StructuredPruneConfig
-) -> list[tuple[Move, nn.Module]]:
+def _block_steps(search: _Search, config: StructuredPruneConfig) -> list[tuple[Move, nn.Module]]:
     """One channel group each thinned by one oneDNN block (to the next lower multiple of the
     block and ``round_to``): a width a batched conv runs faster at, where a global step may
     leave every group just past a block. Only the ``GROUP_CANDIDATES`` groups losing the least

@@ -152,7 +152,8 @@ def _search(plan: RulePlan, config: StructuredPruneConfig) -> None:
         elif what == "parameters":
             counted = params
         else:
-            counted = cost(plan.pruned_copy(), plan.example_inputs, what, config.latency_batch_sizes)
+            sizes = config.latency_batch_sizes
+            counted = cost(plan.pruned_copy(), plan.example_inputs, what, sizes)
         return 1 - counted / full
 
     if target == 0.0:
