@@ -135,7 +135,7 @@ class LatencyModel:
         if record.cost is None:
             return self.op_overhead_s + self.classes["view"].predict(0, 0)
         fit = self.classes.get(record.op_class) or self.classes["elementwise"]
-        flops = record.cost.flops
+        flops: float = record.cost.flops
         if record.op_class == "conv" and self.device == "cpu" and record.dtype == "float32":
             flops *= _conv_work_factor(record, self.threads)
         return self.op_overhead_s + fit.predict(flops, record.cost.bytes)

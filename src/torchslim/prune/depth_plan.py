@@ -225,9 +225,9 @@ def _next_move(
             continue  # coarse widths overshooting the target: the fine step stays on offer
         removed = f"{current.cost - thinner[0].cost:,.4g} {search.what}, round_to {round_to}"
         options.append((dataclasses.replace(thinner[0], detail=removed), thinner[1]))
-    for move, thinner in _block_steps(search, config):
-        if move.cost < current.cost and move.cost >= goal - OVERSHOOT * full:
-            options.append((move, thinner))
+    for cut, cut_model in _block_steps(search, config):
+        if current.cost > cut.cost >= goal - OVERSHOOT * full:
+            options.append((cut, cut_model))
     if not options:
         raise PruneError(
             f"target {1 - goal / full:.0%} fewer {search.what} is out of reach: no residual "
