@@ -4,10 +4,12 @@ torch (ATen ``ConvParams::use_mkldnn``, unchanged from 2.0 to 2.13) sends a floa
 oneDNN unless it is small and single-image: at batch 1 a 3x3 (or 1x1) non-grouped conv whose input
 holds at most 20 480 values runs ``_slow_conv2d_forward`` (im2col + GEMM), which costs about its
 MACs. oneDNN blocks channels by the SIMD width (16 float32 lanes with AVX-512, 8 with AVX2), so
-there a conv costs what its channel counts rounded up to that block cost: measured on one pinned
-Xeon core at batch 16, 28x28, 3x3, 17->16 channels took as long as 32->16, and 16->17 as 16->32
-(benchmarks/results/prune_speed-resnet-multibatch.json, ``conv_kernels``). Input channels of
-at most 4 (an image's first layer) use oneDNN's plain-layout kernels and are not padded.
+there a conv costs what its channel counts rounded up to that block cost: on one shared Xeon
+core at batch 16, 14x14, 3x3, 16->16 channels took 0.18 ms, 17->16 0.27 ms, 32->16 0.30 ms,
+16->17 0.27 ms, 16->32 0.31 ms (benchmarks/results/prune_speed-resnet-multibatch.json,
+``conv_kernels``; at 28x28 that probe was too noisy to read, a quieter one measured 0.48 ms for
+16->16 and 1.65 ms for 17->17, as much as 32->32). Input channels of at most 4 (an image's first
+layer) use oneDNN's plain-layout kernels and are not padded.
 """
 
 from __future__ import annotations
