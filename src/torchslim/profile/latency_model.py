@@ -37,6 +37,7 @@ from torchslim._io import write_json
 from torchslim._machine import cpu_model
 from torchslim.evaluate.latency import measure_latency
 from torchslim.profile import machine_state
+from torchslim.profile.conv_kernels import onednn_work_factor
 from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, drift, verdict
 from torchslim.profile.op_times import KEEP_OUTPUTS, ROTATE_BYTES, OpTimes
@@ -158,7 +159,10 @@ class LatencyModel:
         if record.cost is None:
             return self.op_overhead_s + self.classes["view"].predict(0, 0)
         fit = self.classes.get(record.op_class) or self.classes["elementwise"]
-        return self.op_overhead_s + fit.predict(record.cost.flops, record.cost.bytes)
+        flops: float = record.cost.flops
+        if record.op_class == "conv" and self.device == "cpu" and record.dtype == "float32":
+            flops *= _conv_work_factor(record, self.threads)
+        return self.op_overhead_s + fit.predict(flops, record.cost.bytes)
 
     def predict(
         self, records: list[OpRecord], module_calls: int, python_calls: int | None = None
@@ -225,6 +229,17 @@ class LatencyModel:
 def written_bytes(records: list[OpRecord]) -> int:
     """Bytes the ops of a forward write (views write nothing)."""
     return sum(r.cost.bytes_written for r in records if r.cost is not None and r.op_class != "view")
+
+
+def _conv_work_factor(record: OpRecord, threads: int) -> float:
+    """The channel padding a conv pays on the kernel torch picks (``conv_kernels``); the
+    calibration's conv samples have channel counts the padding leaves as they are."""
+    if len(record.input_shapes) < 2 or len(record.input_shapes[0]) != 4 or record.cost is None:
+        return 1.0
+    image, weight = record.input_shapes[0], record.input_shapes[1]
+    per_output = image[0] * weight[0] * weight[1] * weight[2] * weight[3]
+    strided = record.cost.macs < per_output * image[2] * image[3]  # fewer outputs than inputs
+    return onednn_work_factor(image, weight, threads, strided)
 
 
 Case = tuple[Callable[..., Any], tuple[Any, ...]]
