@@ -27,6 +27,7 @@ import ctypes
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ from typing import Any
 import torch
 
 from torchslim import zoo
+from torchslim._hf_directory import hf_directory
 from torchslim._io import write_json
 from torchslim._machine import machine_facts
 from torchslim.deploy.generate import (
@@ -54,6 +56,9 @@ OUTPUT = Path(__file__).parent / "results" / "generate_llm.json"
 LLAMA_TYPES = {"Q8_0": 7, "Q4_0": 2, "Q4_1": 3}  # LLAMA_FTYPE_MOSTLY_*
 TORCHSLIM_FORMATS = {"Q4_0": "int4-g32", "Q4_1": "uint4-g32"}
 PROMPT_TOKENS = NEW_TOKENS = 128
+OPENVINO_VARIANTS = (  # generate_llm_openvino.VARIANTS, which runs in another Python
+    "openvino_fp32", "openvino_int4_asym_g64", "openvino_int4_sym_g64", "openvino_int8",
+)  # fmt: skip
 
 
 def eval_windows(count: int) -> dict[str, torch.Tensor]:
@@ -70,13 +75,21 @@ def quality(nlls: dict[str, torch.Tensor], reference: dict[str, torch.Tensor] | 
 def time_runs(run: Any, repeats: int) -> dict[str, Any]:
     """One warm-up, then the median prefill ms and decode tokens/s of ``repeats`` runs."""
     run()
-    results = [run() for _ in range(repeats)]
+    results, wall, cpu = [], [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        results.append(run())
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     return {
         "prefill_ms": round(statistics.median(r.prefill_ms for r in results), 1),
         "decode_tokens_per_s": round(statistics.median(r.decode_tokens_per_s for r in results), 2),
         "prefill_ms_all": [round(r.prefill_ms, 1) for r in results],
         "decode_tokens_per_s_all": [round(r.decode_tokens_per_s, 2) for r in results],
         "first_new_tokens": results[0].new_tokens[:8],
+        # the share of a shared core this process got: CPU / wall seconds of each whole run
+        "run_wall_s_all": [round(v, 2) for v in wall],
+        "run_cpu_s_all": [round(v, 2) for v in cpu],
     }
 
 
@@ -138,6 +151,35 @@ def measure_gguf(path: Path, prompt: list[int], args: Any, windows: dict) -> dic
     return {"file_mib": round(path.stat().st_size / 2**20, 1), **speed, "_nlls": nlls}
 
 
+def hf_fp32_directory(model: torch.nn.Module, work: Path) -> Path:
+    """The fp32 model as a Hugging Face directory (cached) for optimum-intel's export; the GGUF
+    loader's ``quantization_config`` is dropped: the weights in it are plain fp32."""
+    directory = work / "hf-fp32"
+    config = directory / "config.json"
+    if not config.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        hf_directory(model).write(directory, model.state_dict())
+        values = json.loads(config.read_text())
+        values.pop("quantization_config", None)
+        config.write_text(json.dumps(values, indent=2))
+    return directory
+
+
+def measure_openvino(name: str, inputs: dict[str, Any], args: Any) -> dict[str, Any]:
+    """One OpenVINO row, measured by generate_llm_openvino.py in ``--openvino``'s Python."""
+    work = args.workdir
+    (work / "openvino-inputs.json").write_text(json.dumps(inputs))
+    output = work / f"{name}-row.json"
+    output.unlink(missing_ok=True)
+    command = [args.openvino, str(Path(__file__).with_name("generate_llm_openvino.py")),
+               "--inputs", str(work / "openvino-inputs.json"), "--variant", name,
+               "--output", str(output)]  # fmt: skip
+    subprocess.run(command, check=True)
+    row = json.loads(output.read_text())
+    row["_nlls"] = {t: torch.tensor(v, dtype=torch.float64) for t, v in row.pop("nlls").items()}
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 windows, 1 repeat, Q4_0 only")
@@ -150,8 +192,21 @@ def main() -> None:
         "--prepare", action="store_true", help="only the GPTQ models (no llama.cpp)"
     )
     parser.add_argument("--wait-prepared", type=int, default=0, help="minutes to wait for them")
+    parser.add_argument(
+        "--openvino", metavar="PYTHON", help="also the OpenVINO rows, run by this Python "
+        "(a venv with optimum-intel, openvino, nncf; see benchmarks/README)",
+    )  # fmt: skip
+    parser.add_argument("--openvino-variants", nargs="+", choices=OPENVINO_VARIANTS)
+    parser.add_argument(
+        "--remeasure", nargs="+", default=[], metavar="ROW", help="measure these rows again "
+        "although stored (torch_fp32_eager: the link between runs); old figures go to 'earlier'",
+    )  # fmt: skip
     parser.add_argument("--note", default="")
     args = parser.parse_args()
+    if args.openvino_variants and not args.openvino:
+        parser.error("--openvino-variants needs --openvino PYTHON (the Python that runs them)")
+    if args.openvino and args.prepare:
+        parser.error("--prepare only prepares the GPTQ models: drop --openvino")
     args.threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -173,6 +228,10 @@ def main() -> None:
 
     def save(name: str, row: dict[str, Any], reference: dict | None) -> None:
         nlls = row.pop("_nlls")
+        row["run"] = len(payload["runs"]) - 1  # index into "runs": the command that measured it
+        if name in rows and name in args.remeasure:
+            earlier = {k: v for k, v in rows[name].items() if k not in ("window_nll", "earlier")}
+            row["earlier"] = [*rows[name].get("earlier", []), earlier]
         row["perplexity"] = quality(nlls, reference)
         row["window_nll"] = {t: [round(float(v), 5) for v in n] for t, n in nlls.items()}
         rows[name] = row
@@ -184,7 +243,8 @@ def main() -> None:
     def stored(name: str) -> dict | None:
         row = rows.get(name)
         if (
-            row
+            name not in args.remeasure
+            and row
             and not args.quick
             and all(len(v) >= args.windows for v in row["window_nll"].values())
         ):
@@ -213,20 +273,32 @@ def main() -> None:
         speed = time_runs(lambda: generate_torch(model, prompt, NEW_TOKENS), args.repeats)
         save("torch_fp32_eager", {**speed, "_nlls": nlls}, None)
         reference = nlls
+    if args.openvino:
+        inputs = {"hf_dir": str(hf_fp32_directory(model, work)), "work": str(work),
+                  "prompt": prompt, "new_tokens": NEW_TOKENS, "repeats": args.repeats,
+                  "threads": args.threads,
+                  "windows": {t: w.tolist() for t, w in windows.items()}}  # fmt: skip
+        for name in args.openvino_variants or OPENVINO_VARIANTS:
+            if stored(name) is None:
+                save(name, measure_openvino(name, inputs, args), reference)
     template = package_file(*SMOLLM_GGUF)
     f32 = work / "smollm2-f32.gguf"
-    if not f32.is_file():
-        export_gguf(model, template, f32, float32=True)
     if stored("llama.cpp_F32") is None:
+        if not f32.is_file():
+            export_gguf(model, template, f32, float32=True)
         save("llama.cpp_F32", measure_gguf(f32, prompt, args, windows), reference)
-    calibration = entry.calibration_batches(args.calibration)
-    for kind in kinds:
+    needed = [k for k in kinds if stored(f"llama.cpp_{k}") is None
+              or (k in TORCHSLIM_FORMATS and stored(f"torchslim_gptq_{k}") is None)]  # fmt: skip
+    if needed and not f32.is_file():
+        export_gguf(model, template, f32, float32=True)
+    calibration = entry.calibration_batches(args.calibration) if needed else []
+    for kind in needed:
         own = work / f"smollm2-llama.cpp-{kind}.gguf"
         if not own.is_file():
             llama_quantize(f32, own, kind, args.threads)
         if stored(f"llama.cpp_{kind}") is None:
             save(f"llama.cpp_{kind}", measure_gguf(own, prompt, args, windows), reference)
-    for kind in kinds:
+    for kind in needed:
         own = work / f"smollm2-llama.cpp-{kind}.gguf"
         if kind not in TORCHSLIM_FORMATS or stored(f"torchslim_gptq_{kind}") is not None:
             continue

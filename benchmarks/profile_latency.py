@@ -62,6 +62,8 @@ def main() -> None:
                         "predicted_ms": result.predicted_latency_ms,
                         "measured_ms": result.measured_latency_ms,
                         "relative_error": result.latency_error,
+                        # the same forward predicted by the class fits alone (no replayed ops)
+                        "predicted_by_classes_ms": calibration.predict_report(result.report) * 1e3,
                         "trusted": result.trust.trusted,
                         "not_trusted_because": result.trust.reason or None,
                     }
@@ -78,12 +80,18 @@ def main() -> None:
         "machine_at_end": {**after.to_dict(), "reason": verdict(after, args.threads).reason},
         "op_overhead_us": calibration.op_overhead_s * 1e6,
         "module_call_us": calibration.module_call_s * 1e6,
+        "with_replayed_ops": {
+            "module_call_us": calibration.table_overheads[0] * 1e6,
+            "python_call_us": calibration.table_overheads[1] * 1e6,
+            "written_ns_per_kib": calibration.table_overheads[2] * 1e9 * 1024,
+        },
         "python_call_us": calibration.python_call_s * 1e6,
         "calls_per_op": calibration.calls_per_op,
         "calls_per_module_call": calibration.calls_per_module_call,
         "rows": rows,
         "skipped": skipped,
         "all": _summary(rows),
+        "all_by_classes": _summary(rows, "predicted_by_classes_ms"),
         "by_batch_size": {
             str(b): _summary([r for r in rows if r["batch_size"] == b]) for b in sizes
         },
@@ -96,12 +104,14 @@ def main() -> None:
             f"batch {group}: median |error| {summary['median_abs_error']:.1%}, within 15%: "
             f"{summary['within_15_percent']}/{summary['count']}"
         )
+    classes = payload["all_by_classes"]
+    print(f"class fits alone: median |error| {classes['median_abs_error']:.1%}")
     busy = payload["untrusted_rows"]
     print(f"{busy}/{len(rows)} rows measured on a machine too busy to trust -> {args.out}")
 
 
-def _summary(rows: list[dict]) -> dict:
-    errors = [abs(r["relative_error"]) for r in rows if r["relative_error"] is not None]
+def _summary(rows: list[dict], predicted: str = "predicted_ms") -> dict:
+    errors = [abs(r[predicted] / r["measured_ms"] - 1) for r in rows if r["measured_ms"]]
     return {
         "median_abs_error": statistics.median(errors) if errors else None,
         "max_abs_error": max(errors) if errors else None,

@@ -5,7 +5,16 @@ as chosen (``round_to=1``; widths only), the same target with kept widths rounde
 ``--round-to`` (what CPU GEMM/conv kernels run fastest), and (``--depth auto``, CNNs) the same
 target met by latency-aware depth + width pruning (residual blocks dropped where they save more
 predicted latency per output damage), interleaved on the same inputs with warm-up and medians.
-Optionally the pruned models are evaluated (and fine-tuned) on the zoo data.
+The depth variant is planned twice: as before (latency scored at batch 1, ``round_to=1``:
+``depth_auto_b1``) and with ``--round-to`` and latency scored at ``--latency-batch-sizes``
+(``depth_auto``). Optionally the pruned models are evaluated (and fine-tuned) on the zoo data.
+``--clock thread_cpu`` times with ``time.thread_time`` (1 thread): on a core shared with other
+jobs, time spent descheduled does not count. ``--conv-probe`` adds the conv-kernel timings
+behind ``profile.conv_kernels`` (channel counts just past a oneDNN block of 16).
+
+    python benchmarks/prune_speed.py --models fashion-resnet20 fashion-resnet56 \
+        --no-widths-only --clock thread_cpu --conv-probe --evaluate --finetune-epochs 1 \
+        --finetune-samples 20000 --name prune_speed-resnet-multibatch
 
     python benchmarks/prune_speed.py                                   # resnet20/56 + minilm
     python benchmarks/prune_speed.py --models fashion-resnet20 --round-to 1 --finetune-epochs 1
@@ -17,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -49,6 +60,12 @@ def parse_args() -> argparse.Namespace:
                         help="batches the depth planner measures damage on")  # fmt: skip
     parser.add_argument("--drop-layers", default="",
                         help="transformers: layers dropped before widths, e.g. 1,2")  # fmt: skip
+    parser.add_argument("--latency-batch-sizes", type=int, nargs="+", default=[1, 16],
+                        help="batch sizes the depth planner scores latency at")  # fmt: skip
+    parser.add_argument("--no-widths-only", action="store_true",
+                        help="skip the widths-only variants (pruned_round*)")  # fmt: skip
+    parser.add_argument("--clock", choices=["wall", "thread_cpu"], default="wall")
+    parser.add_argument("--conv-probe", action="store_true", help="time the conv kernel cliffs")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=30)
@@ -65,10 +82,13 @@ def parse_args() -> argparse.Namespace:
 def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Each variant's pruned copy of ``dense``, its prune result and its planning seconds."""
     ratio = args.macs_ratio
-    configs: dict[str, tuple[StructuredPruneConfig, Any]] = {
-        f"pruned_round{r}": (StructuredPruneConfig(target_macs_ratio=ratio, round_to=r), None)
-        for r in sorted({1, args.round_to})
-    }
+    configs: dict[str, tuple[StructuredPruneConfig, Any]] = {}
+    if not args.no_widths_only:
+        for r in sorted({1, args.round_to}):
+            configs[f"pruned_round{r}"] = (
+                StructuredPruneConfig(target_macs_ratio=ratio, round_to=r),
+                None,
+            )
     if args.drop_layers and holds_hugging_face_model(dense):
         layers = tuple(parse_indices(args.drop_layers))
         configs["drop_layers"] = (
@@ -77,10 +97,14 @@ def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str
         )
     if args.depth == "auto" and not holds_hugging_face_model(dense):
         calibration = entry.calibration_batches(args.calibration_batches)
-        configs["depth_auto"] = (
-            StructuredPruneConfig(target_macs_ratio=ratio, depth="auto"),
-            calibration,
-        )
+        before = StructuredPruneConfig(target_macs_ratio=ratio, depth="auto",
+                                       latency_batch_sizes=(1,))  # fmt: skip
+        configs["depth_auto_b1"] = (before, calibration)
+        sizes = tuple(args.latency_batch_sizes)
+        config = StructuredPruneConfig(target_macs_ratio=ratio, depth="auto",
+                                       round_to=args.round_to,
+                                       latency_batch_sizes=sizes)  # fmt: skip
+        configs["depth_auto"] = (config, calibration)
     inputs = tuple(entry.example_inputs(1))
     variants: dict[str, Any] = {}
     for name, (config, calibration) in configs.items():
@@ -94,7 +118,7 @@ def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str
 
 def time_variants(entry: Any, models: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     config = BenchmarkConfig(warmup=5, rounds=args.rounds, threads=args.threads,
-                             max_seconds=args.max_seconds)  # fmt: skip
+                             max_seconds=args.max_seconds, clock=args.clock)  # fmt: skip
     out: dict[str, Any] = {}
     for batch_size in args.batch_sizes:
         batch = tuple(entry.example_inputs(batch_size))
@@ -104,6 +128,29 @@ def time_variants(entry: Any, models: dict[str, Any], args: argparse.Namespace) 
         Console(width=120).print(result.to_table(title=f"{entry.name}, batch {batch_size}"))
         out[str(batch_size)] = result.to_dict()
     return out
+
+
+def conv_probe(threads: int, clock: str) -> list[dict[str, Any]]:
+    """Median ms of single 3x3 convs (28x28 and 14x14) around a 16-channel block, batch 1 and
+    16: where oneDNN runs them (``conv_kernels.runs_onednn``) 17 channels cost as 32."""
+    from torchslim.evaluate.latency import time_call
+    from torchslim.profile.conv_kernels import runs_onednn
+
+    rows = []
+    shapes = [(16, 16), (17, 16), (16, 17), (32, 16), (16, 32), (24, 24), (32, 32), (33, 32)]
+    with torch.no_grad():
+        for batch, size in ((1, 28), (16, 28), (1, 14), (16, 14)):
+            for c_in, c_out in shapes:
+                x = torch.randn(batch, c_in, size, size)
+                conv = torch.nn.Conv2d(c_in, c_out, 3, padding=1, bias=False).eval()
+                for _ in range(5):
+                    conv(x)
+                call = lambda c=conv, x=x: c(x)  # noqa: E731
+                ms = statistics.median(time_call(call, None, clock) for _ in range(25))
+                onednn = runs_onednn(tuple(x.shape), tuple(conv.weight.shape), threads, False)
+                rows.append({"batch": batch, "hw": size, "in": c_in, "out": c_out,
+                             "median_ms": ms, "onednn": onednn})  # fmt: skip
+    return rows
 
 
 def run_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -148,6 +195,14 @@ def main() -> None:
         "models": {},
         "machine": machine_facts(),
     }
+    if args.conv_probe:
+        payload["conv_kernels"] = conv_probe(args.threads, args.clock)
+    payload["clock"] = (
+        "time.thread_time (CPU time of the timing thread; 1 thread, core shared)"
+        if args.clock == "thread_cpu"
+        else "time.perf_counter (wall)"
+    )
+    payload["command"] = "python benchmarks/prune_speed.py " + " ".join(sys.argv[1:])
     for name in args.models:
         payload["models"][name] = run_model(name, args)
         for batch, speedups in payload["models"][name]["speedup"].items():

@@ -16,6 +16,14 @@ is tied to the embedding and stays fp32, as in the GPTQ/AWQ papers. 16 windows o
 per text by default (Lee: lee.cor continued by held-out background documents, see the zoo);
 ``--merge`` keeps the rows of earlier runs and skips rows already measured with the same
 setup, so an interrupted run resumes. Writes benchmarks/results/quantize_llm_windows16.json.
+
+W4A8 (``--activation``): rows with every Linear input quantized at run time too, per tensor
+("int8": one scale per input tensor) or per token ("int8-token": one per row), next to
+weight-only rows ("none") of the same methods on the same windows:
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/quantize_llm.py --quick --formats uint4-g64 \
+        --methods rtn_minmax gptq rot_gptq --activation none int8 int8-token \
+        --output benchmarks/results/quantize_llm_w4a8.json
 """
 
 from __future__ import annotations
@@ -98,15 +106,18 @@ def summarize(
 
 
 def run_method(
-    base: nn.Module, weight: str, method: str, calibration: list[Any], config: dict[str, Any]
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Quantize a copy of ``base`` with one method; the model and its timing/memory/figures."""
+    base: nn.Module, formats: tuple[str, str | None], method: str, calibration: list[Any],
+    config: dict[str, Any],
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """Quantize a copy of ``base`` with one method to (weight, activation or None) formats;
+    the model and its timing/memory/figures."""
+    weight, activation = formats
     observer = "mse" if method == "rtn_mse" else "minmax"
     with PeakRSS() as rss:
         model = copy.deepcopy(base)
         start = time.perf_counter()
         info_rotation = rotate_(model, config["rot"]) if method.startswith("rot") else None
-        activation = config.get("activation")  # e.g. int8: W4A8, ranges per input at run time
+        # activation e.g. int8 (per tensor) or int8-token: W4A8, ranges per input at run time
         options = QuantConfig(
             weight=weight, observer=observer, ignore=("re:.*lm_head",), activation=activation,
             dynamic=activation is not None,
@@ -142,8 +153,9 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=None, help="512-token windows")
     parser.add_argument("--no-act-order", action="store_true", help="GPTQ in column order")
     parser.add_argument("--awq-clip", action="store_true", help="AWQ clipping search too")
-    parser.add_argument("--activation", default=None,
-                        help="activation format, dynamic per tensor (int8: W4A8 rows)")  # fmt: skip
+    parser.add_argument("--activation", nargs="+", default=None,
+                        help="activation formats, dynamic: int8 (per tensor), int8-token (per "
+                             "token), none (weight-only rows in the same run)")  # fmt: skip
     parser.add_argument("--eval-windows", type=int, default=None, help="per text (default 16)")
     parser.add_argument("--merge", action="store_true", help="keep earlier rows, skip measured")
     parser.add_argument("--output", type=Path, default=OUTPUT)
@@ -163,8 +175,9 @@ def main() -> None:
         "awq": AWQConfig(clip=args.awq_clip),
         "rot": RotateConfig(),
     }
+    activations = [None if a == "none" else a for a in (args.activation or ["none"])]
     if args.activation:
-        config["activation"] = args.activation
+        config["activation"] = {"formats": args.activation, "dynamic": True}
     # rows of non-default options get their own keys, so --merge keeps both
     variant = ("_act-order" if act_order else "") + ("_clip" if args.awq_clip else "")
     command = "OMP_NUM_THREADS=1 nice -n 5 python benchmarks/quantize_llm.py " + shlex.join(
@@ -175,7 +188,7 @@ def main() -> None:
         "model": "smollm2-135m (Q4_1-derived)",
         "metric": "perplexity (lower is better); fake-quant weights, lm_head tied and fp32",
         "data_check": disjointness(entry, torch.cat([b[0] for b in calibration])),
-        "configs": {k: v if isinstance(v, str) else v.to_dict() for k, v in config.items()},
+        "configs": {k: v if isinstance(v, dict) else v.to_dict() for k, v in config.items()},
         "runs": [*old.get("runs", []), {"command": command, "note": args.note}],
         "machine": machine_facts(),
         "fp32": old.get("fp32", {}),
@@ -195,32 +208,32 @@ def main() -> None:
             **summarize(reference, None),
             "eval_seconds": round(time.perf_counter() - start, 1),
         }
-    for weight in formats:
-        for method in args.methods:
-            suffix = "".join(
-                part
-                for part, applies in (("_act-order", "gptq" in method), ("_clip", "awq" in method))
-                if applies and part in variant
-            )
-            key = f"{weight}_{method}{suffix}"
-            if args.activation:
-                key = f"{weight}-a-{args.activation}_{method}{suffix}"
-            done = payload["results"].get(key, {})
-            if done.get("eval_windows_per_text") == eval_windows and not args.quick:
-                print("already measured:", key, flush=True)
-                continue
-            model, info = run_method(base, weight, method, calibration, config)
-            used = {k: v.to_dict() for k, v in config.items() if k in method and k != "activation"}
-            if args.activation:
-                used["activation"] = {"format": args.activation, "dynamic": True}
-            losses = window_losses(entry, model, eval_windows)
-            row = {**summarize(losses, reference), **info, **setup, "configs": used}
-            payload["results"][key] = row
-            payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            write_json(args.output, payload)  # after each row: an interrupted run keeps them
-            brief = {k: row[k]["perplexity"] for k in losses}
-            print(key, brief, info, flush=True)
-            del model
+    rows = [(w, m, a) for w in formats for m in args.methods for a in activations]
+    for weight, method, activation in rows:
+        suffix = "".join(
+            part
+            for part, applies in (("_act-order", "gptq" in method), ("_clip", "awq" in method))
+            if applies and part in variant
+        )
+        key = f"{weight}_{method}{suffix}"
+        if activation is not None:
+            key = f"{weight}-a-{activation}_{method}{suffix}"
+        done = payload["results"].get(key, {})
+        if done.get("eval_windows_per_text") == eval_windows and not args.quick:
+            print("already measured:", key, flush=True)
+            continue
+        model, info = run_method(base, (weight, activation), method, calibration, config)
+        used = {k: v.to_dict() for k, v in config.items() if k in method and k != "activation"}
+        if activation is not None:
+            used["activation"] = {"format": activation, "dynamic": True}
+        losses = window_losses(entry, model, eval_windows)
+        row = {**summarize(losses, reference), **info, **setup, "configs": used}
+        payload["results"][key] = row
+        payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(args.output, payload)  # after each row: an interrupted run keeps them
+        brief = {k: row[k]["perplexity"] for k in losses}
+        print(key, brief, info, flush=True)
+        del model
     payload["runs"][-1]["total_seconds"] = round(time.perf_counter() - start, 1)
     write_json(args.output, payload)
 

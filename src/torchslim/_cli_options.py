@@ -46,7 +46,12 @@ DataOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option(help="cpu | cuda | cuda:N.")]
 ThreadsOption = Annotated[
-    int | None, typer.Option(min=1, help="Torch threads (default: OMP_NUM_THREADS or all cores).")
+    int | None,
+    typer.Option(
+        min=1,
+        help="Threads of torch and of a deployed runtime (ONNX Runtime, OpenVINO, llama.cpp); "
+        "default: OMP_NUM_THREADS or all cores.",
+    ),
 ]
 
 

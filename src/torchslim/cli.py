@@ -163,13 +163,14 @@ def evaluate(
     """
     from torchslim._devices import check_device
     from torchslim.evaluate import evaluate as run_evaluation
+    from torchslim.zoo.options import load_for_run
 
     check_device(device)
     options = model_options(weights, input_shape, input_dtype, vocab_size, seq_len, data)
     entry = resolve_model(model, options)
     note_synthetic_data(entry)
     with stage(f"loading {entry.name}"):
-        loaded = entry.load()
+        loaded = load_for_run(entry, threads, device)
     with stage("measuring metrics, latency and memory"):
         report = run_evaluation(loaded, entry, batch_size, threads, device, repeats)
     if as_json:

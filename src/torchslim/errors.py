@@ -30,6 +30,10 @@ class InputShapeError(TorchslimError, ValueError):
     """The model rejected the inputs it was given."""
 
 
+class NonFiniteInputError(TorchslimError, ValueError):
+    """A tensor quantized at run time (dynamic ranges) holds NaN or Inf: it has no scale."""
+
+
 class OutputDirectoryError(TorchslimError):
     """An output directory torchslim may not write: a file, unwritable, or holding the user's
     own files (which torchslim never removes)."""

@@ -99,6 +99,26 @@ def test_smollm2_gguf_round_trip_through_transformers_and_llama_cpp(tmp_path: Pa
     assert math.isclose(llama_nll, torch_nll, rel_tol=0.01)  # llama.cpp: int8 activations
 
 
+@pytest.mark.assets
+def test_llama_cpp_greedy_tokens_equal_full_recomputation() -> None:
+    pytest.importorskip("llama_cpp")
+    from torchslim.deploy.generate import generate_llama_cpp, load_llama_cpp
+    from torchslim.zoo._assets import package_file
+    from torchslim.zoo.text import SMOLLM_GGUF, token_windows
+
+    path = package_file(*SMOLLM_GGUF)
+    prompt = token_windows("austen-eval", 512)[0, :16].tolist()
+    result = generate_llama_cpp(load_llama_cpp(path, threads=1, context=64), prompt, 6)
+    full = load_llama_cpp(path, threads=1, context=64, all_logits=True)
+    ids = list(prompt)
+    for _ in range(6):  # no cache: the whole sequence each time, every position's logits kept
+        full.reset()
+        full.eval(ids)
+        ids.append(int(full.scores[len(ids) - 1].argmax()))
+    assert result.new_tokens == ids[len(prompt) :]
+    assert len(set(result.new_tokens)) > 1  # not one id repeated (the all-zero logits row)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -38,8 +38,8 @@ def test_method_runs_and_is_recorded(method: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("--scheme", "w8a8", "--method", "gptq"), "weight-only int scheme"),
-        (("--scheme", "ternary", "--method", "awq"), "weight-only int scheme"),
+        (("--scheme", "w8a8", "--method", "gptq"), "static input ranges (uint8)"),
+        (("--scheme", "ternary", "--method", "awq"), "int weight scheme"),
         (("--scheme", "w4-weight", "--method", "gtpq"), "Did you mean"),
     ],
 )

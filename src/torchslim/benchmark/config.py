@@ -10,6 +10,8 @@ import torch
 
 from torchslim.errors import ConfigError, reject_unknown_keys
 
+CLOCKS = ("wall", "thread_cpu")
+
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
@@ -24,6 +26,10 @@ class BenchmarkConfig:
             scheduled once it has ``min(3, rounds)`` samples (> 0).
         seed: seeds the shuffle of the call order in each round.
         device: where the variants run; ``"cuda"`` makes each timed call synchronise the GPU.
+        clock: ``"wall"`` (``time.perf_counter``) or ``"thread_cpu"`` (``time.thread_time``: the
+            CPU seconds of the calling thread, which time spent descheduled by other processes on
+            a shared core does not inflate; needs ``threads=1`` on CPU, where the calling thread
+            does all the work).
     """
 
     warmup: int = 3
@@ -32,8 +38,17 @@ class BenchmarkConfig:
     max_seconds: float = 10.0
     seed: int = 0
     device: str = "cpu"
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"BenchmarkConfig.clock must be one of {CLOCKS}, got {self.clock!r}")
+        if self.clock == "thread_cpu" and (self.threads != 1 or self.device != "cpu"):
+            raise ConfigError(
+                "BenchmarkConfig.clock='thread_cpu' times the calling thread only: it needs "
+                f"threads=1 and device='cpu', got threads={self.threads!r}, "
+                f"device={self.device!r}; use clock='wall' otherwise"
+            )
         _check_int("warmup", self.warmup, minimum=0)
         _check_int("rounds", self.rounds, minimum=1)
         if self.threads is not None:

@@ -66,7 +66,7 @@ def compare(
         threads = torch.get_num_threads()
         outputs = _warm_up(variants, config.warmup, rng, keep_outputs=check is not None)
         with gc_paused():
-            timer = lambda name: time_call(variants[name], config.torch_device)  # noqa: E731
+            timer = lambda name: time_call(variants[name], config.torch_device, config.clock)  # noqa: E731
             samples, call_order = timed_rounds(list(variants), timer, config, rng)
         machine = machine_facts()
         diffs = (

@@ -1,7 +1,8 @@
 """``torchslim generate``: greedy generation with a KV cache, timed (prefill ms, decode tok/s).
 
-MODEL is a zoo causal LM (torch eager on --device) or a .gguf file (llama.cpp, CPU), e.g. one
-written by ``torchslim.deploy.gguf_llama.export_gguf`` from a GPTQ/AWQ-quantized model.
+MODEL is a zoo causal LM (torch eager on --device), a .gguf file (llama.cpp, CPU), e.g. one
+written by ``torchslim.deploy.gguf_llama.export_gguf`` from a GPTQ/AWQ-quantized model, or the
+artifact directory of a recipe's ``gguf`` step (its ``model.gguf``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from torchslim._cli_options import DeviceOption, ThreadsOption
 
 
 def generate_command(
-    model: Annotated[str, typer.Argument(help="Zoo causal LM (smollm2-135m) or a .gguf file.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Zoo causal LM (smollm2-135m), a .gguf file or a GGUF artifact."),
+    ],
     prompt: Annotated[str, typer.Option(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated (greedy).")] = 64,
     threads: ThreadsOption = None,
@@ -33,6 +37,7 @@ def generate_command(
     from torchslim.errors import ConfigError
 
     count = threads or torch.get_num_threads()
+    model = _gguf_of_artifact(model)
     if model.endswith(".gguf"):
         if device != "cpu":
             raise ConfigError(f"a .gguf model runs on llama.cpp on the CPU: --device {device} "
@@ -69,3 +74,25 @@ def generate_command(
         return
     console.print(prompt + text)
     console.print(", ".join(f"{k} {v}" for k, v in figures.items()), style="dim")
+
+
+def _gguf_of_artifact(model: str) -> str:
+    """A GGUF artifact directory's ``model.gguf`` (what llama.cpp runs), else ``model``."""
+    from torchslim.deploy.llama_cpp_model import BACKEND, GGUF_NAME
+    from torchslim.pipeline.artifact import read_manifest
+
+    directory = Path(model)
+    if not directory.is_dir():
+        return model
+    manifest = read_manifest(directory)
+    if manifest is None:
+        return model
+    if manifest.get("backend") != BACKEND:
+        from torchslim.errors import ConfigError
+
+        raise ConfigError(
+            f"{model} is a torchslim artifact without a GGUF (backend "
+            f"{manifest.get('backend') or 'torch'}): generate runs a zoo causal LM, a .gguf "
+            "file or a gguf step's artifact"
+        )
+    return str(directory / GGUF_NAME)

@@ -48,6 +48,17 @@ def prune_command(
             "pruned, e.g. 1,3 or 2-4 (structured targets)."
         ),
     ] = None,
+    round_to: Annotated[
+        int | None,
+        typer.Option(help="Kept channel counts are multiples of this (structured targets)."),
+    ] = None,
+    latency_batch_sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="Batch sizes predicted latency is scored at, e.g. 1,16 (the default) "
+            "(--depth auto or --target latency=R)."
+        ),
+    ] = None,
     ignore: Annotated[
         list[str] | None, typer.Option(help="Module name or re:<regex> to leave whole.")
     ] = None,
@@ -97,7 +108,9 @@ def prune_command(
     dropped = tuple(parse_indices(drop_layers)) if drop_layers is not None else ()
     if drop_layers is not None and not dropped:
         raise ConfigError(f"--drop-layers {drop_layers!r} names no layer: give e.g. 1,3")
-    pruning = PruneOptions(method, target, tuple(ignore or ()), scope, depth, dropped)
+    sizes = None if latency_batch_sizes is None else _batch_sizes(latency_batch_sizes)
+    pruning = PruneOptions(method, target, tuple(ignore or ()), scope, depth, dropped, round_to,
+                           sizes)  # fmt: skip
     stages = [Stage("prune", pruning)]
     if finetune_epochs:
         tuning = FinetuneOptions(epochs=finetune_epochs, lr=finetune_lr, samples=finetune_samples)
@@ -132,3 +145,17 @@ def prune_command(
             console.print(f"sparsity reached: {details['sparsity']:.1%} of the pruned weights")
         if details["plan"]:
             console.print(details["plan"], highlight=False)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    """``--latency-batch-sizes 1,16`` as (1, 16); anything else is one clear error."""
+    from torchslim.errors import ConfigError
+
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"--latency-batch-sizes must be batch sizes separated by commas, e.g. 1,16; got "
+            f"{text!r}"
+        ) from None
+    return sizes

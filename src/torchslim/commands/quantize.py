@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from torchslim.quantize.schemes import Scheme
 
 DEPLOY_CHOICES = ("auto", "onnxruntime", "openvino", "torch", "none")
-METHODS = ("rtn", "gptq", "awq")  # how weight-only int schemes choose their codes
+METHODS = ("rtn", "gptq", "awq")  # how int-weight schemes choose their codes
 
 
 def quantize_command(
@@ -53,7 +53,10 @@ def quantize_command(
     repeats: Annotated[int, typer.Option(min=3, help="Timed forward passes per side.")] = 20,
     allow_slower: Annotated[bool, typer.Option(help="Keep bf16/fp16 even if slower.")] = False,
     method: Annotated[
-        str, typer.Option(help="rtn|gptq|awq: how weight-only int schemes pick their codes.")
+        str,
+        typer.Option(
+            help="rtn|gptq|awq: how int weights get their codes (weight-only or w4a8-token)."
+        ),
     ] = "rtn",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     device: DeviceOption = "cpu",
@@ -98,7 +101,7 @@ def quantize_command(
         if weight_format:
             overrides["weight"] = weight_format
         chosen = dataclasses.replace(chosen, config=dataclasses.replace(chosen.config, **overrides))
-    check_method(method, chosen)
+    check_method(method, chosen, deploy)
     check_device(device)
     check_deploy_device(device, chosen, deploy)
     flags = DeployFlags(observer, tuple(ignore or ()), weight_format, threads, deploy_budget)
@@ -161,14 +164,16 @@ def check_flags_apply(scheme: Scheme, deploy: str, flags: DeployFlags) -> None:
         )
 
 
-def check_method(method: str, scheme: Scheme) -> None:
-    """Refuse ``--method`` gptq/awq where it has no meaning: only weight-only "int" schemes.
+def check_method(method: str, scheme: Scheme, deploy: str = "none") -> None:
+    """Refuse ``--method`` gptq/awq where it has no meaning: int weights whose activations stay
+    in float or are quantized at run time (w4a8-token), see ``weight_method_problem``.
 
     Raises:
-        ConfigError: an unknown method, or gptq/awq with activations quantized or a non-int
+        ConfigError: an unknown method, or gptq/awq with static activations or a non-int
             weight format.
     """
     from torchslim.errors import ConfigError, did_you_mean
+    from torchslim.quantize.config import weight_method_problem
     from torchslim.quantize.schemes import SCHEMES
 
     if method not in METHODS:
@@ -178,15 +183,17 @@ def check_method(method: str, scheme: Scheme) -> None:
     if method == "rtn":
         return
     config = scheme.config
-    if config is None or config.activation is not None or config.weight_format("").kind != "int":
-        weight_only = [
+    problem = "it is a cast" if config is None else weight_method_problem(config, method)
+    if problem is None and scheme.execution == "deployed" and deploy != "none":
+        problem = f"it deploys on a runtime that quantizes the weights itself (--deploy {deploy})"
+    if problem is not None:
+        usable = [
             name for name, s in SCHEMES.items()
-            if s.config is not None and s.config.activation is None
-            and s.config.weight_format("").kind == "int"
+            if s.config is not None and s.execution == "simulated"
+            and weight_method_problem(s.config, method) is None
         ]  # fmt: skip
         raise ConfigError(
-            f"--method {method} needs a weight-only int scheme (it sets weight codes from "
-            f"calibration data); --scheme {scheme.name} is not one. Use one of "
-            f"{', '.join(weight_only)} (optionally with --weight-format int4-g128), or "
-            "--method rtn."
+            f"--method {method} needs an int weight scheme with activations in float or "
+            f"quantized at run time; --scheme {scheme.name} is not one ({problem}). Use one of "
+            f"{', '.join(usable)} (optionally with --weight-format int4-g128), or --method rtn."
         )

@@ -118,15 +118,29 @@ def write_artifact(out: str | Path, artifact: dict[str, bytes], manifest: dict[s
 def read_artifact(path: str | Path, what: str) -> tuple[Path, dict[str, Any], dict[str, bytes]]:
     """(directory, manifest, files) of an artifact directory, every file checked against its
     sha256 in the manifest. Raises ``DeployError`` naming the missing or altered file."""
+    directory = Path(path)
+    manifest = read_manifest_file(directory, what)
+    return directory, manifest, read_files(directory, manifest)
+
+
+def read_manifest_file(directory: Path, what: str) -> dict[str, Any]:
+    """``directory/manifest.json``; ``DeployError`` saying the directory is not ``what``."""
     import json
 
     from torchslim.deploy.config import DeployError
 
-    directory = Path(path)
     manifest_path = directory / "manifest.json"
     if not manifest_path.is_file():
         raise DeployError(f"{directory} has no manifest.json; it is not {what}.")
-    manifest = json.loads(manifest_path.read_text())
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    return manifest
+
+
+def read_files(directory: Path, manifest: dict[str, Any]) -> dict[str, bytes]:
+    """File name -> bytes of every file the manifest lists, each checked against its sha256.
+    Raises ``DeployError`` naming the missing or altered file."""
+    from torchslim.deploy.config import DeployError
+
     artifact = {}
     for name, info in manifest.get("files", {}).items():
         file = directory / name
@@ -134,7 +148,7 @@ def read_artifact(path: str | Path, what: str) -> tuple[Path, dict[str, Any], di
         if hashlib.sha256(data).hexdigest() != info["sha256"]:
             raise DeployError(f"{file} is missing or does not match its checksum in the manifest.")
         artifact[name] = data
-    return directory, manifest, artifact
+    return artifact
 
 
 def batch_dynamic_shapes(model: torch.nn.Module, count: int) -> tuple[Any, ...]:

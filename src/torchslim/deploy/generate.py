@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,15 +81,18 @@ def _rate(tokens: int, seconds: float) -> float:
 
 
 def load_llama_cpp(path: Path, threads: int, context: int = 1024, all_logits: bool = False) -> Any:
-    """A llama-cpp-python ``Llama`` on ``path`` (quiet); BackendUnavailableError without it."""
+    """A llama-cpp-python ``Llama`` on ``path`` (quiet), the file checked first
+    (``check_gguf``: ModelLoadError for a missing, foreign, too new or truncated file);
+    BackendUnavailableError without llama-cpp-python."""
+    from torchslim.deploy.gguf_file import check_gguf
+
     try:
         from llama_cpp import Llama
     except ImportError as error:
         raise BackendUnavailableError(
             "llama.cpp runs GGUF files through llama-cpp-python: pip install 'torchslim[llamacpp]'"
         ) from error
-    if not Path(path).is_file():
-        raise ConfigError(f"no GGUF file at {path}")
+    check_gguf(path)
     with _no_extra_buffer_types():
         return Llama(
             model_path=str(path), n_ctx=context, n_threads=threads, n_threads_batch=threads,
@@ -124,16 +128,26 @@ def generate_llama_cpp(llm: Any, prompt: list[int], max_new_tokens: int) -> Gene
     llm.reset()
     start = time.perf_counter()
     llm.eval(prompt)
-    token = int(llm.scores[llm.n_tokens - 1].argmax())
+    token = int(_last_logits(llm).argmax())
     prefill = time.perf_counter() - start
     new = [token]
     start = time.perf_counter()
     for _ in range(max_new_tokens - 1):
         llm.eval([token])
-        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        token = int(_last_logits(llm).argmax())
         new.append(token)
     decode = time.perf_counter() - start
     return Generation(new, 1000 * prefill, _rate(max_new_tokens - 1, decode), "llama.cpp")
+
+
+def _last_logits(llm: Any) -> np.ndarray:
+    """The last evaluated token's logits, (V,), read from the llama.cpp context: llama-cpp-python
+    0.3 fills ``llm.scores`` only when it keeps every position's logits (``all_logits``), so
+    without it the row read before was all zeros and every greedy token came out as id 0."""
+    import llama_cpp
+
+    row = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))
 
 
 def llama_cpp_window_nlls(llm: Any, windows: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,12 @@ from torchslim.deploy._runtime import (
     Runtime,
     candidate_threads,
     file_digests,
-    read_artifact,
+    read_files,
+    read_manifest_file,
     write_artifact,
 )
 from torchslim.deploy.config import DeployError
+from torchslim.errors import ConfigError
 
 ARTIFACT_FORMAT = "torchslim-deployed-v1"
 _LOADERS: dict[str, Callable[[Path, dict[str, Any], int], Runtime]] = {
@@ -95,16 +97,44 @@ class DeployedModel(nn.Module):
         return f"backend={self.backend!r}, candidate={self.candidate!r}"
 
 
-def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel | nn.Module:
-    """Load a directory written by :meth:`DeployedModel.save` (no pickle: ONNX, a checked PT2
-    archive, JSON), or by ``DeployedTextModel.save`` (an int8 text encoder: loaded by
-    ``load_text_int8``).
+def load_deployed(
+    path: str | Path,
+    threads: int | None = None,
+    device: str = "cpu",
+    wrapper: Callable[[], nn.Module] | None = None,
+) -> nn.Module:
+    """Load a deployed artifact directory, dispatching on its manifest (no pickle anywhere):
+    written by :meth:`DeployedModel.save` (ONNX, OpenVINO IR, a checked PT2 archive), by
+    ``DeployedTextModel.save`` (an int8 text encoder), or by a pipeline's ``gguf`` step (a GGUF
+    file llama.cpp runs, checked by ``check_gguf`` first) or ``compressed_tensors`` step (a
+    Hugging Face directory transformers loads).
 
-    ``threads`` overrides the intra-op thread count recorded at deployment.
+    Args:
+        path: the artifact directory.
+        threads: overrides the intra-op thread count recorded at deployment (llama.cpp's
+            ``n_threads`` for a GGUF).
+        device: where the model runs: ``"cpu"`` for every runtime but transformers'.
+        wrapper: builds the model that was exported (any device: only its call convention is
+            kept) for a compressed-tensors artifact; without it, the transformers model itself.
+
+    Raises:
+        DeployError: not a deployed artifact, or a file that does not match its checksum.
+        ModelLoadError: a GGUF file that is not one, too new, or truncated.
+        ConfigError: a ``device`` the artifact's runtime does not run on.
     """
-    from torchslim.deploy import text_artifact
+    from torchslim.deploy import compressed_tensors_model, llama_cpp_model, text_artifact
 
-    directory, manifest, artifact = read_artifact(path, "a deployed artifact")
+    directory = Path(path)
+    manifest = read_manifest_file(directory, "a deployed artifact")
+    if manifest.get("backend") == llama_cpp_model.BACKEND:
+        return llama_cpp_model.load_artifact(directory, manifest, threads, device)
+    if compressed_tensors_model.is_compressed_tensors(manifest):
+        return compressed_tensors_model.load_artifact(directory, manifest, wrapper, device)
+    if torch.device(device).type != "cpu":
+        raise ConfigError(
+            f"{directory} is a {manifest.get('backend')} runtime, which runs on the CPU: "
+            f"device {device!r} does not apply; leave it out (or use --device cpu)"
+        )
     if manifest.get("format") == text_artifact.ARTIFACT_FORMAT:
         return text_artifact.load_text_int8(directory, threads)
     if manifest.get("format") != ARTIFACT_FORMAT or manifest.get("backend") not in _LOADERS:
@@ -112,6 +142,7 @@ def load_deployed(path: str | Path, threads: int | None = None) -> DeployedModel
             f"{directory / 'manifest.json'} is not a {ARTIFACT_FORMAT} artifact of a saveable "
             f"backend (format={manifest.get('format')!r}, backend={manifest.get('backend')!r})."
         )
+    artifact = read_files(directory, manifest)
     settings = manifest["settings"]
     count = threads or candidate_threads(settings)
     runtime = _LOADERS[manifest["backend"]](directory, settings, count)

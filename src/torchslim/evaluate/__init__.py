@@ -58,6 +58,8 @@ def evaluate(
         entry: ZooEntry = entry_for_model(model, task)
     else:
         entry = get(task) if isinstance(task, str) else task
+    # a runtime that fixed its threads when it was built (llama.cpp) runs with those
+    own_threads = getattr(model, "threads", None)
     if batch_size is None:  # a user model's own batch (a .pt2 may accept no other); else 1
         batch_size = entry.default_batch_size if entry.task == "user-model" else 1
     device = torch.device(device)
@@ -80,7 +82,7 @@ def evaluate(
         peak_memory_bytes=None if activations is None else weights + activations,
         details={
             "batch_size": batch_size,
-            "threads": threads or torch.get_num_threads(),
+            "threads": own_threads or threads or torch.get_num_threads(),
             "device": str(device),
             "weights_bytes": weights,
             "peak_memory": "measured"

@@ -162,12 +162,21 @@ def base_entry(manifest: dict[str, Any]) -> ZooEntry:
     return resolve_model(str(source.get("spec")), ModelOptions(**options))
 
 
-def load(directory: str | Path) -> nn.Module:
+def load(directory: str | Path, threads: int | None = None, device: str = "cpu") -> nn.Module:
     """A runnable model from any artifact the pipeline (``torchslim compress``, ``prune``,
-    ``quantize``, ``distill``) writes.
+    ``quantize``, ``distill``) writes: the rebuilt module, or a deployed runtime (ONNX,
+    OpenVINO, PT2, GGUF on llama.cpp, compressed-tensors on transformers; ``load_deployed``).
+
+    Args:
+        directory: the artifact.
+        threads: a deployed runtime's threads (default: those recorded when it was built); a
+            module runs in torch, whose threads are the caller's (``torch.set_num_threads``).
+        device: where the model runs (a deployed runtime other than transformers': the CPU).
 
     Raises:
-        ModelLoadError: not an artifact, a newer format version, or weights that do not fit.
+        ModelLoadError: not an artifact, a newer format version, weights that do not fit, or a
+            GGUF file that is not sound.
+        ConfigError: ``threads`` for a module artifact, or a device its runtime does not run on.
     """
     directory = Path(directory)
     manifest = read_manifest(directory)
@@ -179,8 +188,15 @@ def load(directory: str | Path) -> nn.Module:
     if manifest.get("kind") == "deployed":
         from torchslim.deploy import load_deployed
 
-        return load_deployed(directory)
-    return rebuild(base_entry(manifest), manifest, directory)
+        return load_deployed(directory, threads, device, lambda: base_entry(manifest).meta_model())
+    if threads is not None:
+        from torchslim.errors import ConfigError
+
+        raise ConfigError(
+            f"threads={threads}: {directory} holds a torch module, which runs with torch's "
+            "threads: set torch.set_num_threads (the commands' --threads) instead"
+        )
+    return rebuild(base_entry(manifest), manifest, directory).to(device)
 
 
 def rebuild(entry: ZooEntry, manifest: dict[str, Any], directory: Path) -> nn.Module:

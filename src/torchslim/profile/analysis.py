@@ -87,12 +87,14 @@ def analyze(
     measured_ops = measured_ms = None
     trust = Trust(True)
     if here:
-        latency_model, trust = trusted_model(threads, device=str(device))
+        # a profile on meta predicts this machine's CPU: its ops are replayed there
+        target = "cpu" if on_meta else str(device)
+        latency_model, trust = trusted_model(threads, device=target, replay_ops=True)
         predicted_s = latency_model.predict_report(report)
         per_op = predicted_by_op(report, latency_model)
         method = (
-            "per-op framework overhead + per-op-class efficiency, calibrated on this machine's "
-            "micro-benchmarks"
+            "each distinct op replayed alone on this machine (falling back to per-op-class "
+            "efficiency), plus module-call and Python-call overheads calibrated on small programs"
         )
     else:
         per_op = {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_leaves
 
 from torchslim.evaluate.memory import LiveStorages
 from torchslim.profile.costs import OpCost, cost_of, op_class, op_name
+from torchslim.profile.op_times import call_spec
 from torchslim.profile.workspace import workspace_bytes
 
 
@@ -27,6 +28,7 @@ class OpRecord:
     input_shapes: tuple[tuple[int, ...], ...]
     cost: OpCost | None
     params: int = 0  # parameters this op is the first (non-view) op of the pass to read
+    call: str | None = field(default=None, repr=False, compare=False)  # op_times.call_spec
 
 
 class CostCounter(TorchDispatchMode):
@@ -46,6 +48,8 @@ class CostCounter(TorchDispatchMode):
         self._stack: list[str] = [""]
         self._hooks: list[Any] = []
         self._unread_params: dict[int, int] = {}  # storage -> parameters no op has read yet
+        weights = [*model.parameters(), *model.buffers()]
+        self._weights = {t.untyped_storage()._cdata for t in weights}
         for p in {id(p): p for p in model.parameters()}.values():
             key = p.untyped_storage()._cdata
             self._unread_params[key] = self._unread_params.get(key, 0) + p.numel()
@@ -107,6 +111,7 @@ class CostCounter(TorchDispatchMode):
                 input_shapes=shapes,
                 cost=cost_of(func, args, kwargs, out),
                 params=self._claim_params(inputs, cls),
+                call=call_spec(func, args, kwargs, self._weights),
             )
         )
         return out

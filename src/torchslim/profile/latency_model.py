@@ -24,7 +24,7 @@ import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,13 +37,15 @@ from torchslim._io import write_json
 from torchslim._machine import cpu_model
 from torchslim.evaluate.latency import measure_latency
 from torchslim.profile import machine_state
+from torchslim.profile.conv_kernels import onednn_work_factor
 from torchslim.profile.counter import CostCounter, OpRecord
 from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, drift, verdict
+from torchslim.profile.op_times import KEEP_OUTPUTS, ROTATE_BYTES, OpTimes
 from torchslim.profile.overhead_programs import overhead_programs
 from torchslim.profile.report import ProfileReport
 from torchslim.zoo._assets import home
 
-CALIBRATION_VERSION = 4
+CALIBRATION_VERSION = 6
 WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
 
 
@@ -128,13 +130,39 @@ class LatencyModel:
     python_call_s: float = 0.0
     calls_per_op: float = 0.0
     calls_per_module_call: float = 0.0
+    # with a table: seconds per module call, per Python call, per byte written (see with_table)
+    table_overheads: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    written_byte_s: float = 0.0
+    table: OpTimes | None = field(default=None, repr=False, compare=False)
+
+    def with_table(self, table: OpTimes) -> LatencyModel:
+        """This model predicting each op that can be replayed by its time in ``table`` (the op's
+        own dispatch included), plus the module-call and Python-call rates fitted with the same
+        table; the class fits answer only for ops the table cannot replay. Replayed alone, an op
+        writes into memory its previous call just freed; in a forward each op writes fresh
+        activations (page faults, cache misses), priced per byte written."""
+        module_call_s, python_call_s, written_byte_s = self.table_overheads
+        return replace(
+            self,
+            table=table,
+            module_call_s=module_call_s,
+            python_call_s=python_call_s,
+            written_byte_s=written_byte_s,
+        )
 
     def predict_op(self, record: OpRecord) -> float:
         """Overhead plus work; an op without a cost rule costs its overhead only."""
+        if self.table is not None:
+            seconds = self.table(record.call)
+            if seconds is not None:
+                return seconds
         if record.cost is None:
             return self.op_overhead_s + self.classes["view"].predict(0, 0)
         fit = self.classes.get(record.op_class) or self.classes["elementwise"]
-        return self.op_overhead_s + fit.predict(record.cost.flops, record.cost.bytes)
+        flops: float = record.cost.flops
+        if record.op_class == "conv" and self.device == "cpu" and record.dtype == "float32":
+            flops *= _conv_work_factor(record, self.threads)
+        return self.op_overhead_s + fit.predict(flops, record.cost.bytes)
 
     def predict(
         self, records: list[OpRecord], module_calls: int, python_calls: int | None = None
@@ -150,10 +178,14 @@ class LatencyModel:
             sum(self.predict_op(r) for r in records)
             + module_calls * self.module_call_s
             + python_calls * self.python_call_s
+            + written_bytes(records) * self.written_byte_s
         )
 
     def predict_report(self, report: ProfileReport) -> float:
         """Predicted seconds of the forward pass ``report`` counted."""
+        if self.table is not None:
+            self.table.measure(record.call for record in report.records)
+            self.table.save()
         return self.predict(report.records, sum(report.module_calls.values()), report.python_calls)
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +198,7 @@ class LatencyModel:
             "python_call_s": self.python_call_s,
             "calls_per_op": self.calls_per_op,
             "calls_per_module_call": self.calls_per_module_call,
+            "table_overheads": list(self.table_overheads),
             "threads": self.threads,
             "device": self.device,
             "probe": None if self.probe is None else self.probe.to_dict(),
@@ -189,7 +222,24 @@ class LatencyModel:
             python_call_s=values.get("python_call_s", 0.0),
             calls_per_op=values.get("calls_per_op", 0.0),
             calls_per_module_call=values.get("calls_per_module_call", 0.0),
+            table_overheads=tuple(values.get("table_overheads", (0.0, 0.0, 0.0))),
         )
+
+
+def written_bytes(records: list[OpRecord]) -> int:
+    """Bytes the ops of a forward write (views write nothing)."""
+    return sum(r.cost.bytes_written for r in records if r.cost is not None and r.op_class != "view")
+
+
+def _conv_work_factor(record: OpRecord, threads: int) -> float:
+    """The channel padding a conv pays on the kernel torch picks (``conv_kernels``); the
+    calibration's conv samples have channel counts the padding leaves as they are."""
+    if len(record.input_shapes) < 2 or len(record.input_shapes[0]) != 4 or record.cost is None:
+        return 1.0
+    image, weight = record.input_shapes[0], record.input_shapes[1]
+    per_output = image[0] * weight[0] * weight[1] * weight[2] * weight[3]
+    strided = record.cost.macs < per_output * image[2] * image[3]  # fewer outputs than inputs
+    return onednn_work_factor(image, weight, threads, strided)
 
 
 Case = tuple[Callable[..., Any], tuple[Any, ...]]
@@ -319,10 +369,6 @@ class _Overheads:
         return max(seconds - overhead, WORK_FLOOR * seconds)
 
 
-ROTATE_BYTES = 16 * 2**20  # cycle layer copies until their weights overflow a core's L2 cache
-KEEP_OUTPUTS = 4  # outputs of recent calls kept alive, as a model keeps its activations
-
-
 def _cold_weights(fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
     """A call of ``fn(*args)`` that reads its weights from beyond the L2 cache, as each layer of
     a model does once per forward: the call cycles through copies of the layer. Timed on one
@@ -375,33 +421,54 @@ class _OverheadFit:
     python_call_s: float
     calls_per_op: float
     calls_per_module_call: float
+    table_module_call_s: float
+    table_python_call_s: float
+    table_written_byte_s: float
 
 
 def _fit_overheads(
-    classes: dict[str, ClassFit], device: torch.device, threads: int | None
+    classes: dict[str, ClassFit], device: torch.device, threads: int | None, table: OpTimes
 ) -> _OverheadFit:
-    """Overhead rates that explain the overhead programs' measured time beyond their work."""
+    """Overhead rates that explain the overhead programs' measured time beyond their work: the
+    work estimated by the class fits (rates per op, module call and Python call), and the work
+    replayed in ``table`` (which includes each op's own dispatch: rates per module and Python
+    call)."""
     from torchslim.profile import profile
 
     work_only = LatencyModel(classes, 0.0, threads or 1, str(device))
-    features, left = [], []
+    replayed = replace(work_only, table=table)
+    features, left, left_replayed = [], [], []
     for _, model, inputs in overhead_programs(device):
         report = profile(model, inputs, measure_memory=False, count_calls=True)
+        table.measure(record.call for record in report.records)
         run: Callable[[], Any] = functools.partial(model, *inputs)
         timing = measure_latency(run, warmup=5, repeats=50, threads=threads, device=device)
         seconds = timing.median / 1e3
         ops, modules = len(report.records), sum(report.module_calls.values())
         calls = report.python_calls or 0
-        features.append([ops, modules, calls])
+        features.append([ops, modules, calls, written_bytes(report.records)])
         left.append(max(seconds - work_only.predict_report(report), 0.0))
-    rates = nnls(np.array(features, dtype=float), np.array(left))[0]
+        left_replayed.append(max(seconds - replayed.predict_report(report), 0.0))
     counts = np.array(features, dtype=float)
-    per = nnls(counts[:, :2], counts[:, 2])[0]  # calls ~ ops and module calls
+    rates = nnls(counts[:, :3], np.array(left))[0]
     op_s, module_call_s, python_call_s = (float(r) for r in rates)
-    return _OverheadFit(op_s, module_call_s, python_call_s, float(per[0]), float(per[1]))
+    per = nnls(counts[:, :2], counts[:, 2])[0]  # calls ~ ops and module calls
+    table_rates = nnls(counts[:, 1:], np.array(left_replayed))[0]
+    return _OverheadFit(
+        op_s,
+        module_call_s,
+        python_call_s,
+        float(per[0]),
+        float(per[1]),
+        float(table_rates[0]),
+        float(table_rates[1]),
+        float(table_rates[2]),
+    )
 
 
-def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
+def calibrate(
+    threads: int | None = None, device: str | torch.device = "cpu", table: OpTimes | None = None
+) -> LatencyModel:
     """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU).
 
     The machine is probed before and after; the model's ``trust`` says whether the calibration
@@ -413,7 +480,8 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
     overheads = _Overheads(_op_overhead_seconds(device), _module_call_seconds(device))
     rows, case_spread = _time_cases(device, threads, overheads)
     classes = {name: ClassFit.of(class_rows) for name, class_rows in rows.items()}
-    fitted = _fit_overheads(classes, device, threads)
+    table = table if table is not None else OpTimes(count, str(device))
+    fitted = _fit_overheads(classes, device, threads, table)
     after = machine_state.probe_machine(count, str(device))
     trust = verdict(before, count)
     if case_spread > machine_state.SPREAD_LIMIT:
@@ -432,6 +500,11 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
         python_call_s=fitted.python_call_s,
         calls_per_op=fitted.calls_per_op,
         calls_per_module_call=fitted.calls_per_module_call,
+        table_overheads=(
+            fitted.table_module_call_s,
+            fitted.table_python_call_s,
+            fitted.table_written_byte_s,
+        ),
     )
 
 
@@ -453,7 +526,7 @@ def _cached(path: Any) -> LatencyModel | None:
 
 
 def trusted_model(
-    threads: int | None = None, device: str = "cpu", refresh: bool = False
+    threads: int | None = None, device: str = "cpu", refresh: bool = False, replay_ops: bool = False
 ) -> tuple[LatencyModel, Trust]:
     """The latency model for this machine and thread count, and whether to trust it now.
 
@@ -462,8 +535,24 @@ def trusted_model(
     busy now (then the cached one is kept and the answer is "not trusted"). A calibration made
     on a busy machine is never cached as this machine's: it is kept aside as provisional, reused
     only while the machine stays busy (so each busy run does not calibrate again), never trusted.
+
+    With ``replay_ops`` the model predicts each op by its replayed time (``with_table``): the
+    table of replayed calls is kept beside a trusted calibration and starts afresh with each new
+    one; beside an untrusted one it lives only in memory.
     """
-    count = threads or torch.get_num_threads()
+    model, trust = _trusted_model(threads or torch.get_num_threads(), device, refresh)
+    if not replay_ops:
+        return model, trust
+    path = _table_path(model.threads, device) if model.trust.trusted else None
+    return model.with_table(OpTimes(model.threads, device, path)), trust
+
+
+def _table_path(threads: int, device: str) -> Any:
+    calibration = _cache_path(threads, device)
+    return calibration.with_name(calibration.stem + "-op-times.json")
+
+
+def _trusted_model(count: int, device: str, refresh: bool) -> tuple[LatencyModel, Trust]:
     path = _cache_path(count, device)
     provisional = path.with_name(path.stem + "-provisional.json")
     now = machine_state.probe_machine(count, device)
@@ -479,6 +568,8 @@ def trusted_model(
     if kept is not None:
         return kept, busy_now.and_(kept.trust)
     model = calibrate(count, device)
+    if model.trust.trusted:
+        _table_path(count, device).unlink(missing_ok=True)  # replayed on the machine as it was
     write_json(path if model.trust.trusted else provisional, model.to_dict())
     return model, model.trust.and_(busy_now)
 

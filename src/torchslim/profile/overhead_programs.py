@@ -5,7 +5,8 @@ None of them is a zoo model: a chain of tiny ATen ops, nested modules, hand-writ
 blocks and a residual conv stack, and (when transformers is installed) random-init two-layer
 DistilBERT, Qwen2 and ConvNeXt configs, whose forwards carry the Python a transformers model
 runs around its ops (config lookups, mask helpers, output dataclasses). Tensors are tiny, so
-what is left after the per-class work estimate is overhead.
+what is left after the per-class work estimate is overhead; two wider programs write activations
+of 0.1-0.5 MiB, to price what a forward's fresh memory costs beyond its ops replayed alone.
 """
 
 from __future__ import annotations
@@ -48,10 +49,14 @@ class _Block(nn.Module):
 
 
 class _ConvStack(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: int = 4) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU())
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(channels),
+                nn.ReLU(),
+            )
             for _ in range(6)
         )
 
@@ -117,6 +122,9 @@ def overhead_programs(device: torch.device) -> Iterator[Program]:
         ("nested_modules", nested, (torch.ones(1),)),
         ("transformer_blocks", blocks, (torch.randn(1, 4, 16),)),
         ("conv_stack", _ConvStack(), (torch.randn(1, 4, 8, 8),)),
+        # activations of 0.1-0.5 MiB: what writing fresh memory costs beyond the replayed ops
+        ("wide_conv_stack", _ConvStack(16), (torch.randn(8, 16, 32, 32),)),
+        ("wide_blocks", nn.Sequential(_Block(64), _Block(64)), (torch.randn(8, 64, 64),)),
     ]
     for name, model, inputs in plain:
         yield name, model.to(device).eval(), tuple(t.to(device) for t in inputs)

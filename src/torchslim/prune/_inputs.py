@@ -59,3 +59,16 @@ def _bind_keywords(model: nn.Module, keywords: dict[str, Any]) -> tuple[Any, ...
                 f"{type(model).__name__}.forward requires before them"
             )
     return tuple(values)
+
+
+def batched(example_inputs: tuple[Any, ...], batch_size: int) -> tuple[Any, ...]:
+    """``example_inputs`` with every tensor's batch (dim 0) repeated up to ``batch_size`` rows
+    (also on ``meta``): what a forward at that batch size reads, for predicting its latency."""
+    out = []
+    for value in example_inputs:
+        if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] != batch_size:
+            rows = value.shape[0]
+            repeats = -(-batch_size // max(rows, 1))
+            value = value.repeat(repeats, *([1] * (value.dim() - 1)))[:batch_size]
+        out.append(value)
+    return tuple(out)

@@ -26,6 +26,8 @@ METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda", "sparsegpt")
 CALIBRATION_BATCHES = 8  # for "wanda" input norms and "sparsegpt" Hessians
 CALIBRATED = ("wanda", "sparsegpt")
 DEPTH_CALIBRATION_BATCHES = 2  # depth="auto": damage measured on 2 batches (64 zoo images)
+STRUCTURED_FLAGS = {"depth": "--depth", "drop_layers": "--drop-layers", "round_to": "--round-to",
+                    "latency_batch_sizes": "--latency-batch-sizes"}  # fmt: skip
 
 
 def config_from_words(
@@ -33,8 +35,7 @@ def config_from_words(
     target: str,
     ignore: tuple[str, ...] = (),
     scope: str | None = None,
-    depth: str = "off",
-    drop_layers: tuple[int, ...] = (),
+    **structured: Any,
 ) -> PruneConfig:
     """``--method`` and ``--target`` of ``torchslim prune`` as a validated config.
 
@@ -45,17 +46,15 @@ def config_from_words(
     2 x MACs so the ratio is the same), ``params=0.5``, ``ratio=0.3`` (of every group's units),
     ``latency=0.5`` (fraction of the latency predicted by the calibrated latency model),
     ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
-    ``sparsity=`` targets only. ``depth`` (off | auto: residual blocks dropped where they save
-    more predicted latency per damage than widths) and ``drop_layers`` (layers removed from a
-    transformers model's stacks) are for structured targets only.
+    ``sparsity=`` targets only. ``structured``: options of structured targets only, given as
+    ``StructuredPruneConfig`` fields: ``depth`` (off | auto: residual blocks dropped where they
+    save more predicted latency per damage than widths), ``drop_layers`` (layers removed from a
+    transformers model's stacks), ``round_to`` (kept widths a multiple of it) and
+    ``latency_batch_sizes`` (batch sizes predicted latency is scored at: ``depth="auto"`` or a
+    ``latency=R`` target only). None or an absent key: the config's default.
     """
-    structured = target.partition("=")[0] in TARGET_KEYS
-    for flag, value, unset in (("--depth", depth, "off"), ("--drop-layers", drop_layers, ())):
-        if value != unset and not structured:
-            raise ConfigError(
-                f"{flag} applies to structured targets (macs=R, flops=R, params=R, latency=R, "
-                f"ratio=R) only, not --target {target}"
-            )
+    structured = {k: v for k, v in structured.items() if v is not None}
+    _check_structured_options(target, structured)
     if scope is not None and not target.startswith("sparsity="):
         raise ConfigError(
             f"--scope applies to unstructured targets (sparsity=S) only, not --target {target}"
@@ -97,8 +96,30 @@ def config_from_words(
         raise ConfigError(f"--target {key}=... is structured pruning: --method l1|l2|bn|taylor, "
                           f"got {method!r}")  # fmt: skip
     fields: dict[str, Any] = {TARGET_KEYS[key]: ratio, "importance": STRUCTURED_METHODS[method]}
-    return StructuredPruneConfig(**fields, ignore=ignore, depth=depth,
-                                 drop_layers=tuple(drop_layers))  # fmt: skip
+    for name, value in structured.items():
+        fields[name] = tuple(value) if isinstance(value, list) else value
+    return StructuredPruneConfig(**fields, ignore=ignore)
+
+
+def _check_structured_options(target: str, options: dict[str, Any]) -> None:
+    """Structured-only options are errors with other targets; latency batch sizes are errors
+    where nothing predicts latency."""
+    unknown = sorted(set(options) - set(STRUCTURED_FLAGS))
+    if unknown:
+        raise ConfigError(f"unknown structured pruning option(s) {unknown}; known: "
+                          f"{sorted(STRUCTURED_FLAGS)}")  # fmt: skip
+    key = target.partition("=")[0]
+    for name, value in options.items():
+        if key not in TARGET_KEYS and value not in ("off", ()):
+            raise ConfigError(
+                f"{STRUCTURED_FLAGS[name]} applies to structured targets (macs=R, flops=R, "
+                f"params=R, latency=R, ratio=R) only, not --target {target}"
+            )
+    if "latency_batch_sizes" in options and key != "latency" and options.get("depth") != "auto":
+        raise ConfigError(
+            f"--latency-batch-sizes sets the batch sizes predicted latency is scored at: it "
+            f"applies with --depth auto or --target latency=R, not --target {target} alone"
+        )
 
 
 def needs_gradients(config: PruneConfig) -> bool:

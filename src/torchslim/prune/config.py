@@ -34,6 +34,19 @@ def _check_ignore(ignore: tuple[str, ...]) -> None:
         )
 
 
+def _check_batch_sizes(sizes: tuple[int, ...]) -> None:
+    if (
+        not isinstance(sizes, tuple)
+        or not sizes
+        or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in sizes)
+        or len(set(sizes)) != len(sizes)
+    ):
+        raise ConfigError(
+            "latency_batch_sizes must be a non-empty tuple of distinct batch sizes >= 1, e.g. "
+            f"(1, 16), got {sizes!r}"
+        )
+
+
 class _DictMixin:
     """``to_dict`` / ``from_dict`` round trip; unknown keys are errors with a hint."""
 
@@ -129,6 +142,9 @@ class StructuredPruneConfig(_DictMixin):
             f(x)``, same shape) of the model's layer stacks, choosing block drops and width
             steps by predicted latency saved per unit of output damage on calibration batches
             (see ``prune.depth_plan``). Needs a MACs, params or latency target.
+        latency_batch_sizes: the batch sizes predicted latency is scored at (depth="auto" and
+            latency targets): the geometric mean over them of the predicted seconds, so each
+            batch size weighs the same (batch 1 runs other conv kernels than batch 16).
     """
 
     target_macs_ratio: float | None = None
@@ -140,8 +156,10 @@ class StructuredPruneConfig(_DictMixin):
     round_to: int = 1
     drop_layers: tuple[int, ...] = ()
     depth: str = "off"
+    latency_batch_sizes: tuple[int, ...] = (1, 16)
 
     def __post_init__(self) -> None:
+        _check_batch_sizes(self.latency_batch_sizes)
         if not isinstance(self.drop_layers, tuple) or not all(
             isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.drop_layers
         ):

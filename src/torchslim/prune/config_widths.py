@@ -148,11 +148,12 @@ def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -
     assert found is not None
     what, target = found
     hf = plan.model.config
-    full = max(_cost(plan, hf, what), 1e-12)
+    batch_sizes = config.latency_batch_sizes
+    full = max(_cost(plan, hf, what, batch_sizes), 1e-12)
 
     def removed(sizes: dict[Knob, Any]) -> float:
         _set_sizes(plan, sizes)
-        return 1 - _cost(plan, _scaled_config(hf, plan.widths), what) / full
+        return 1 - _cost(plan, _scaled_config(hf, plan.widths), what, batch_sizes) / full
 
     def at(scale: float) -> dict[Knob, Any]:
         return {k: _scaled(hf, k, scale, config.round_to) for k in knobs}
@@ -182,12 +183,12 @@ def _search(plan: WidthPlan, knobs: list[Knob], config: StructuredPruneConfig) -
     _set_sizes(plan, sizes)
 
 
-def _cost(plan: WidthPlan, config: Any, what: str) -> float:
+def _cost(plan: WidthPlan, config: Any, what: str, batch_sizes: tuple[int, ...] | None) -> float:
     if what == "MACs" and config is not plan.model.config:
         return float(plan.macs_after)  # just counted by _set_sizes
     with torch.device("meta"):
         built = type(plan.model)(config).eval()
-    return cost(built, _on_meta(plan.example_inputs), what)
+    return cost(built, _on_meta(plan.example_inputs), what, batch_sizes)
 
 
 def _set_sizes(plan: WidthPlan, sizes: dict[Knob, Any]) -> None:

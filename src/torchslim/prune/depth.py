@@ -29,7 +29,7 @@ def drop_layers_(
             f"from_pretrained reloads them); {type(model).__name__} is not one"
         )
     found = target_of(config)
-    before = cost(model, example_inputs, found[0]) if found else 0.0
+    before = cost(model, example_inputs, found[0], config.latency_batch_sizes) if found else 0.0
     smaller, _ = drop_layers(model, list(config.drop_layers))
     for stack in layer_stacks(smaller).values():
         for index, block in enumerate(stack.children()):
@@ -41,7 +41,7 @@ def drop_layers_(
     changes: dict[str, Any] = {"drop_layers": ()}
     if found is not None:
         what, target = found
-        after = cost(model, example_inputs, what)
+        after = cost(model, example_inputs, what, config.latency_batch_sizes)
         name = next(n for n in TARGETS if getattr(config, n) is not None)
         changes[name] = max(0.0, 1 - (1 - target) * before / max(after, 1e-12))
     return dataclasses.replace(config, **changes)

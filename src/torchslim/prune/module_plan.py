@@ -141,7 +141,7 @@ def _search(plan: RulePlan, config: StructuredPruneConfig) -> None:
     found = target_of(config)
     assert found is not None
     what, target = found
-    full = max(cost(plan.model, plan.example_inputs, what), 1e-12)
+    full = max(cost(plan.model, plan.example_inputs, what, config.latency_batch_sizes), 1e-12)
 
     def removed(fraction: float) -> float:
         _set_fraction(plan, fraction, config.round_to)
@@ -152,7 +152,8 @@ def _search(plan: RulePlan, config: StructuredPruneConfig) -> None:
         elif what == "parameters":
             counted = params
         else:
-            counted = cost(plan.pruned_copy(), plan.example_inputs, what)
+            sizes = config.latency_batch_sizes
+            counted = cost(plan.pruned_copy(), plan.example_inputs, what, sizes)
         return 1 - counted / full
 
     if target == 0.0:

@@ -189,12 +189,14 @@ def _choose(plan: PrunePlan, config: StructuredPruneConfig) -> None:
         ranked += [(float(v), index, c) for c, v in enumerate(normalized)]
     ranked.sort()
 
+    batches = config.latency_batch_sizes
+
     def removed(count: int) -> float:
         _set_keep(prunable, ranked[:count], config.round_to)
-        return 1 - cost(plan.pruned_copy(), plan.example_inputs, what) / full
+        return 1 - cost(plan.pruned_copy(), plan.example_inputs, what, batches) / full
 
     _set_keep(prunable, [], config.round_to)
-    full = max(cost(plan.pruned_copy(), plan.example_inputs, what), 1e-12)
+    full = max(cost(plan.pruned_copy(), plan.example_inputs, what, batches), 1e-12)
     low, high = 0, len(ranked)
     while low < high:
         middle = (low + high) // 2

@@ -113,8 +113,8 @@ class QuantizeResult:
     def __str__(self) -> str:
         lines = [f"{len(self.layers)} layers quantized in {self.seconds:.1f} s"]
         for layer in self.layers:
-            act = f", input {layer.activation_format} ({layer.observer}, "
-            act += f"{layer.activation_sqnr_db:.1f} dB)" if layer.activation_sqnr_db else ")"
+            act = f", input {layer.activation_format} ({layer.observer}"
+            act += f", {layer.activation_sqnr_db:.1f} dB)" if layer.activation_sqnr_db else ")"
             lines.append(
                 f"  {layer.name}: {layer.weight_format} ({layer.weight_observer or '-'}, "
                 f"{layer.weight_sqnr_db:.1f} dB)"

@@ -277,6 +277,22 @@ def _awq_block(
     return report
 
 
+def _refuse_static_inputs(blocks: Iterable[nn.Module], config: AWQConfig) -> None:
+    """AWQ divides each group's inputs by its scales: an input range calibrated before would
+    clip or waste the new inputs; ranges taken from each input at run time follow them."""
+    for block in blocks:
+        for rule in block_rules(block, config):
+            for name, layer in zip(rule.names, rule.layers, strict=True):
+                quantizer = layer.input_quantizer
+                if quantizer is None or quantizer.dynamic or quantizer.fmt.kind == "float":
+                    continue
+                raise AWQError(
+                    f"awq_ rescales {name}'s input, whose static {quantizer.fmt.short_name} "
+                    "range was calibrated before it; quantize activations at run time "
+                    "(per token: activation='int8-token', or dynamic=True) or not at all."
+                )
+
+
 def awq_(
     model: nn.Module, calibration: Iterable[Any], config: AWQConfig | None = None
 ) -> dict[str, dict[str, float]]:
@@ -292,13 +308,15 @@ def awq_(
     Raises:
         CalibrationError: empty or non-finite calibration data.
         BlockWalkError: no decoder block list, or no block with LLaMA-style groups.
-        AWQError: folding would change the float model.
+        AWQError: folding would change the float model, or a layer to scale has a static
+            (calibrated) input range; per-token and other run-time ranges are fine.
         (The model is left untouched on every error.)
     """
     config = config or AWQConfig()
     with untouched_on_failure(model):
         batches = check_batches(calibration)
         prefix, blocks = find_blocks(model)
+        _refuse_static_inputs(blocks, config)
         if not any(block_rules(block, config) for block in blocks):
             names = ", ".join(sorted({n for _, group in SCALE_RULES for n in group}))
             raise BlockWalkError(

@@ -19,7 +19,9 @@ ACTIVATION_KINDS = ("int", "fp8", "float")  # activations need a range-based or 
 
 
 def parse_activation_format(name: str) -> QuantFormat:
-    """An activation format: always one scale per tensor (``"int8"`` means ``"int8-tensor"``).
+    """An activation format: one scale per tensor (``"int8"`` means ``"int8-tensor"``), or per
+    token with the "token" modifier (``"int8-token"``: a scale per row of the last dim, taken
+    from each input at run time).
 
     Raises:
         ConfigError: a non-uniform kind, or group granularity, which activations cannot use.
@@ -33,9 +35,25 @@ def parse_activation_format(name: str) -> QuantFormat:
     if fmt.granularity == "group":
         raise ConfigError(
             f"activation format {name!r} is per group; activations are quantized per tensor, "
-            "use e.g. 'uint8' or 'int8'."
+            "use e.g. 'uint8', 'int8' or 'int8-token'."
         )
-    return dataclasses.replace(fmt, granularity="tensor", channel_axis=0)
+    granularity = "token" if fmt.granularity == "token" else "tensor"
+    return dataclasses.replace(fmt, granularity=granularity, channel_axis=0)
+
+
+def parse_weight_format(name: str) -> QuantFormat:
+    """A weight format (any ``QuantFormat`` short name but a per-token one).
+
+    Raises:
+        ConfigError: an unparsable name, or granularity "token" (activations only).
+    """
+    fmt = QuantFormat.parse(name)
+    if fmt.granularity == "token":
+        raise ConfigError(
+            f"weight format {name!r}: granularity 'token' is for activations (a scale per "
+            "input row at run time); weights use 'channel' (e.g. 'int8') or groups ('int4-g64')."
+        )
+    return fmt
 
 
 def _check_pattern(what: str, pattern: Any) -> None:
@@ -70,9 +88,12 @@ class QuantConfig:
     Attributes:
         weight: weight format, any ``QuantFormat`` short name ("int8", "int4-g128", "binary",
             "ternary", "pow2-4", "kmeans-16", "fp8-e4m3", ...).
-        activation: format of every quantized layer's input, or None for weight-only. Always
-            one scale per tensor: "uint8" (asymmetric), "int8" (symmetric), "fp8-e4m3", "bf16".
-        dynamic: compute activation ranges from each input at run time instead of calibrating.
+        activation: format of every quantized layer's input, or None for weight-only. One
+            scale per tensor: "uint8" (asymmetric), "int8" (symmetric), "fp8-e4m3", "bf16"; or
+            one per token, for Linear inputs only: "int8-token" (symmetric, the scale of each
+            row of the last dim from that row at run time: always dynamic, no calibration).
+        dynamic: compute activation ranges from each input at run time instead of calibrating
+            (per-token formats are dynamic whatever this says).
         observer: "auto" chooses per layer each input's observer by the SQNR of the layer's
             *output* on calibration data (candidates minmax, moving_average, percentile, mse,
             kl) and each int weight's clipping by its MSE; or a fixed "minmax",
@@ -124,7 +145,7 @@ class QuantConfig:
                 f"QuantConfig.sqnr_floor_db={floor!r}; allowed: None (half the bits) or a number "
                 "of dB in [0, 100]."
             )
-        QuantFormat.parse(self.weight)
+        parse_weight_format(self.weight)
         if self.activation is not None:
             parse_activation_format(self.activation)
         if not isinstance(self.dynamic, bool):
@@ -159,7 +180,7 @@ class QuantConfig:
                     f"QuantConfig.overrides[{pattern!r}]=None; to keep a layer in float put it "
                     "in ignore."
                 )
-            QuantFormat.parse(name)
+            parse_weight_format(name)
         activations = _as_pairs("activation_overrides", self.activation_overrides)
         for pattern, name in activations:
             _check_pattern("activation_overrides", pattern)
@@ -170,12 +191,22 @@ class QuantConfig:
 
     def weight_format(self, layer: str) -> QuantFormat:
         """The weight format of layer ``layer`` (its first matching override, else ``weight``)."""
-        return QuantFormat.parse(_first_match(layer, self.overrides, self.weight) or self.weight)
+        return parse_weight_format(_first_match(layer, self.overrides, self.weight) or self.weight)
 
     def activation_format(self, layer: str) -> QuantFormat | None:
         """The input format of layer ``layer``, or None when its input stays in float."""
         name = _first_match(layer, self.activation_overrides, self.activation)
         return None if name is None else parse_activation_format(name)
+
+    def static_activation_formats(self) -> tuple[str, ...]:
+        """The int/fp8 input formats whose ranges are calibrated before use (not dynamic)."""
+        names = {self.activation, *(name for _, name in self.activation_overrides)}
+        formats = [(n, parse_activation_format(n)) for n in sorted(filter(None, names))]
+        return tuple(
+            name
+            for name, fmt in formats
+            if fmt.kind in ("int", "fp8") and not self.dynamic and fmt.granularity != "token"
+        )
 
     def collapse_floor_db(self, fmt: QuantFormat) -> float:
         """The SQNR (dB) below which a layer quantized to ``fmt`` counts as collapsed."""
@@ -212,3 +243,25 @@ def _first_match(
         if matches(layer, pattern):
             return value
     return default
+
+
+def weight_method_problem(config: QuantConfig, method: str) -> str | None:
+    """Why ``method`` (gptq, awq) cannot set the weight codes of ``config``'s layers, or None.
+
+    GPTQ and AWQ need int weights. Activations may be quantized only where their ranges come
+    from each input at run time (per token, e.g. "int8-token", or ``dynamic=True``): static
+    ranges are calibrated on the model before the method changes its weights (AWQ also rescales
+    the layers' inputs, which such ranges would clip).
+    """
+    weight = config.weight_format("")
+    if weight.kind != "int":
+        return f"{method} sets int weight codes; the weight format is {weight.short_name!r}"
+    static = config.static_activation_formats()
+    if static:
+        return (
+            f"{method} with static input ranges ({', '.join(static)}) is not supported: they are "
+            f"calibrated before {method} changes the weights (AWQ also rescales the layers' "
+            "inputs); quantize activations at run time (per token: 'int8-token', or "
+            "dynamic=True) or not at all"
+        )
+    return None

@@ -8,6 +8,8 @@ Conventions:
   elements inside each channel (the channel's elements flattened in memory order; for a linear
   weight (out, in) that is along ``in``). A group size that does not divide the elements per
   channel is an error when the format meets the tensor, never silent padding.
+- Granularity "token" is for activations only: one scale per row of the last dim (per token of
+  a (B, T, C) input), taken from each input at run time (dynamic); kinds "int" and "fp8".
 - ``bits`` is the storage width of one code: 1 for binary, 2 for ternary, log2(centroids) for
   a k-means codebook, 8 for fp8, 16 for float16/bfloat16.
 """
@@ -25,7 +27,7 @@ import torch
 from torchslim.errors import ConfigError, did_you_mean, reject_unknown_keys
 
 KINDS = ("int", "fp8", "float", "binary", "ternary", "pow2", "codebook")
-GRANULARITIES = ("tensor", "channel", "group")
+GRANULARITIES = ("tensor", "channel", "group", "token")
 FLOAT_DTYPES = {"fp8": ("float8_e4m3fn", "float8_e5m2"), "float": ("float16", "bfloat16")}
 _BITS = {  # kind -> allowed bits (inclusive range)
     "int": (1, 8),
@@ -49,8 +51,10 @@ _DEFAULT_GRANULARITY = {
 EXAMPLE_NAMES = (
     "int8", "int4", "int4-g128", "int8-tensor", "uint8", "uint8-asym", "int8-asym",
     "fp8-e4m3", "fp8-e5m2", "bf16", "fp16", "binary", "ternary", "pow2-4", "kmeans-16",
+    "int8-token",
 )  # fmt: skip
-_MODIFIERS = ("sym", "asym", "tensor", "channel", "g<N>", "axis<K>")
+_MODIFIERS = ("sym", "asym", "tensor", "channel", "token", "g<N>", "axis<K>")
+_TOKEN_KINDS = ("int", "fp8")  # a scale per token from the token's own range
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,8 @@ class QuantFormat:
             "ternary" ({-1, 0, +1} x scale), "pow2" (sign x power of two), "codebook" (k-means).
         bits: code width; int 1..8, fp8 8, float 16, binary 1, ternary 2, pow2 2..8, codebook 1..8.
         symmetric: zero point fixed at 0; False (asymmetric, "uint") only for kind "int".
-        granularity: "tensor", "channel" or "group" (float and codebook: "tensor" only).
+        granularity: "tensor", "channel", "group" (float and codebook: "tensor" only), or
+            "token" (activations only, int and fp8: a scale per row of the last dim).
         group_size: elements per group (> 0) when granularity is "group", else None.
         channel_axis: the axis whose slices get their own scale ("channel" and "group").
         float_dtype: torch dtype name for fp8 ("float8_e4m3fn", "float8_e5m2") and float
@@ -117,6 +122,11 @@ class QuantFormat:
             hint = did_you_mean(str(self.granularity), GRANULARITIES)
             raise ConfigError(
                 f"QuantFormat.granularity={self.granularity!r}; allowed: {GRANULARITIES}.{hint}"
+            )
+        if self.granularity == "token" and self.kind not in _TOKEN_KINDS:
+            raise ConfigError(
+                f"QuantFormat.granularity='token' for kind {self.kind!r}; a scale per token needs "
+                f"a range-based kind: {_TOKEN_KINDS}."
             )
         if self.kind in _TENSOR_ONLY and self.granularity != "tensor":
             raise ConfigError(
@@ -255,14 +265,14 @@ def _parse_head(text: str, parts: list[str]) -> tuple[str, int, str | None, list
 def _apply_modifier(text: str, modifier: str, values: dict[str, Any]) -> None:
     if modifier in ("sym", "asym"):
         values["symmetric"] = modifier == "sym"
-    elif modifier in ("tensor", "channel"):
+    elif modifier in ("tensor", "channel", "token"):
         values["granularity"] = modifier
     elif match := re.fullmatch(r"g(\d+)", modifier):
         values["granularity"], values["group_size"] = "group", int(match.group(1))
     elif match := re.fullmatch(r"axis(-?\d+)", modifier):
         values["channel_axis"] = int(match.group(1))
     else:
-        hint = did_you_mean(modifier, ("sym", "asym", "tensor", "channel"))
+        hint = did_you_mean(modifier, ("sym", "asym", "tensor", "channel", "token"))
         raise ConfigError(
             f"cannot parse quantization format {text!r}: unknown modifier {modifier!r}; "
             f"allowed: {', '.join(_MODIFIERS)}.{hint}"

@@ -6,8 +6,9 @@ chosen grid points) and QAT (gradients reach the latent weight through the strai
 estimator, and with LSQ the scales too). The integer codes are derived on demand
 (:meth:`WeightQuantizer.encode`) and are what ``quantized_state_dict`` stores, packed.
 
-Activations are quantized at the input of each quantized layer, one scale per tensor; residual
-adds and pooling in between stay in float.
+Activations are quantized at the input of each quantized layer, one scale per tensor, or for a
+Linear one per token (format granularity "token": a row of the input's last dim, always from the
+input itself at run time); residual adds and pooling in between stay in float.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from torchslim.errors import TorchslimError
+from torchslim.errors import ConfigError, TorchslimError
 from torchslim.quantize.formats import QuantFormat
 from torchslim.quantize.lsq import lsq_fake_quantize
 from torchslim.quantize.nonuniform import kmeans_dequantize, kmeans_quantize
 from torchslim.quantize.observers import OBSERVERS, make_observer
 from torchslim.quantize.primitives import (
     compute_qparams,
+    dynamic_qparams,
     fake_quantize,
     reduce_min_max,
     reduction_dims,
@@ -105,6 +107,11 @@ class WeightQuantizer(nn.Module):
 
     def __init__(self, fmt: QuantFormat, weight: Tensor, observer: str = "minmax") -> None:
         super().__init__()
+        if fmt.granularity == "token":
+            raise ConfigError(
+                f"weight format {fmt.short_name!r}: granularity 'token' is for activations (a "
+                "scale per input row at run time); weights use 'channel' or 'g<N>' groups."
+            )
         self.fmt = fmt
         self.enabled = True
         self.learn_scale = False
@@ -224,10 +231,12 @@ class WeightQuantizer(nn.Module):
 
 
 class ActivationQuantizer(nn.Module):
-    """Fake-quantizes a layer's input, one scale per tensor.
+    """Fake-quantizes a layer's input, one scale per tensor or per token.
 
-    Modes: static (scale from calibration), dynamic (scale from each input's min and max). While
-    ``observer`` is set the input is only observed and passed through in float (calibration).
+    Modes: static (scale from calibration), dynamic (scale from each input's min and max). A
+    per-token format (granularity "token") is always dynamic: a token's scale comes from its own
+    row, so there is nothing to calibrate. While ``observer`` is set the input is only observed
+    and passed through in float (calibration).
     """
 
     zero_point: Tensor
@@ -235,7 +244,8 @@ class ActivationQuantizer(nn.Module):
 
     def __init__(self, fmt: QuantFormat, dynamic: bool = False) -> None:
         super().__init__()
-        self.fmt, self.dynamic = fmt, dynamic
+        self.fmt, self.dynamic = fmt, dynamic or fmt.granularity == "token"
+        dynamic = self.dynamic
         self.enabled = True
         self.learn_scale = False
         self.observer: Observes | None = None
@@ -269,8 +279,8 @@ class ActivationQuantizer(nn.Module):
         fmt = self.fmt
         if fmt.kind == "float":
             return fake_quantize(x, fmt, torch.ones(()), torch.zeros((), dtype=torch.int32))
-        if self.dynamic:
-            scale, zero_point = compute_qparams(*reduce_min_max(x, fmt), fmt)
+        if self.dynamic:  # x: (..., in); per token the scales are (..., 1)
+            scale, zero_point = dynamic_qparams(x, fmt)
             return fake_quantize(x, fmt, scale, zero_point)
         if not bool(self.calibrated):
             raise TorchslimError(
@@ -384,7 +394,22 @@ def to_quant(
     """A fake-quant copy of ``module`` sharing its parameters (the original is not changed).
 
     ``weight_observer`` picks the weight's range ("minmax", "mse", "percentile", or "auto": the
-    best SQNR among those supporting the format)."""
+    best SQNR among those supporting the format).
+
+    Raises:
+        ConfigError: a per-token input format on a layer that is not a Linear.
+    """
+    if (
+        activation_fmt is not None
+        and activation_fmt.granularity == "token"
+        and not isinstance(module, nn.Linear)
+    ):
+        raise ConfigError(
+            f"input format {activation_fmt.short_name!r} quantizes per token (a row of the "
+            f"input's last dim), which only a Linear's (..., in) input has; a "
+            f"{type(module).__name__}'s input is not token rows. Give such layers a per-tensor "
+            "format (activation_overrides, e.g. 'int8'), ignore them, or use 'int8'."
+        )
     quantized = copy.copy(module)  # same attributes; the containers are copied below
     for key, value in module.__dict__.items():
         if isinstance(value, dict):

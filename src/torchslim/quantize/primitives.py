@@ -7,7 +7,7 @@ Conventions:
 - Scales are float32, zero points int32, both shaped to broadcast against the tensor they
   quantize: shape () per tensor; per channel, ``x.ndim`` dims with the channel count at the
   channel axis and 1 elsewhere; per group, (C, groups, 1) against :func:`to_groups`'s
-  (C, groups, group_size) view.
+  (C, groups, group_size) view; per token, x's shape with 1 in the last dim (x.shape[:-1], 1).
 - Zero is always exactly representable: a range is widened to include 0 before scales are chosen.
 - An empty range (an all-zero channel) gets scale 1, so no scale is 0 and nothing becomes inf/nan.
 - Symmetric int scales follow torchao: scale = max|x| / ((qmax - qmin) / 2), e.g. max|x| / 127.5
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, NonFiniteInputError
 from torchslim.quantize.formats import QuantFormat
 
 _RANGED_KINDS = ("int", "fp8")  # kinds whose parameters are (scale, zero_point) from a range
@@ -71,9 +71,30 @@ def reduce_min_max(x: Tensor, fmt: QuantFormat) -> tuple[Tensor, Tensor]:
         assert fmt.group_size is not None
         grouped = to_groups(x, fmt.group_size, fmt.channel_axis)  # (C, G, g)
         return grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)  # (C, G, 1) x 2
+    if fmt.granularity == "token":  # one row per token: every dim but the last is kept
+        return x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)  # (..., 1) x 2
     axis = fmt.channel_axis if fmt.granularity == "channel" else None
     dims = reduction_dims(x.ndim, axis)
     return x.amin(dims, keepdim=axis is not None), x.amax(dims, keepdim=axis is not None)
+
+
+def dynamic_qparams(x: Tensor, fmt: QuantFormat) -> tuple[Tensor, Tensor]:
+    """(scale, zero_point) of an int/fp8 ``fmt`` from ``x``'s own range at run time (dynamic
+    quantization): per tensor, or per token (a row of the last dim) for granularity "token".
+
+    Raises:
+        NonFiniteInputError: ``x`` holds NaN or Inf (a NaN's row would get a NaN scale).
+    """
+    low, high = reduce_min_max(x, fmt)  # scale-shaped x 2
+    if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+        bad = int((~torch.isfinite(low) | ~torch.isfinite(high)).sum())
+        where = f"{bad} of {low.numel()} tokens" if fmt.granularity == "token" else "the tensor"
+        raise NonFiniteInputError(
+            f"dynamic {fmt.short_name} quantization of a tensor of shape {tuple(x.shape)}: "
+            f"{where} hold NaN or Inf, which have no scale; fix the layer or data producing "
+            "them (e.g. an overflow in fp16) before quantizing."
+        )
+    return compute_qparams(low, high, fmt)
 
 
 def compute_scale_zero_point(

@@ -49,6 +49,11 @@ SCHEMES = {
                "deployed"),
         Scheme("w4a8", "int4 weights + uint8 activations (simulated: no int4 CPU kernel)",
                QuantConfig(weight="int4", activation="uint8"), "simulated"),
+        Scheme("w4a8-token", "int4 weights in groups of 64 + int8 activations per token (each "
+               "token's scale from its own row at run time: no calibration; LLMs, Linear "
+               "inputs only; simulated)",
+               QuantConfig(weight="int4-g64", activation="int8-token", dynamic=True),
+               "simulated"),
         Scheme("w4a4", "int4 weights + 4-bit activations (simulated)",
                QuantConfig(weight="int4", activation="uint4"), "simulated"),
         _weight_only("w8-weight", "int8", "int8 weight-only, packed"),

@@ -17,10 +17,9 @@ from torchslim.quantize.nonuniform import (
     ternary_quantize,
 )
 from torchslim.quantize.primitives import (
-    compute_qparams,
+    dynamic_qparams,
     fake_quantize,
     from_groups,
-    reduce_min_max,
     to_groups,
 )
 
@@ -28,14 +27,15 @@ from torchslim.quantize.primitives import (
 def quantize_dequantize(x: Tensor, fmt: QuantFormat) -> Tensor:
     """``x`` after a round trip through ``fmt``, with parameters taken from ``x`` itself.
 
-    int/fp8 use the min-max range at the format's granularity; binary, ternary, pow2 and
+    int/fp8 use the min-max range at the format's granularity (per token for "token": a row of
+    the last dim; NaN/Inf raise ``NonFiniteInputError``); binary, ternary, pow2 and
     codebook use their own quantizers' rules (mean |w|, TWN threshold, max exponent, k-means).
     The result has x's shape and dtype and is differentiable by the straight-through
     estimator: for int/fp8 every value is inside its own min-max range, so the gradient is 1
     everywhere, and the weight-only kinds pass the gradient through unchanged.
     """
     if fmt.kind in ("int", "fp8"):
-        scale, zero_point = compute_qparams(*reduce_min_max(x, fmt), fmt)
+        scale, zero_point = dynamic_qparams(x, fmt)  # scale-shaped x 2
         return fake_quantize(x, fmt, scale, zero_point)
     if fmt.kind == "float":
         ones = torch.ones(())  # ()

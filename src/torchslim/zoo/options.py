@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from torchslim.errors import ConfigError, ModelLoadError, did_you_mean
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from torchslim.zoo._entry import ZooEntry
 
 INPUT_DTYPES = ("float32", "float16", "bfloat16", "int64", "int32", "bool")
@@ -163,7 +165,21 @@ def _artifact_entry(directory: Path, options: ModelOptions) -> ZooEntry:
     entry.card = f"{entry.card} Loaded from the torchslim artifact {directory}."
     if manifest.get("kind") == "deployed":
         entry.deployed = True  # type: ignore[attr-defined]
+        entry.artifact_directory = directory  # type: ignore[attr-defined]
     return entry
+
+
+def load_for_run(entry: ZooEntry, threads: int | None, device: str) -> nn.Module:
+    """``entry``'s model, to run with ``threads`` on ``device``: a deployed artifact's runtime
+    is built with them (llama.cpp and ONNX Runtime fix their threads when built, and refuse a
+    device they do not run on); any other model is ``entry.load()``, whose torch threads and
+    device the caller sets."""
+    directory = getattr(entry, "artifact_directory", None)
+    if directory is None:
+        return entry.load()
+    from torchslim.pipeline.artifact import load
+
+    return load(directory, threads, device)
 
 
 def _zoo_entry(name: str, options: ModelOptions) -> ZooEntry:

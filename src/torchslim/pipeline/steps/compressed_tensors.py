@@ -38,7 +38,7 @@ def run_compressed_tensors(
     with tempfile.TemporaryDirectory(prefix="torchslim-ct-") as scratch:
         export = export_compressed_tensors(model, Path(scratch) / "hf", source)
         prefix = hf_directory(model).prefix
-        runtime = CompressedTensorsModel(export, model, prefix).to(context.device)
+        runtime = CompressedTensorsModel.from_export(export, model, prefix).to(context.device)
     formats = sorted(set(export.layers.values()))
     summary = {"weights_bytes": export.weights_bytes, "layers_packed": len(export.layers),
                "formats": formats, "files": sorted(runtime.artifact)}  # fmt: skip

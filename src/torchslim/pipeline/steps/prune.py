@@ -17,7 +17,9 @@ class PruneOptions:
     ``ignore``: names or ``re:`` patterns left whole; ``scope``: global | layer (sparsity targets
     only); ``depth``: off | auto (also drop whole residual blocks, chosen by predicted latency
     saved per output damage); ``drop_layers``: layer indices removed from every layer stack of a
-    transformers model before its widths are pruned."""
+    transformers model before its widths are pruned; ``round_to``: kept widths are multiples of
+    it (structured); ``latency_batch_sizes``: batch sizes predicted latency is scored at
+    (depth auto or a latency target; default 1 and 16)."""
 
     method: str = "l2"
     target: str = "macs=0.5"
@@ -25,6 +27,8 @@ class PruneOptions:
     scope: str | None = None
     depth: str = "off"
     drop_layers: tuple[int, ...] = ()
+    round_to: int | None = None
+    latency_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         self.config()  # every value checked when the recipe is read
@@ -32,8 +36,17 @@ class PruneOptions:
     def config(self) -> Any:
         from torchslim.prune.apply import config_from_words
 
-        return config_from_words(self.method, self.target, tuple(self.ignore), self.scope,
-                                 self.depth, tuple(self.drop_layers))  # fmt: skip
+        sizes = self.latency_batch_sizes
+        return config_from_words(
+            self.method,
+            self.target,
+            tuple(self.ignore),
+            self.scope,
+            depth=self.depth,
+            drop_layers=tuple(self.drop_layers),
+            round_to=self.round_to,
+            latency_batch_sizes=None if sizes is None else tuple(sizes),
+        )
 
 
 def run_prune(model: nn.Module, options: PruneOptions, context: StepContext) -> StepResult:

@@ -1,8 +1,8 @@
 """The ``quantize`` step: fake-quant layers (any format) calibrated on the entry's data.
 
 For real INT8/bf16 execution end the recipe with ``deploy`` instead: it quantizes for its runtime
-itself. ``method`` gptq/awq sets weight codes from calibration data (weight-only int formats;
-arXiv 2210.17323, 2306.00978).
+itself. ``method`` gptq/awq sets weight codes from calibration data (int weights, activations
+left in float or quantized at run time, e.g. per token; arXiv 2210.17323, 2306.00978).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ METHODS = ("rtn", "gptq", "awq", "awq_gptq")
 @dataclass(frozen=True)
 class QuantizeOptions:
     """``scheme`` (w8a8, w4-weight, ...: see ``torchslim quantize --help``) or ``weight`` /
-    ``activation`` formats; ``observer`` (auto|minmax|...), ``ignore`` (names, ``re:``),
+    ``activation`` formats (``int8-token``: per token at run time); ``dynamic`` (activation
+    ranges from each input at run time; default: the scheme's, else static; per-token formats
+    are always dynamic); ``observer`` (auto|minmax|...), ``ignore`` (names, ``re:``),
     ``calibration_batches``, ``method`` (rtn|gptq|awq|awq_gptq), ``act_order`` (GPTQ: columns by
     decreasing Hessian diagonal, static groups)."""
 
@@ -34,6 +36,7 @@ class QuantizeOptions:
     calibration_batches: int = 16
     method: str = "rtn"
     act_order: bool = False
+    dynamic: bool | None = None  # last: callers (the qat step) pass the fields above by position
 
     def __post_init__(self) -> None:
         if self.act_order and "gptq" not in self.method:
@@ -45,7 +48,21 @@ class QuantizeOptions:
                 f"method {self.method!r}; allowed: {', '.join(METHODS)}."
                 f"{did_you_mean(self.method, METHODS)}"
             )
-        self.config()
+        if self.dynamic is not None and not isinstance(self.dynamic, bool):
+            raise ConfigError(f"dynamic={self.dynamic!r}; allowed: true, false (or leave it out)")
+        config = self.config()
+        inputs = config.activation_format("")
+        if self.dynamic is False and inputs is not None and inputs.granularity == "token":
+            raise ConfigError(
+                f"dynamic: false with activation {config.activation!r}: a per-token format takes "
+                "each token's scale from the input at run time; drop dynamic or use a per-tensor "
+                "format (e.g. int8) for static ranges"
+            )
+        from torchslim.quantize.config import weight_method_problem
+
+        problem = None if self.method == "rtn" else weight_method_problem(config, self.method)
+        if problem is not None:
+            raise ConfigError(f"method {self.method}: {problem}")
 
     def config(self) -> Any:
         from torchslim.quantize.config import QuantConfig
@@ -69,6 +86,8 @@ class QuantizeOptions:
             changes["weight"] = self.weight
         if self.activation is not None:
             changes["activation"] = self.activation
+        if self.dynamic is not None:
+            changes["dynamic"] = self.dynamic
         return dataclasses.replace(base, **changes)
 
 
@@ -78,11 +97,7 @@ def run_quantize(model: nn.Module, options: QuantizeOptions, context: StepContex
     from torchslim.quantize.awq import awq_
     from torchslim.quantize.gptq import GPTQConfig, gptq_
 
-    config = options.config()
-    if options.method != "rtn" and (
-        config.activation is not None or config.weight_format("").kind != "int"
-    ):
-        raise ConfigError(f"method {options.method} needs a weight-only int format")
+    config = options.config()  # gptq/awq with static activations refused by QuantizeOptions
     batches = context.entry.calibration_batches(options.calibration_batches)
     folded = fold_masks_(model)  # pruned zeros are now plain weights; quantization keeps them
     result = quantize_(model, config, calibration=batches)

@@ -1,0 +1,230 @@
+"""The measured time of each distinct ATen call, replayed alone on this machine: a lookup table.
+
+The class fits in ``latency_model`` interpolate an op's time from generic shapes, and miss where
+a kernel's speed depends on more than its size (a stride-2 depthwise conv, a max-pool after a
+ReLU, a 2048-row matmul). Here each distinct call a profile saw (op, argument shapes, strides,
+dtypes and scalar arguments: ``call_spec``) is replayed alone with random tensors of the same
+layout and timed, once per machine and thread count. The model itself is never timed. The
+model's parameters are cycled through copies that overflow the L2 cache (each layer of a model
+reads its weights once per forward), and recent outputs are kept alive (a model writes new
+activations). The table is the latency model's "per-op table" method (FBNet's latency lookup
+table, with measured rather than tabulated shapes); the Python between the ops is added by
+``LatencyModel`` from its fitted module-call and Python-call rates.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from torchslim._io import write_json
+from torchslim.evaluate.latency import fixed_threads
+
+ROTATE_BYTES = 16 * 2**20  # weights cycled through copies until they overflow a core's L2 cache
+KEEP_OUTPUTS = 4  # outputs of recent calls kept alive, as a model keeps its activations
+GROUP_SECONDS = 5e-4  # each timed sample groups calls to last about this long
+SAMPLES = 7
+TABLE_VERSION = 2
+MAX_REPLAY_BYTES = 2**30  # a call with a larger tensor is left to the class fit
+
+
+class _Unsupported(Exception):
+    """An argument this table cannot describe (the op falls back to the class fit)."""
+
+
+def _encode(value: Any, params: set[int]) -> Any:
+    if isinstance(value, torch.Tensor):
+        param = value.untyped_storage()._cdata in params
+        dtype = str(value.dtype).removeprefix("torch.")
+        layout = [list(value.shape), list(value.stride()), dtype, param]
+        return {"t": [*layout, "relu"] if _looks_rectified(value, param) else layout}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, params) for v in value]
+    if isinstance(value, dict):
+        return {"kw": {k: _encode(v, params) for k, v in value.items()}}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": True}
+    if isinstance(value, (torch.memory_format, torch.layout)):
+        return {"enum": str(value).removeprefix("torch.")}
+    raise _Unsupported(type(value).__name__)
+
+
+def _looks_rectified(tensor: torch.Tensor, param: bool) -> bool:
+    """Activations with no negative value (after a ReLU): replayed as such, since some kernels'
+    speed depends on the data (a max-pool over rectified activations took half the time it took
+    over normal noise, measured at batch 16 of the MNIST CNN)."""
+    if param or not tensor.is_floating_point() or not tensor.numel():
+        return False
+    if tensor.device.type == "meta":
+        return False
+    return bool(tensor.min() >= 0)
+
+
+def call_spec(func: Any, args: Any, kwargs: dict[str, Any], params: set[int]) -> str | None:
+    """A canonical description of one ATen call, without its data (None: not replayable).
+    ``params`` holds the storages of the model's parameters: those tensors are replayed cold."""
+    try:
+        body = {"op": str(func), "args": _encode(args, params), "kwargs": _encode(kwargs, params)}
+    except _Unsupported:
+        return None
+    return json.dumps(body, sort_keys=True)
+
+
+def _resolve(name: str) -> Any:
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+
+
+def _tensor(
+    shape: list[int], stride: list[int], dtype: torch.dtype, device: Any, rectified: bool = False
+) -> torch.Tensor:
+    """Random data (zeros for integers and booleans: valid indices; half zeros where the
+    recorded data had no negative value) laid out as recorded."""
+    extent = 1 + sum((n - 1) * s for n, s in zip(shape, stride, strict=True)) if all(shape) else 0
+    if extent * torch.empty((), dtype=dtype).element_size() > MAX_REPLAY_BYTES:
+        raise _Unsupported(f"a {dtype} tensor of {extent} elements")
+    base = torch.empty(max(extent, 1), dtype=dtype, device=device)
+    if dtype.is_floating_point or dtype.is_complex:
+        base.normal_()
+        if rectified:
+            base.clamp_(min=0)
+    else:
+        base.zero_()
+    return base.as_strided(shape, stride)
+
+
+def _decode(value: Any, device: Any, params: list[Callable[[], torch.Tensor]]) -> Any:
+    """Arguments rebuilt from a spec; a parameter is a slot the caller fills per call."""
+    if isinstance(value, list):
+        return [_decode(v, device, params) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "kw" in value:
+        return {k: _decode(v, device, params) for k, v in value["kw"].items()}
+    if "t" in value:
+        shape, stride, dtype_name, param, *rectified = value["t"]
+        dtype = getattr(torch, dtype_name)
+        if not param:
+            return _tensor(shape, stride, dtype, device, rectified=bool(rectified))
+        size = max(1, torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+        copies = [
+            _tensor(shape, stride, dtype, device) for _ in range(1 + min(31, ROTATE_BYTES // size))
+        ]
+        params.append(functools.partial(next, itertools.cycle(copies)))
+        return _Slot(len(params) - 1)
+    if "dtype" in value:
+        return getattr(torch, value["dtype"])
+    if "device" in value:
+        return torch.device(device)
+    return getattr(torch, value["enum"])
+
+
+class _Slot:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def _fill(value: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(value, _Slot):
+        return tensors[value.index]
+    if isinstance(value, list):
+        return [_fill(v, tensors) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, tensors) for k, v in value.items()}
+    return value
+
+
+def replay(spec: str, device: Any = "cpu") -> Callable[[], Any]:
+    """A call of the op ``spec`` describes, on fresh random tensors of its layout."""
+    body = json.loads(spec)
+    func = _resolve(body["op"])
+    params: list[Callable[[], torch.Tensor]] = []
+    args = _decode(body["args"], device, params)
+    kwargs = _decode(body["kwargs"], device, params)
+    recent: collections.deque[Any] = collections.deque(maxlen=KEEP_OUTPUTS)
+    if not params:
+        return lambda: recent.append(func(*args, **kwargs))
+
+    def call() -> None:
+        tensors = [next_param() for next_param in params]
+        recent.append(func(*_fill(args, tensors), **_fill(kwargs, tensors)))
+
+    return call
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_replay(spec: str, threads: int, device: Any = "cpu") -> float:
+    """Median seconds of one call of ``spec`` (calls grouped to last about GROUP_SECONDS)."""
+    device = torch.device(device)
+    with fixed_threads(threads), torch.inference_mode():
+        call = replay(spec, device)
+        for _ in range(2):
+            call()
+        _sync(device)
+        start = time.perf_counter()
+        call()
+        _sync(device)
+        once = time.perf_counter() - start
+        group = max(1, min(1000, int(GROUP_SECONDS / max(once, 1e-7))))
+        samples = []
+        for _ in range(SAMPLES):
+            start = time.perf_counter()
+            for _ in range(group):
+                call()
+            _sync(device)
+            samples.append((time.perf_counter() - start) / group)
+    return statistics.median(samples)
+
+
+class OpTimes:
+    """Seconds per distinct call on this machine and thread count, timed on first use and kept
+    in ``path`` (JSON, written atomically) when given. A call that cannot be replayed (an
+    argument it cannot describe, or an error when run on random data) is answered None."""
+
+    def __init__(self, threads: int, device: str = "cpu", path: Path | None = None) -> None:
+        self.threads, self.device, self.path = threads, device, path
+        self.seconds: dict[str, float | None] = {}
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("version") == TABLE_VERSION:
+                self.seconds = dict(stored["seconds"])
+        self._unsaved = 0
+
+    def __call__(self, spec: str | None) -> float | None:
+        if spec is None:
+            return None
+        if spec not in self.seconds:
+            try:
+                self.seconds[spec] = time_replay(spec, self.threads, self.device)
+            except (_Unsupported, RuntimeError, ValueError, TypeError, IndexError, AttributeError):
+                self.seconds[spec] = None
+            self._unsaved += 1
+        return self.seconds[spec]
+
+    def measure(self, specs: Iterable[str | None]) -> None:
+        """Time every call not yet in the table (in order of first appearance)."""
+        for spec in dict.fromkeys(specs):
+            self(spec)
+
+    def save(self) -> None:
+        if self.path is not None and self._unsaved:
+            payload = {"version": TABLE_VERSION, "threads": self.threads, "seconds": self.seconds}
+            write_json(self.path, payload)
+            self._unsaved = 0
