@@ -5,13 +5,19 @@ import json
 
 import pytest
 import torch
-from test_latency_trust import QUIET, _Machine, home  # noqa: F401 (fixture)
+from test_latency_trust import QUIET, _Machine
 from torch import nn
 
 from torchslim.profile import latency_model, op_times, profile
 from torchslim.profile.latency_model import ClassFit, LatencyModel, trusted_model
 from torchslim.profile.machine_state import Trust
 from torchslim.profile.op_times import OpTimes, call_spec, replay
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHSLIM_HOME", str(tmp_path))
+    return tmp_path
 
 
 def _model() -> nn.Module:
@@ -133,7 +139,7 @@ def test_with_a_table_each_op_costs_its_replayed_time_plus_the_table_overhead_ra
 
 def test_the_replay_table_lives_beside_a_trusted_calibration_and_restarts_with_a_new_one(
     home,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ):
     machine = _Machine(monkeypatch, QUIET)
     model, trust = trusted_model(threads=2, replay_ops=True)
