@@ -31,6 +31,7 @@ def test_python_block_runs_as_written(code, tmp_path, monkeypatch):
 
 
 @pytest.mark.assets
+@pytest.mark.slow  # about 2 min on one core: every README command, in order (make test-slow)
 def test_command_line_examples_run_in_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # artifacts land here; later commands read earlier ones
     assert commands(), "the README shows no torchslim command"

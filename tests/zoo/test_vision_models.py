@@ -64,7 +64,13 @@ def test_fashion_mnist_splits_are_the_real_ones():
 
 
 @pytest.mark.assets
-@pytest.mark.parametrize("name", list(FASHION_TARGETS))
+@pytest.mark.parametrize(
+    "name",
+    [  # resnet56 evaluates for about 30 s: make test-slow
+        pytest.param(n, marks=pytest.mark.slow) if n == "fashion-resnet56" else n
+        for n in FASHION_TARGETS
+    ],
+)
 def test_committed_fashion_checkpoints_reach_their_targets(name):
     entry = zoo.get(name)
     accuracy = entry.evaluate(entry.load())["accuracy"]
