@@ -440,7 +440,6 @@ def _fit_overheads(
     features, left, left_replayed = [], [], []
     for _, model, inputs in overhead_programs(device):
         report = profile(model, inputs, measure_memory=False, count_calls=True)
-        table.measure(record.call for record in report.records)
         run: Callable[[], Any] = functools.partial(model, *inputs)
         timing = measure_latency(run, warmup=5, repeats=50, threads=threads, device=device)
         seconds = timing.median / 1e3
@@ -466,9 +465,7 @@ def _fit_overheads(
     )
 
 
-def calibrate(
-    threads: int | None = None, device: str | torch.device = "cpu", table: OpTimes | None = None
-) -> LatencyModel:
+def calibrate(threads: int | None = None, device: str | torch.device = "cpu") -> LatencyModel:
     """Fit the per-class latency model on micro-benchmarks of this machine (~30-60 s on CPU).
 
     The machine is probed before and after; the model's ``trust`` says whether the calibration
@@ -480,8 +477,7 @@ def calibrate(
     overheads = _Overheads(_op_overhead_seconds(device), _module_call_seconds(device))
     rows, case_spread = _time_cases(device, threads, overheads)
     classes = {name: ClassFit.of(class_rows) for name, class_rows in rows.items()}
-    table = table if table is not None else OpTimes(count, str(device))
-    fitted = _fit_overheads(classes, device, threads, table)
+    fitted = _fit_overheads(classes, device, threads, OpTimes(count, str(device)))
     after = machine_state.probe_machine(count, str(device))
     trust = verdict(before, count)
     if case_spread > machine_state.SPREAD_LIMIT:

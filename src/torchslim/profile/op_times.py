@@ -19,7 +19,6 @@ import functools
 import itertools
 import json
 import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from torchslim._io import write_json
-from torchslim.evaluate.latency import fixed_threads
+from torchslim.evaluate.latency import fixed_threads, time_call
 
 ROTATE_BYTES = 16 * 2**20  # weights cycled through copies until they overflow a core's L2 cache
 KEEP_OUTPUTS = 4  # outputs of recent calls kept alive, as a model keeps its activations
@@ -165,11 +164,6 @@ def replay(spec: str, device: Any = "cpu") -> Callable[[], Any]:
     return call
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_replay(spec: str, threads: int, device: Any = "cpu") -> float:
     """Median seconds of one call of ``spec`` (calls grouped to last about GROUP_SECONDS)."""
     device = torch.device(device)
@@ -177,19 +171,14 @@ def time_replay(spec: str, threads: int, device: Any = "cpu") -> float:
         call = replay(spec, device)
         for _ in range(2):
             call()
-        _sync(device)
-        start = time.perf_counter()
-        call()
-        _sync(device)
-        once = time.perf_counter() - start
+        once = time_call(call, device) / 1e3
         group = max(1, min(1000, int(GROUP_SECONDS / max(once, 1e-7))))
-        samples = []
-        for _ in range(SAMPLES):
-            start = time.perf_counter()
+
+        def grouped() -> None:
             for _ in range(group):
                 call()
-            _sync(device)
-            samples.append((time.perf_counter() - start) / group)
+
+        samples = [time_call(grouped, device) / 1e3 / group for _ in range(SAMPLES)]
     return statistics.median(samples)
 
 
