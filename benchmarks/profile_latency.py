@@ -24,7 +24,7 @@ from torchslim._machine import machine_facts
 from torchslim.errors import MissingAssetError
 from torchslim.evaluate.latency import fixed_threads
 from torchslim.profile.analysis import analyze
-from torchslim.profile.latency_model import trusted_model
+from torchslim.profile.latency_cache import trusted_model
 from torchslim.profile.machine_state import probe_machine, verdict
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,12 +24,12 @@ from torchslim.cli import app
 from torchslim.errors import ConfigError
 from torchslim.lowrank import FactorizeConfig, factorize_
 from torchslim.lowrank.latency import at_batch
-from torchslim.profile import latency_model, profile
+from torchslim.profile import latency_cache, profile
 
 
 @pytest.fixture(autouse=True)
 def fake_latency(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(latency_model, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
+    monkeypatch.setattr(latency_cache, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
 
 
 class TinyCNN(nn.Module):

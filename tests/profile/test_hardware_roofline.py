@@ -9,7 +9,8 @@ from torchslim.cli import app
 from torchslim.errors import ConfigError
 from torchslim.profile import machine_state, profile
 from torchslim.profile.hardware import HardwareSpec, load_spec, matmul_peak, shipped_specs
-from torchslim.profile.latency_model import ClassFit, LatencyModel, calibrated_model
+from torchslim.profile.latency_cache import calibrated_model
+from torchslim.profile.latency_model import ClassFit, LatencyModel
 from torchslim.profile.machine_state import ProbeReading
 from torchslim.profile.roofline import measure_op_times, plot_roofline, roofline_rows
 

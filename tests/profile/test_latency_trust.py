@@ -8,8 +8,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from torchslim.cli import app
-from torchslim.profile import latency_model, machine_state, profile
-from torchslim.profile.latency_model import ClassFit, LatencyModel, trusted_model
+from torchslim.profile import latency_cache, latency_model, machine_state, profile
+from torchslim.profile.latency_cache import trusted_model
+from torchslim.profile.latency_model import ClassFit, LatencyModel
 from torchslim.profile.machine_state import ProbeReading, Trust, drift, verdict
 
 QUIET = ProbeReading({"matmul_256": 0.2, "tiny_op_chain_100": 0.3}, 0.05, 0.1, 4)
@@ -37,7 +38,7 @@ class _Machine:
         self.reading = reading
         self.calibrations = 0
         monkeypatch.setattr(machine_state, "probe_machine", lambda *a, **k: self.reading)
-        monkeypatch.setattr(latency_model, "calibrate", self._calibrate)
+        monkeypatch.setattr(latency_cache, "calibrate", self._calibrate)
 
     def _calibrate(self, threads: int, device: str) -> LatencyModel:
         self.calibrations += 1

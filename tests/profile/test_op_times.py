@@ -8,8 +8,9 @@ import torch
 from test_latency_trust import QUIET, _Machine
 from torch import nn
 
-from torchslim.profile import latency_model, op_times, profile
-from torchslim.profile.latency_model import ClassFit, LatencyModel, trusted_model
+from torchslim.profile import latency_cache, latency_model, op_times, profile
+from torchslim.profile.latency_cache import trusted_model
+from torchslim.profile.latency_model import ClassFit, LatencyModel
 from torchslim.profile.machine_state import Trust
 from torchslim.profile.op_times import OpTimes, call_spec, replay
 
@@ -154,6 +155,6 @@ def test_the_replay_table_lives_beside_a_trusted_calibration_and_restarts_with_a
 
 def test_a_table_beside_an_untrusted_calibration_stays_in_memory(monkeypatch):
     untrusted = LatencyModel({}, 0.0, 1, "cpu", trust=Trust(False, "busy"))
-    monkeypatch.setattr(latency_model, "_trusted_model", lambda *a: (untrusted, untrusted.trust))
+    monkeypatch.setattr(latency_cache, "_trusted_model", lambda *a: (untrusted, untrusted.trust))
     model, _ = trusted_model(threads=1, replay_ops=True)
     assert model.table is not None and model.table.path is None

@@ -17,7 +17,7 @@ import torchslim.zoo as zoo
 from models import FAKE_LATENCY
 from torchslim.cli import app
 from torchslim.errors import ConfigError
-from torchslim.profile import latency_model
+from torchslim.profile import latency_cache
 from torchslim.prune import PruneError, StructuredPruneConfig, build_depth_plan, prune_
 from torchslim.prune.apply import config_from_words
 from torchslim.prune.artifact import resize_to_record
@@ -28,7 +28,7 @@ from torchslim.zoo.architectures import ResNet
 @pytest.fixture(autouse=True)
 def fake_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fixed latency model: no calibration of this machine in unit tests."""
-    monkeypatch.setattr(latency_model, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
+    monkeypatch.setattr(latency_cache, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
 
 
 def _resnet14() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:

@@ -125,9 +125,9 @@ def test_planner_scores_only_the_batch_sizes_asked() -> None:
 def test_latency_target_is_the_geometric_mean_over_batch_sizes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from torchslim.profile import latency_model
+    from torchslim.profile import latency_cache
 
-    monkeypatch.setattr(latency_model, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
+    monkeypatch.setattr(latency_cache, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
     model, inputs, _ = _resnet14()
     config = StructuredPruneConfig(target_latency_ratio=0.3, latency_batch_sizes=(1, 16))
     result = prune_(model, config, inputs)

@@ -16,9 +16,9 @@ from torchslim.zoo.options import resolve_model
 @pytest.fixture
 def fake_latency(monkeypatch: pytest.MonkeyPatch) -> None:
     """A fixed latency model: no calibration of this machine in unit tests."""
-    from torchslim.profile import latency_model
+    from torchslim.profile import latency_cache
 
-    monkeypatch.setattr(latency_model, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
+    monkeypatch.setattr(latency_cache, "calibrated_model", lambda *args, **kwargs: FAKE_LATENCY)
 
 
 def test_depth_choices_keep_the_layers_that_change_shape() -> None:

@@ -49,10 +49,10 @@ class LatencyEstimator:
     costlier than its layers), else in wall-clock time."""
 
     def __init__(self, source: str, warmup: int = 3, repeats: int = 20) -> None:
-        from torchslim.profile import latency_model
+        from torchslim.profile import latency_cache
 
         self.source, self.warmup, self.repeats = source, warmup, repeats
-        self.model = latency_model.calibrated_model() if source == "predicted" else None
+        self.model = latency_cache.calibrated_model() if source == "predicted" else None
         self.margin = 0.0 if source == "predicted" else MEASURED_MARGIN
 
     def seconds(self, module: nn.Module, inputs: Sequence[Any]) -> float:

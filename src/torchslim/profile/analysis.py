@@ -14,7 +14,7 @@ from torchslim.evaluate.latency import measure_latency
 from torchslim.evaluate.report import format_bytes
 from torchslim.profile import profile
 from torchslim.profile.hardware import HardwareSpec, this_machine
-from torchslim.profile.latency_model import trusted_model
+from torchslim.profile.latency_cache import trusted_model
 from torchslim.profile.machine_state import Trust
 from torchslim.profile.report import ProfileReport
 from torchslim.profile.roofline import (

@@ -11,8 +11,8 @@ The three overhead rates are fitted (non-negative least squares) to the time lef
 work estimate on small programs made of overhead (``overhead_programs``), none of them a zoo
 model.
 
-A calibration records a probe of the machine (``machine_state``): a noisy calibration is never
-cached, and a cached one is re-validated by a short probe before each use.
+A calibration records a probe of the machine (``machine_state``) and whether it can be trusted;
+``latency_cache`` keeps trusted calibrations per machine and re-validates them before each use.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ import collections
 import copy
 import functools
 import itertools
-import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -33,8 +31,6 @@ import torch.nn.functional as F
 from scipy.optimize import nnls
 from torch import nn
 
-from torchslim._io import write_json
-from torchslim._machine import cpu_model
 from torchslim.evaluate.latency import measure_latency
 from torchslim.profile import machine_state
 from torchslim.profile.conv_kernels import onednn_work_factor
@@ -43,7 +39,6 @@ from torchslim.profile.machine_state import DRIFT_LIMIT, ProbeReading, Trust, dr
 from torchslim.profile.op_times import KEEP_OUTPUTS, ROTATE_BYTES, OpTimes
 from torchslim.profile.overhead_programs import overhead_programs
 from torchslim.profile.report import ProfileReport
-from torchslim.zoo._assets import home
 
 CALIBRATION_VERSION = 6
 WORK_FLOOR = 0.1  # an op's work is at least this share of its time (overheads are estimates)
@@ -502,76 +497,3 @@ def calibrate(threads: int | None = None, device: str | torch.device = "cpu") ->
             fitted.table_written_byte_s,
         ),
     )
-
-
-def _cache_path(threads: int, device: str) -> Any:
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu_model().lower()).strip("-")
-    if device.startswith("cuda"):
-        slug = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-    name = f"{slug}-{threads}t-torch{torch.__version__}-latency-v{CALIBRATION_VERSION}.json"
-    return home() / "hardware" / name
-
-
-def _cached(path: Any) -> LatencyModel | None:
-    if not path.is_file():
-        return None
-    values = json.loads(path.read_text())
-    if values.get("version") != CALIBRATION_VERSION or values.get("probe") is None:
-        return None
-    return LatencyModel.from_dict(values)
-
-
-def trusted_model(
-    threads: int | None = None, device: str = "cpu", refresh: bool = False, replay_ops: bool = False
-) -> tuple[LatencyModel, Trust]:
-    """The latency model for this machine and thread count, and whether to trust it now.
-
-    A short probe is taken first. A cached calibration is used while the probe agrees with the
-    one taken at calibration; when the machine has drifted it is redone, unless the machine is
-    busy now (then the cached one is kept and the answer is "not trusted"). A calibration made
-    on a busy machine is never cached as this machine's: it is kept aside as provisional, reused
-    only while the machine stays busy (so each busy run does not calibrate again), never trusted.
-
-    With ``replay_ops`` the model predicts each op by its replayed time (``with_table``): the
-    table of replayed calls is kept beside a trusted calibration and starts afresh with each new
-    one; beside an untrusted one it lives only in memory.
-    """
-    model, trust = _trusted_model(threads or torch.get_num_threads(), device, refresh)
-    if not replay_ops:
-        return model, trust
-    path = _table_path(model.threads, device) if model.trust.trusted else None
-    return model.with_table(OpTimes(model.threads, device, path)), trust
-
-
-def _table_path(threads: int, device: str) -> Any:
-    calibration = _cache_path(threads, device)
-    return calibration.with_name(calibration.stem + "-op-times.json")
-
-
-def _trusted_model(count: int, device: str, refresh: bool) -> tuple[LatencyModel, Trust]:
-    path = _cache_path(count, device)
-    provisional = path.with_name(path.stem + "-provisional.json")
-    now = machine_state.probe_machine(count, device)
-    busy_now = verdict(now, count)
-    cached = None if refresh else _cached(path)
-    if cached is not None and cached.probe is not None:
-        moved = drift(cached.probe, now)
-        if moved <= DRIFT_LIMIT:
-            return cached, busy_now
-        if not busy_now.trusted:
-            return cached, busy_now.and_(Trust(False, f"{moved:.0%} off its calibration"))
-    kept = None if refresh or busy_now.trusted else _cached(provisional)
-    if kept is not None:
-        return kept, busy_now.and_(kept.trust)
-    model = calibrate(count, device)
-    if model.trust.trusted:
-        _table_path(count, device).unlink(missing_ok=True)  # replayed on the machine as it was
-    write_json(path if model.trust.trusted else provisional, model.to_dict())
-    return model, model.trust.and_(busy_now)
-
-
-def calibrated_model(
-    threads: int | None = None, device: str = "cpu", refresh: bool = False
-) -> LatencyModel:
-    """The latency model for this machine and thread count (see ``trusted_model``)."""
-    return trusted_model(threads, device, refresh)[0]

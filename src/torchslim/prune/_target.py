@@ -94,7 +94,7 @@ def report_cost(report: ProfileReport, what: str, latency: LatencyModel | None =
 def predicted_seconds(report: ProfileReport, latency: LatencyModel | None = None) -> float:
     """Seconds of the profiled forward predicted by ``latency`` (default: the calibrated one)."""
     if latency is None:
-        from torchslim.profile.latency_model import calibrated_model
+        from torchslim.profile.latency_cache import calibrated_model
 
         latency = calibrated_model()
     return latency.predict_report(report)

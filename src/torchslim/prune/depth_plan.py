@@ -161,7 +161,7 @@ def build_depth_plan(
     latency model); it is asked at each of ``config.latency_batch_sizes``.
     """
     if latency is None:
-        from torchslim.profile.latency_model import calibrated_model
+        from torchslim.profile.latency_cache import calibrated_model
 
         latency = calibrated_model().predict_report
     found = target_of(config)

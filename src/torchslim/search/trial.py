@@ -120,7 +120,7 @@ def _predicted_too_slow(original: Any, model: Any, inputs: tuple[Any, ...], limi
     float model predicted by this machine's latency model, as a share of the original's (a
     ratio of two predictions: the model's bias on this architecture cancels)."""
     from torchslim.profile import profile
-    from torchslim.profile.latency_model import calibrated_model
+    from torchslim.profile.latency_cache import calibrated_model
 
     latency = calibrated_model(spec.threads, spec.device)
     ratio = latency.predict_report(profile(model, inputs, measure_memory=False)) / (
