@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import functools
 import json
 import os
 import statistics
@@ -151,6 +152,54 @@ def measure_gguf(path: Path, prompt: list[int], args: Any, windows: dict) -> dic
     return {"file_mib": round(path.stat().st_size / 2**20, 1), **speed, "_nlls": nlls}
 
 
+def gguf_files(model: torch.nn.Module, entry: Any, windows: dict, args: Any) -> dict[str, Path]:
+    """Every GGUF row's file, made again where missing (GPTQ weights come from the cache)."""
+    work, template = args.workdir, package_file(*SMOLLM_GGUF)
+    files = {"llama.cpp_F32": work / "smollm2-f32.gguf"}
+    if not files["llama.cpp_F32"].is_file():
+        export_gguf(model, template, files["llama.cpp_F32"], float32=True)
+    for kind in LLAMA_TYPES:
+        own = files[f"llama.cpp_{kind}"] = work / f"smollm2-llama.cpp-{kind}.gguf"
+        if not own.is_file():
+            llama_quantize(files["llama.cpp_F32"], own, kind, args.threads)
+    for kind in TORCHSLIM_FORMATS:
+        path = files[f"torchslim_gptq_{kind}"] = work / f"smollm2-torchslim-gptq-{kind}.gguf"
+        if not path.is_file():
+            calibration = entry.calibration_batches(args.calibration)
+            quantized = gptq_model(model, kind, calibration, windows, work)[0]
+            export_gguf(quantized, work / f"smollm2-llama.cpp-{kind}.gguf", path)
+    return files
+
+
+def interleaved(
+    model: torch.nn.Module, prompt: list[int], entry: Any, windows: dict, args: Any
+) -> dict[str, Any]:
+    """Decode and prefill speed only: one generation of every runtime per round, ``--interleave``
+    rounds after one warm-up each, so that a change of load falls on every runtime alike."""
+    runs = {"torch_fp32_eager": lambda: generate_torch(model, prompt, NEW_TOKENS, args.clock)}
+    for name, path in gguf_files(model, entry, windows, args).items():
+        llm = load_llama_cpp(path, args.threads, context=PROMPT_TOKENS + NEW_TOKENS + 8)
+        runs[name] = functools.partial(generate_llama_cpp, llm, prompt, NEW_TOKENS, args.clock)
+    results: dict[str, list[Any]] = {name: [] for name in runs}
+    tokens = {name: run().new_tokens[:8] for name, run in runs.items()}  # warm-up
+    for _ in range(args.interleave):
+        for name, run in runs.items():
+            results[name].append(run())
+    rows = {}
+    for name, done in results.items():
+        decode = [r.decode_tokens_per_s for r in done]
+        rows[name] = {
+            "decode_tokens_per_s": round(statistics.median(decode), 2),
+            "prefill_ms": round(statistics.median(r.prefill_ms for r in done), 1),
+            "decode_tokens_per_s_all": [round(v, 2) for v in decode],
+            "first_new_tokens": tokens[name],
+        }
+        print(name, rows[name]["decode_tokens_per_s"], rows[name]["prefill_ms"], flush=True)
+    return {"rounds": args.interleave, "clock": args.clock, "threads": args.threads,
+            "command": "python benchmarks/generate_llm.py " + " ".join(sys.argv[1:]),
+            "load_average": os.getloadavg(), "rows": rows}  # fmt: skip
+
+
 def hf_fp32_directory(model: torch.nn.Module, work: Path) -> Path:
     """The fp32 model as a Hugging Face directory (cached) for optimum-intel's export; the GGUF
     loader's ``quantization_config`` is dropped: the weights in it are plain fp32."""
@@ -202,12 +251,22 @@ def main() -> None:
         "although stored (torch_fp32_eager: the link between runs); old figures go to 'earlier'",
     )  # fmt: skip
     parser.add_argument("--note", default="")
+    parser.add_argument(
+        "--interleave", type=int, default=0, metavar="ROUNDS",
+        help="speed only: every runtime once per round, ROUNDS rounds, into 'interleaved'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--clock", choices=("wall", "thread_cpu"), default="wall",
+        help="thread_cpu: the calling thread's CPU time (1 thread only; for a shared core)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.openvino_variants and not args.openvino:
         parser.error("--openvino-variants needs --openvino PYTHON (the Python that runs them)")
     if args.openvino and args.prepare:
         parser.error("--prepare only prepares the GPTQ models: drop --openvino")
     args.threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    if args.clock == "thread_cpu" and args.threads != 1:
+        parser.error("--clock thread_cpu counts one thread: set OMP_NUM_THREADS=1")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.windows, args.repeats = 2, 1
@@ -225,6 +284,8 @@ def main() -> None:
         "machine": machine_facts(),
         "rows": rows,
     }  # fmt: skip
+    if "interleaved" in old:
+        payload["interleaved"] = old["interleaved"]
 
     def save(name: str, row: dict[str, Any], reference: dict | None) -> None:
         nlls = row.pop("_nlls")
@@ -258,6 +319,11 @@ def main() -> None:
     entry = zoo.get("smollm2-135m")
     model = entry.load()
     prompt = token_windows("austen-eval", 512)[0, :PROMPT_TOKENS].tolist()
+    if args.interleave:
+        payload["interleaved"] = interleaved(model, prompt, entry, windows, args)
+        payload["timestamp_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        write_json(OUTPUT, payload)
+        return
     if args.prepare:
         calibration = entry.calibration_batches(args.calibration)
         for kind in TORCHSLIM_FORMATS:

@@ -68,6 +68,10 @@ def test_kv_cache_generation_equals_full_recomputation() -> None:
     assert result.prefill_ms > 0 and result.decode_tokens_per_s > 0
     with pytest.raises(ConfigError, match="prompt"):
         generate_torch(model, [], 4)
+    on_cpu_time = generate_torch(model, prompt, max_new_tokens=6, clock="thread_cpu")
+    assert on_cpu_time.new_tokens == result.new_tokens and on_cpu_time.prefill_ms > 0
+    with pytest.raises(ConfigError, match="clock='cpu'; allowed: wall, thread_cpu"):
+        generate_torch(model, prompt, 4, clock="cpu")
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ return token ids, so the same prompt runs on both; ``max_new_tokens`` are always
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from torch import nn
 
 from torchslim.deploy.config import BackendUnavailableError
 from torchslim.errors import ConfigError
+from torchslim.evaluate.latency import clock_function, synchronize
 
 
 @dataclass(frozen=True)
@@ -49,31 +49,30 @@ def _check(prompt: list[int], max_new_tokens: int) -> None:
         raise ConfigError(f"max_new_tokens={max_new_tokens}; allowed: >= 1")
 
 
-def generate_torch(model: nn.Module, prompt: list[int], max_new_tokens: int) -> Generation:
-    """Greedy decoding on torch eager with transformers' KV cache."""
+def generate_torch(
+    model: nn.Module, prompt: list[int], max_new_tokens: int, clock: str = "wall"
+) -> Generation:
+    """Greedy decoding on torch eager with transformers' KV cache, timed on ``clock``
+    (``evaluate.latency.clock_function``)."""
     _check(prompt, max_new_tokens)
+    now = clock_function(clock)
     lm = _causal_lm(model).eval()
     device = next(lm.parameters()).device
     ids = torch.tensor([prompt], device=device)  # (1, T)
     with torch.no_grad():
-        start = time.perf_counter()
+        start = now()
         out = lm(input_ids=ids, use_cache=True)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
-        _sync(device)
-        prefill = time.perf_counter() - start
+        synchronize(device)
+        prefill = now() - start
         cache, new = out.cache, [int(token)]  # transformers 5: ``cache`` (was past_key_values)
-        start = time.perf_counter()
+        start = now()
         for _ in range(max_new_tokens - 1):
             out = lm(input_ids=token, cache=cache, use_cache=True)
             cache, token = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
             new.append(int(token))  # int() syncs the device
-        decode = time.perf_counter() - start
+        decode = now() - start
     return Generation(new, 1000 * prefill, _rate(max_new_tokens - 1, decode), "torch-eager")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(tokens: int, seconds: float) -> float:
@@ -122,21 +121,26 @@ def _no_extra_buffer_types() -> Iterator[None]:
         native.llama_model_default_params = default
 
 
-def generate_llama_cpp(llm: Any, prompt: list[int], max_new_tokens: int) -> Generation:
-    """Greedy decoding on llama.cpp: the prompt in one ``eval``, then one token per ``eval``."""
+def generate_llama_cpp(
+    llm: Any, prompt: list[int], max_new_tokens: int, clock: str = "wall"
+) -> Generation:
+    """Greedy decoding on llama.cpp: the prompt in one ``eval``, then one token per ``eval``;
+    timed on ``clock`` ("thread_cpu" counts only with one llama.cpp thread, which computes on the
+    calling thread)."""
     _check(prompt, max_new_tokens)
+    now = clock_function(clock)
     llm.reset()
-    start = time.perf_counter()
+    start = now()
     llm.eval(prompt)
     token = int(_last_logits(llm).argmax())
-    prefill = time.perf_counter() - start
+    prefill = now() - start
     new = [token]
-    start = time.perf_counter()
+    start = now()
     for _ in range(max_new_tokens - 1):
         llm.eval([token])
         token = int(_last_logits(llm).argmax())
         new.append(token)
-    decode = time.perf_counter() - start
+    decode = now() - start
     return Generation(new, 1000 * prefill, _rate(max_new_tokens - 1, decode), "llama.cpp")
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from torchslim.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -55,9 +57,19 @@ def fixed_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _sync(device: torch.device | None) -> None:
+def synchronize(device: torch.device | None) -> None:
+    """Wait for a GPU's queued work (nothing to wait for on a CPU)."""
     if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def clock_function(clock: str) -> Callable[[], float]:
+    """Seconds on ``clock``: "wall" (``time.perf_counter``) or "thread_cpu" (``time.thread_time``,
+    the calling thread's CPU time: what a shared core does not steal)."""
+    clocks = {"wall": time.perf_counter, "thread_cpu": time.thread_time}
+    if clock not in clocks:
+        raise ConfigError(f"clock={clock!r}; allowed: {', '.join(clocks)}")
+    return clocks[clock]
 
 
 def time_call(
@@ -65,11 +77,11 @@ def time_call(
 ) -> float:
     """One call of ``fn``, in milliseconds (synchronising a GPU before and after); ``clock``
     "thread_cpu" counts the calling thread's CPU time instead of wall time."""
-    now = time.thread_time if clock == "thread_cpu" else time.perf_counter
-    _sync(device)
+    now = clock_function(clock)
+    synchronize(device)
     start = now()
     fn()
-    _sync(device)
+    synchronize(device)
     return (now() - start) * 1e3
 
 
