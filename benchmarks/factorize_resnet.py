@@ -15,12 +15,14 @@ Writes benchmarks/results/factorize_resnet-<model>[-cp][-sensitivity][-lr<lr>].j
 
 Rows of targets, each factorized, fine-tuned and timed against the original in its own run:
 
-    OMP_NUM_THREADS=1 python benchmarks/factorize_resnet.py --rows macs=0.5 latency=0.4@1 \
-        latency=0.4@16 [--latency-source measured|predicted]
+    OMP_NUM_THREADS=1 python benchmarks/factorize_resnet.py --rows macs=0.5 latency=0.6@1 \
+        latency=0.6@16 [--latency-source measured|predicted]
 
-``latency=R@B`` is the latency target (at most R x the original's latency) at batch B. A
-latency target the allocator finds out of reach is recorded with its error, then run again at
-the nearest reachable R (rounded up to 0.05, plus 0.05). Each invocation merges its rows into
+``latency=R@B`` is the latency target (R of the original's latency removed, as for macs=R) at
+batch B. A latency target the allocator finds out of reach is recorded with its error, then run
+again at the nearest reachable R (rounded down to 0.05, less 0.05). Rows measured before
+2026-12-06 (``latency=0.4@1``, ``0.8@1``) wrote R as the share kept. Each invocation merges its
+rows into
 benchmarks/results/factorize_resnet-<model>-latency.json. Latency: original and factorized
 timed in alternating rounds (5 calls each, 6 rounds after warm-up), medians of wall-clock time
 and of the thread's CPU time (which leaves out the time other processes take on a shared core).
@@ -182,11 +184,11 @@ def run_rows(entry: Any, original: nn.Module, args: argparse.Namespace) -> None:
         try:
             rows.append(run_row(entry, original, row, args) | {"allocation": args.allocation})
         except ConfigError as error:
-            reachable = re.search(r"at least ([0-9.]+)", str(error))
+            reachable = re.search(r"at most ([0-9.]+)", str(error))
             rows.append({"row": row, "allocation": args.allocation, "error": str(error)})
             if reachable is None or "@" not in row:
                 continue
-            retry = min(0.95, math.ceil(float(reachable.group(1)) * 20) / 20 + 0.05)
+            retry = max(0.05, math.floor(float(reachable.group(1)) * 20) / 20 - 0.05)
             fallback = f"latency={retry:g}@{row.partition('@')[2]}"
             rows[-1]["fallback"] = run_row(entry, original, fallback, args)
         print(json.dumps(rows[-1])[:400], flush=True)
@@ -203,8 +205,9 @@ def run_rows(entry: Any, original: nn.Module, args: argparse.Namespace) -> None:
         "note": "shared 2-core machine, busy with other jobs (load 5-6); each row run pinned to "
         "core 1 with 1 thread; original and factorized timed in alternating rounds in the same "
         "run; wall-clock medians are inflated by the other jobs, thread CPU time leaves their "
-        "share out; latency=R@B: at most R x the original's latency at batch B as the allocator "
-        "estimates it (allocator_target.kept), fine-tuning 1 epoch over `samples` images",
+        "share out; latency=R@B: R of the original's latency at batch B removed as the "
+        "allocator estimates it (allocator_target.kept = the share kept), fine-tuning 1 epoch "
+        "over `samples` images",
     })  # fmt: skip
     print(f"wrote {write_result_json(name, payload, args.out_dir)}")
 

@@ -1,5 +1,6 @@
 """target="latency=R": the factorized model's latency, as the allocator estimates it (and as the
-latency model predicts the whole factorized model), is at most R x the dense model's; no layer is
+latency model predicts the whole factorized model), is at most 1 - R x the dense model's (R is the
+share removed, as for macs=R); no layer is
 factorized where its estimate is not faster than dense; bad values get one clear error.
 
 The latency model is the fixed ``FAKE_LATENCY`` (no timing of this machine in unit tests)."""
@@ -78,9 +79,10 @@ def test_the_latency_target_is_met_by_the_estimate_and_by_the_whole_model(
     model = entry.load().eval()
     inputs = tuple(entry.example_inputs(1))
     dense_s = predicted_s(model, at_batch(inputs, batch_size))
-    result = factorize_(model, latency(f"latency={goal}", batch_size), None, inputs)
+    removed = round(1.0 - goal, 6)
+    result = factorize_(model, latency(f"latency={removed}", batch_size), None, inputs)
     target = result.summary()["target"]
-    assert target["unit"] == "latency" and target["kept_goal"] == goal
+    assert target["unit"] == "latency" and target["kept_goal"] == pytest.approx(goal)
     assert target["batch_size"] == batch_size and target["source"] == "predicted"
     assert target["kept"] <= goal
     after_s = predicted_s(model, at_batch(inputs, batch_size))  # the model as factorized
@@ -92,7 +94,7 @@ def test_the_latency_target_is_met_by_the_estimate_and_by_the_whole_model(
 @pytest.mark.parametrize("allocation", ["uniform", "sensitivity"])
 def test_no_layer_is_factorized_where_its_estimate_is_not_faster(allocation: str) -> None:
     model, x = TinyCNN(), torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    config = latency("latency=0.6", 1, allocation=allocation)
+    config = latency("latency=0.4", 1, allocation=allocation)
     result = factorize_(model, config, [(x,)], (x[:1],))
     layers = result.layers
     for name, decision in layers.items():
@@ -130,15 +132,15 @@ def test_an_unreachable_latency_target_says_what_is_reachable_and_leaves_the_mod
     model = TinyCNN()
     before = copy.deepcopy(model)
     x = torch.randn(1, 3, 16, 16)
-    with pytest.raises(ConfigError, match=r"cannot be reached at batch 1 .*raise R to at least"):
-        factorize_(model, latency("latency=0.05"), None, (x,))
+    with pytest.raises(ConfigError, match=r"cannot be reached at batch 1 .*lower R to at most"):
+        factorize_(model, latency("latency=0.95"), None, (x,))
     assert same_state(model, before)
     assert all(not m._forward_hooks for m in model.modules())
 
 
 def test_latency_target_from_the_command_line_and_an_unused_flag(tmp_path: Path) -> None:
     out = tmp_path / "lr"
-    args = ["factorize", "tiny-resnet8", "--method", "tucker2", "--target", "latency=0.7",
+    args = ["factorize", "tiny-resnet8", "--method", "tucker2", "--target", "latency=0.3",
             "--batch-size", "16", "--latency-source", "predicted", "--out", str(out),
             "--json"]  # fmt: skip
     result = CliRunner().invoke(app, args)

@@ -25,8 +25,8 @@ def factorize_command(
     target: Annotated[
         str | None,
         typer.Option(
-            help="params=R or macs=R: the fraction removed; latency=R: the factorized model at "
-            "most R x the dense model's latency (R kept); ranks allocated."
+            help="params=R, macs=R or latency=R: the fraction removed (latency: of the dense "
+            "model's, at --batch-size); ranks allocated."
         ),
     ] = None,
     allocation: Annotated[
@@ -60,8 +60,8 @@ def factorize_command(
     """Low-rank factorization of MODEL's Linear (SVD, whitened SVD) or Conv2d (Tucker-2) layers.
 
     Example: torchslim factorize fashion-resnet20 --method tucker2 --target macs=0.5 --out r20-lr
-    (add --allocation sensitivity to give sensitive layers larger ranks; --target latency=0.7
-    --batch-size 16 for at most 0.7 x the dense model's latency at batch 16)
+    (add --allocation sensitivity to give sensitive layers larger ranks; --target latency=0.3
+    --batch-size 16 to remove 30 % of the dense model's latency at batch 16)
     """
     import yaml
 

@@ -27,9 +27,10 @@ class FactorizeConfig:
         energy: per layer, the smallest rank keeping this fraction of the squared singular values.
         target: ``params=R`` or ``macs=R``: remove the fraction R of the targeted layers' parameters
             or MACs, with ranks allocated by one common energy level for every layer.
-            ``latency=R``: the factorized model's latency at most R times the dense model's (R
-            is the share *kept*, not removed), at ``batch_size``; only factorizations faster
-            than their dense layer (by ``latency_source``) are chosen.
+            ``latency=R``: the share of the dense model's latency removed (as for ``params``
+            and ``macs``: the factorized model takes at most 1 - R of it), at ``batch_size``;
+            only factorizations faster than their dense layer (by ``latency_source``) are
+            chosen.
             At most one of ``rank``, ``energy``, ``target``; none means ``energy=0.9``.
         allocation: how a ``target`` is split among layers: ``uniform`` (one common energy
             level) or ``sensitivity`` (each layer factorized alone at ``scan_keep`` of its own
@@ -136,16 +137,16 @@ class FactorizeConfig:
         if key not in TARGET_KEYS or not 0.0 < ratio < 1.0:
             raise ConfigError(
                 f"target must be params=R or macs=R (R in (0, 1): the fraction removed) or "
-                f"latency=R (R in (0, 1): the factorized model's latency at most R x the dense "
-                f"model's), got {self.target!r}"
+                f"latency=R (R in (0, 1): the share of the dense model's latency removed), "
+                f"got {self.target!r}"
             )
         return key, ratio
 
     def kept_share(self) -> tuple[str, float]:
-        """(unit, the most of the dense cost the target keeps): 1 - R for ``params=R`` and
-        ``macs=R`` (R is removed), R for ``latency=R`` (R is kept)."""
+        """(unit, the most of the dense cost the target keeps): 1 - R, since every target's R
+        is the share removed."""
         unit, ratio = self.target_ratio()
-        return unit, ratio if unit == "latency" else 1.0 - ratio
+        return unit, 1.0 - ratio
 
     @property
     def latency_target(self) -> bool:

@@ -122,13 +122,13 @@ def check_reachable(
     budget = dense - (1.0 - kept) * model_s
     fastest = sum(t.rungs[0][1] if t.rungs else t.dense_s for t in times.values())
     if fastest > budget:
-        best = math.ceil((model_s - dense + fastest) / model_s * 100) / 100  # reachable
+        best = math.floor((dense - fastest) / model_s * 100) / 100  # the most removable
         raise ConfigError(
-            f"target latency={kept:g} cannot be reached {where}: the fastest factorization of "
-            f"every layer gives an estimated {best:.2f} x the dense model's latency (the "
+            f"target latency={1.0 - kept:g} cannot be reached {where}: the fastest factorization "
+            f"of every layer removes an estimated {best:.2f} of the dense model's latency (the "
             f"factorizable layers take {dense / model_s:.0%} of it; "
             f"{sum(not t.rungs for t in times.values())} of {len(times)} have no factorization "
-            f"faster than dense); raise R to at least {best:.2f}"
+            f"faster than dense); lower R to at most {best:.2f}"
         )
     return budget
 
