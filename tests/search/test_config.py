@@ -19,11 +19,12 @@ def test_budget_units() -> None:
 
 
 def test_target_must_name_the_objective() -> None:
-    assert parse_target("latency=0.3", "latency") == 0.3
+    assert parse_target("latency=0.7", "latency") == pytest.approx(0.3)  # share removed
+    assert parse_target("size=0", "size") == 1.0
     with pytest.raises(ConfigError, match="--target size=RATIO"):
         parse_target("latency=0.3", "size")
-    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
-        parse_target("latency=1.5", "latency")
+    with pytest.raises(ConfigError, match=r"\[0, 1\)"):
+        parse_target("latency=1", "latency")
     with pytest.raises(ConfigError, match="OBJECTIVE=RATIO"):
         parse_target("0.3", "latency")
 

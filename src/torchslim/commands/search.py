@@ -20,7 +20,7 @@ ObjectiveOption = Annotated[
 ]
 TargetOption = Annotated[
     str | None,
-    typer.Option(help="Search mode: stop once e.g. latency=0.3 (of the original) is reached."),
+    typer.Option(help="Search mode: stop once e.g. latency=0.7 (70 % of it removed) is reached."),
 ]
 BudgetOption = Annotated[str | None, typer.Option(help="Search mode: time budget, e.g. 30m.")]
 WorkersOption = Annotated[

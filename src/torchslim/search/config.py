@@ -24,7 +24,8 @@ class SearchConfig:
             in points of percent: 1.0 = one point; Spearman: 0.02), >= 0.
         objective: "latency" (measured median, batch 1) or "size" (bytes on disk).
         target_ratio: stop when a model within ``max_drop`` reaches this fraction of the
-            original's objective (``--target latency=0.3``); None: spend the budget.
+            original's objective (``--target latency=0.7``, the share removed, gives 0.3);
+            None: spend the budget.
         budget_seconds: wall-clock budget of the whole search (trials in flight finish).
         max_trials: at most this many trials (with the budget, whichever ends first).
         generation: trials asked together and told together: the unit of parallel work and
@@ -119,15 +120,16 @@ def parse_budget(text: str) -> float:
 
 
 def parse_target(text: str, objective: str) -> float:
-    """'latency=0.3' -> 0.3 (a fraction of the original's latency); the name must be the
-    objective's.
+    """'latency=0.7' -> 0.3: R is the share of the original's objective removed, as in every
+    ``--target`` of torchslim; the search stops at a model within the drop that keeps at most
+    1 - R of it (the returned fraction). The name must be the objective's.
 
     Raises:
-        ConfigError: another form, another objective's name, or a ratio outside (0, 1].
+        ConfigError: another form, another objective's name, or a ratio outside [0, 1).
     """
     name, _, ratio = text.partition("=")
     if name.strip() not in OBJECTIVES or not ratio:
-        raise ConfigError(f"--target {text!r}: give OBJECTIVE=RATIO, e.g. latency=0.3")
+        raise ConfigError(f"--target {text!r}: give OBJECTIVE=RATIO, e.g. latency=0.7")
     if name.strip() != objective:
         raise ConfigError(
             f"--target {text!r} is a {name} target but --objective is {objective}: give "
@@ -137,6 +139,8 @@ def parse_target(text: str, objective: str) -> float:
         value = float(ratio)
     except ValueError:
         raise ConfigError(f"--target {text!r}: {ratio!r} is not a number") from None
-    if not 0.0 < value <= 1.0:
-        raise ConfigError(f"--target {text!r}: the ratio must be in (0, 1], got {value}")
-    return value
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(
+            f"--target {text!r}: the ratio (the share removed) must be in [0, 1), got {value}"
+        )
+    return 1.0 - value
