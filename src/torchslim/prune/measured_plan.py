@@ -1,0 +1,290 @@
+"""Depth + width pruning chosen by measured speed: build several plans that meet the same target
+with different depth/width trade-offs, time every one on this machine, keep the fastest whose
+output damage is acceptable (``depth="measured"``).
+
+The greedy planner (``depth_plan``) steers by the calibrated latency model, and at the zoo's CNN
+sizes that model misranks moves: it prices a 16-channel 28x28 block below a 64-channel 7x7 one of
+the same MACs, which runs faster; fashion-resnet20/56 planned at 2x fewer MACs ran 1.6-1.85x
+faster. Here every residual block is timed alone on its own input and the blocks are ranked by
+output damage per second saved; for each count k the k cheapest are dropped and one global width
+step of the dependency-graph engine removes the rest of the target, with kept widths rounded to
+``config.round_to`` and to the CPU's oneDNN channel block (``conv_kernels``). Every candidate is
+then timed, interleaved with the others and the original, at each of
+``config.latency_batch_sizes``; its score is the geometric mean of its seconds. A candidate is
+acceptable when its output damage (relative squared error against the original on calibration
+batches) is within ``DAMAGE_SLACK`` of the least damage of any candidate. Block drops after
+ShortGPT's block influence (arXiv:2403.03853); width groups after DepGraph (arXiv:2301.12900);
+choosing by measurement as NetAdapt does (arXiv:1804.03230).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import itertools
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._output_error import damage, model_outputs
+from torchslim._targets import matches
+from torchslim.benchmark import BenchmarkConfig, compare
+from torchslim.profile import profile
+from torchslim.prune._inputs import batched
+from torchslim.prune._target import TARGETS, cost, geometric_mean, target_of
+from torchslim.prune.blocks import drop_block, residual_blocks
+from torchslim.prune.config import StructuredPruneConfig
+from torchslim.prune.depth_plan import DAMAGE_FLOOR, OVERSHOOT, DepthWidthPlan, Move, _roundings
+from torchslim.prune.graph import PruneError
+from torchslim.prune.plan import build_plan
+
+Call = tuple[nn.Module, tuple[Any, ...]]  # a module and the positional inputs it is timed on
+Timer = Callable[[Sequence[Call]], list[float]]  # seconds of one forward of each call
+
+DAMAGE_SLACK = 0.25  # acceptable: output damage at most 25 % above the least of any candidate
+WARMUP = 3  # untimed forwards of each call before the interleaved rounds
+ROUNDS = 15  # timed forwards of each call (the median counts)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One plan meeting the target: the blocks it drops, its width rounding, what it measured."""
+
+    dropped: tuple[str, ...]
+    round_to: int | None  # None: the block drops alone met the target (no width step)
+    cost: float  # the target quantity (MACs, parameters or predicted seconds)
+    damage: float
+    stage: str | None = None  # the width step pruned inside this module only (None: anywhere)
+    seconds: tuple[float, ...] = ()  # measured at each latency batch size
+
+    def describe(self, batch_sizes: tuple[int, ...], start: tuple[float, ...]) -> str:
+        widths = "no width step" if self.round_to is None else f"widths round_to {self.round_to}"
+        widths += f" in {self.stage}" if self.stage else ""
+        speed = ", ".join(
+            f"b{b} {s * 1e3:.4g} ms ({s0 / s:.2f}x)"
+            for b, s, s0 in zip(batch_sizes, self.seconds, start, strict=True)
+        )
+        return f"{len(self.dropped):>2} blocks, {widths}: {speed}, damage {self.damage:.4f}"
+
+
+@dataclass
+class MeasuredPlan(DepthWidthPlan):
+    """A ``DepthWidthPlan`` chosen among timed candidates; ``print(plan)`` lists them all."""
+
+    chosen: Candidate | None = None
+    timed: list[Candidate] = field(default_factory=list)
+    acceptable_damage: float = 0.0
+
+    @property
+    def dropped(self) -> list[str]:
+        return list(self.chosen.dropped) if self.chosen else []
+
+    def __str__(self) -> str:
+        start = self.start.batch_latency_s
+        original = ", ".join(f"b{b} {s * 1e3:.4g} ms" for b, s in zip(self.batch_sizes, start))
+        lines = [
+            f"MeasuredPlan for {type(self.model).__name__} ({self.what} target): MACs "
+            f"{self.macs_before:,} -> {self.macs_after:,}, params {self.params_before:,} -> "
+            f"{self.params_after:,}; original {original}; {len(self.timed)} candidates timed, "
+            f"acceptable damage <= {self.acceptable_damage:.4f}"
+        ]
+        for candidate in self.timed:
+            mark = "->" if candidate is self.chosen else "  "
+            lines.append(f"  {mark} {candidate.describe(self.batch_sizes, start)}")
+        if self.chosen is not None:
+            lines.append(f"  dropped: {', '.join(self.chosen.dropped) or 'none'}")
+        return "\n".join(lines)
+
+
+@dataclass
+class _State:
+    """What every candidate is measured against: the original's outputs and target quantity."""
+
+    model: nn.Module
+    example_inputs: tuple[Any, ...]
+    batches: list[tuple[Any, ...]]
+    reference: list[torch.Tensor]
+    what: str
+    batch_sizes: tuple[int, ...]
+
+    def cost(self, model: nn.Module) -> float:
+        return cost(model, self.example_inputs, self.what, self.batch_sizes)
+
+    def damage(self, model: nn.Module) -> float:
+        return damage(model, self.batches, self.reference)
+
+
+def time_calls(calls: Sequence[Call]) -> list[float]:
+    """Median seconds of each call, interleaved in a shuffled order per round (a slow spell of a
+    shared core hits all alike; ``benchmark.compare``). One thread: the thread's CPU time (time
+    descheduled does not count); more threads: wall time."""
+    threads = torch.get_num_threads()
+    config = BenchmarkConfig(warmup=WARMUP, rounds=ROUNDS, threads=threads, max_seconds=60.0,
+                             clock="thread_cpu" if threads == 1 else "wall")  # fmt: skip
+    variants = {str(i): functools.partial(m, *x) for i, (m, x) in enumerate(calls)}
+    result = compare(variants, "0", config)
+    return [statistics.median(result.variants[name].samples_ms) / 1e3 for name in variants]
+
+
+def build_measured_plan(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    config: StructuredPruneConfig,
+    calibration: Sequence[Sequence[Any]] | None = None,
+    timer: Timer | None = None,
+) -> MeasuredPlan:
+    """Candidate depth/width plans for ``config``'s target, timed; the fastest acceptable one.
+
+    ``timer`` times modules on inputs (default: ``time_calls``, looked up when called).
+    """
+    found = target_of(config)
+    if found is None:
+        raise PruneError("depth='measured' needs a MACs, params or latency target")
+    what, target = found
+    timer = timer or time_calls
+    work = copy.deepcopy(model).eval()
+    batches = [tuple(b) for b in calibration] if calibration else [tuple(example_inputs)]
+    state = _State(work, example_inputs, batches, model_outputs(work, batches), what,
+                   config.latency_batch_sizes)  # fmt: skip
+    blocks = [
+        name
+        for name in residual_blocks(work, example_inputs)
+        if not any(matches(n, config.ignore) for n, _ in work.get_submodule(name).named_modules(
+            prefix=name))
+    ]  # fmt: skip
+    full = state.cost(work)
+    order = _rank_blocks(state, blocks, timer)
+    built = _candidates(state, order, (1 - target) * full, full, config)
+    if not built:
+        raise PruneError(
+            f"target {target:.0%} fewer {what} is out of reach: no depth/width candidate meets it"
+        )
+    seconds = _time_models(timer, [work, *[m for _, m in built]], state)
+    timed = [dataclasses.replace(c, seconds=s) for (c, _), s in zip(built, seconds[1:])]
+    acceptable = min(c.damage for c in timed) * (1 + DAMAGE_SLACK)
+    chosen = min((c for c in timed if c.damage <= acceptable),
+                 key=lambda c: geometric_mean(c.seconds))  # fmt: skip
+    start = Move("start", "original", full, geometric_mean(seconds[0]), 0.0, seconds[0])
+    plan = MeasuredPlan(model, built[timed.index(chosen)][1], what, blocks, start, chosen=chosen,
+                        timed=timed, acceptable_damage=acceptable)  # fmt: skip
+    plan.batch_sizes = config.latency_batch_sizes
+    _count(plan, example_inputs)
+    return plan
+
+
+def _rank_blocks(state: _State, blocks: list[str], timer: Timer) -> list[str]:
+    """Blocks by one-shot output damage per measured second saved, cheapest first; a block's
+    seconds are its own forward timed on its own input at each batch size (geometric mean)."""
+    if not blocks:
+        return []
+    per_size = []
+    for size in state.batch_sizes:
+        inputs = _block_inputs(state.model, blocks, batched(state.example_inputs, size))
+        per_size.append(timer([(state.model.get_submodule(n), inputs[n]) for n in blocks]))
+    price = {}
+    for index, name in enumerate(blocks):
+        dropped = copy.deepcopy(state.model)
+        drop_block(dropped, name)
+        seconds = geometric_mean(tuple(times[index] for times in per_size))
+        price[name] = max(state.damage(dropped), DAMAGE_FLOOR) / max(seconds, 1e-9)
+    return sorted(blocks, key=lambda n: price[n])
+
+
+def _block_inputs(
+    model: nn.Module, blocks: list[str], inputs: tuple[Any, ...]
+) -> dict[str, tuple[Any, ...]]:
+    """The positional inputs each block receives in one forward of ``model`` on ``inputs``."""
+    seen: dict[str, tuple[Any, ...]] = {}
+    hooks = [
+        model.get_submodule(name).register_forward_pre_hook(
+            lambda _, args, name=name: seen.setdefault(name, args)
+        )
+        for name in blocks
+    ]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+def _candidates(
+    state: _State, order: list[str], goal: float, full: float, config: StructuredPruneConfig
+) -> list[tuple[Candidate, nn.Module]]:
+    """For k = 0, 1, ... the k first blocks of ``order`` dropped and, while above ``goal``, one
+    width step to it at each rounding, over every group or within one stage (the blocks' parent
+    module: a batched conv's cost per MAC differs by stage); none passing the goal by more than
+    ``OVERSHOOT``."""
+    floor = goal - OVERSHOOT * full
+    stages = sorted({name.rpartition(".")[0] for name in order if "." in name})
+    built: list[tuple[Candidate, nn.Module]] = []
+    dropped = copy.deepcopy(state.model)
+    for k in range(len(order) + 1):
+        if k:
+            drop_block(dropped, order[k - 1])
+        remaining = state.cost(dropped)
+        if remaining < floor:
+            break
+        names = tuple(order[:k])
+        if remaining <= goal:
+            kept = copy.deepcopy(dropped)
+            built.append((Candidate(names, None, remaining, state.damage(kept)), kept))
+            break
+        for round_to, stage in itertools.product(_roundings(config.round_to), [None, *stages]):
+            step = _width_config(config, state.what, (remaining - goal) / remaining, round_to,
+                                 stage)  # fmt: skip
+            thinner = _width_step(dropped, state, step)
+            left = None if thinner is None else state.cost(thinner)
+            if thinner is not None and left is not None and left >= floor:
+                candidate = Candidate(names, round_to, left, state.damage(thinner), stage)
+                built.append((candidate, thinner))
+    return built
+
+
+def _width_config(
+    config: StructuredPruneConfig, what: str, fraction: float, round_to: int, stage: str | None
+) -> StructuredPruneConfig:
+    """``config`` as one width step removing ``fraction`` of ``what``; with ``stage``, only
+    the output channels of modules inside it are pruned."""
+    name = next(n for n, w in TARGETS.items() if w == what)
+    ignore = config.ignore if stage is None else (*config.ignore,
+                                                  f"re:(?!{re.escape(stage)}\\.).*")  # fmt: skip
+    return dataclasses.replace(config, depth="off", round_to=round_to, ignore=ignore,
+                               **{name: min(max(fraction, 1e-6), 0.999)})  # fmt: skip
+
+
+def _width_step(
+    model: nn.Module, state: _State, step: StructuredPruneConfig
+) -> nn.Module | None:
+    """A pruned copy of ``model`` by the width config ``step``, or None where the width engine
+    cannot meet it."""
+    try:
+        return build_plan(model, state.example_inputs, step).pruned_copy().eval()
+    except PruneError:
+        return None
+
+
+def _time_models(
+    timer: Timer, models: list[nn.Module], state: _State
+) -> list[tuple[float, ...]]:
+    """Each model's measured seconds at every latency batch size."""
+    per_size = []
+    for size in state.batch_sizes:
+        inputs = batched(state.example_inputs, size)
+        per_size.append(timer([(model, inputs) for model in models]))
+    return [tuple(column) for column in zip(*per_size, strict=True)]
+
+
+def _count(plan: MeasuredPlan, inputs: tuple[Any, ...]) -> None:
+    before = profile(plan.model, inputs, measure_memory=False)
+    after = profile(plan.pruned, inputs, measure_memory=False)
+    plan.macs_before, plan.params_before = before.total.macs, before.params
+    plan.macs_after, plan.params_after = after.total.macs, after.params

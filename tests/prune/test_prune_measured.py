@@ -1,0 +1,137 @@
+"""Depth + width pruning chosen by timing candidate plans (``depth="measured"``): every candidate
+meets the target, the fastest acceptable one is kept, the timer is asked at every latency batch
+size, the result reloads, and the option is validated in config and CLI words. The timer is
+injected (a deterministic cost of the profiled forward): no wall-clock assertions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import pytest
+import torch
+from torch import nn
+
+from models import FAKE_LATENCY
+from torchslim.errors import ConfigError
+from torchslim.profile import profile
+from torchslim.prune import PruneError, StructuredPruneConfig, build_measured_plan, prune_
+from torchslim.prune import measured_plan as measured
+from torchslim.prune._target import geometric_mean
+from torchslim.prune.apply import config_from_words
+from torchslim.prune.artifact import resize_to_record
+from torchslim.prune.blocks import DROPPED, residual_blocks
+from torchslim.zoo.architectures import ResNet
+
+
+def _resnet14() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:
+    torch.manual_seed(0)
+    model = ResNet(14).eval()  # two blocks per stage: 4 shape-preserving residual blocks
+    calibration = [(torch.randn(4, 1, 12, 12),) for _ in range(2)]
+    return model, (torch.randn(1, 1, 12, 12),), calibration
+
+
+class FakeTimer:
+    """Seconds by the fixed latency model of each call's profiled forward; it records the batch
+    sizes and the number of calls it is asked to time."""
+
+    def __init__(self) -> None:
+        self.batches: set[int] = set()
+        self.calls = 0
+
+    def __call__(self, calls: Sequence[tuple[nn.Module, tuple[torch.Tensor, ...]]]) -> list[float]:
+        self.calls += len(calls)
+        self.batches |= {inputs[0].shape[0] for _, inputs in calls}
+        return [FAKE_LATENCY.predict_report(profile(m, x, measure_memory=False)) for m, x in calls]
+
+
+def test_every_candidate_meets_the_target_and_the_fastest_acceptable_is_kept() -> None:
+    model, inputs, calibration = _resnet14()
+    timer = FakeTimer()
+    config = StructuredPruneConfig(target_macs_ratio=0.5, depth="measured", round_to=2,
+                                   latency_batch_sizes=(1, 16))  # fmt: skip
+    plan = build_measured_plan(model, inputs, config, calibration, timer=timer)
+    full = plan.macs_before
+    assert len(plan.timed) >= 3 and timer.batches == {1, 16}
+    for candidate in plan.timed:  # at most OVERSHOOT of the original past the target
+        assert (0.5 - measured.OVERSHOOT) * full <= candidate.cost <= 0.5 * full
+        assert len(candidate.seconds) == 2
+    assert plan.chosen is not None and plan.chosen.damage <= plan.acceptable_damage
+    least = min(c.damage for c in plan.timed)
+    assert plan.acceptable_damage == pytest.approx(least * (1 + measured.DAMAGE_SLACK))
+    acceptable = [c for c in plan.timed if c.damage <= plan.acceptable_damage]
+    fastest = min(geometric_mean(c.seconds) for c in acceptable)
+    assert geometric_mean(plan.chosen.seconds) == fastest
+    assert plan.macs_after == plan.chosen.cost
+    assert residual_blocks(model, inputs) == ["layer1.0", "layer1.1", "layer2.1", "layer3.1"]
+    assert "->" in str(plan) and "MeasuredPlan" in str(plan)
+
+
+def test_candidates_offer_block_drops_and_widths_in_each_stage() -> None:
+    model, inputs, calibration = _resnet14()
+    config = StructuredPruneConfig(target_macs_ratio=0.4, depth="measured", round_to=2)
+    plan = build_measured_plan(model, inputs, config, calibration, timer=FakeTimer())
+    assert {len(c.dropped) for c in plan.timed} >= {0, 1, 2}
+    assert {c.stage for c in plan.timed} >= {None, "layer3"}
+    for candidate in plan.timed:
+        assert candidate.round_to in (2, 16, None) or candidate.round_to % 2 == 0
+
+
+def test_prune_depth_measured_applies_and_reloads_from_its_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timer = FakeTimer()
+    monkeypatch.setattr(measured, "time_calls", timer)
+    model, inputs, calibration = _resnet14()
+    config = StructuredPruneConfig(target_macs_ratio=0.5, depth="measured")
+    result = prune_(model, config, inputs, calibration)
+    assert result.macs_before is not None and result.macs_after is not None
+    assert result.macs_after <= 0.5 * result.macs_before and timer.calls > 0
+    dropped = [name for name, entry in result.record.items() if entry == DROPPED]
+    assert dropped == result.plan.dropped  # type: ignore[union-attr]
+    assert all(isinstance(model.get_submodule(n), nn.Identity) for n in dropped)
+    fresh = _resnet14()[0]
+    resize_to_record(fresh, json.loads(json.dumps(result.record)))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(*calibration[0]), model(*calibration[0]))
+        assert model(*calibration[0]).shape == (4, 10)
+
+
+def test_out_of_reach_target_is_a_clear_error_and_leaves_the_model_untouched() -> None:
+    model, inputs, calibration = _resnet14()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = StructuredPruneConfig(target_macs_ratio=0.5, depth="measured", ignore=("re:.*",))
+    with pytest.raises(PruneError, match="out of reach: no depth/width candidate"):
+        prune_(model, config, inputs, calibration)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_time_calls_returns_one_positive_median_per_call() -> None:
+    small, large = nn.Conv2d(2, 2, 3), nn.Conv2d(2, 8, 3)
+    x = (torch.randn(1, 2, 8, 8),)
+    seconds = measured.time_calls([(small, x), (large, x)])
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"uniform_ratio": 0.3, "depth": "measured"}, "depth='measured' trades"),
+        ({"target_macs_ratio": 0.5, "depth": "measured", "drop_layers": (1,)}, "one or the other"),
+    ],
+)
+def test_bad_measured_options_are_config_errors(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        StructuredPruneConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_words_carry_depth_measured_and_its_batch_sizes() -> None:
+    config = config_from_words("l2", "macs=0.5", depth="measured", latency_batch_sizes=(1, 8))
+    assert isinstance(config, StructuredPruneConfig)
+    assert config.depth == "measured" and config.latency_batch_sizes == (1, 8)
+    with pytest.raises(ConfigError, match="--depth applies to structured targets"):
+        config_from_words("magnitude", "sparsity=0.5", depth="measured")
+    with pytest.raises(ConfigError, match="--depth auto|measured"):
+        config_from_words("l2", "macs=0.5", latency_batch_sizes=(1, 8))
