@@ -47,9 +47,12 @@ from torchslim.prune.plan import build_plan
 Call = tuple[nn.Module, tuple[Any, ...]]  # a module and the positional inputs it is timed on
 Timer = Callable[[Sequence[Call]], list[float]]  # seconds of one forward of each call
 
-DAMAGE_SLACK = 0.25  # acceptable: output damage at most 25 % above the least of any candidate
+# acceptable: output damage at most 50 % above the least of any candidate. fashion-resnet20 at 2x
+# fewer MACs, 1 epoch of fine-tuning: damage 0.82 -> 91.9 % accuracy, 1.18 -> 91.1 %
+DAMAGE_SLACK = 0.5
 WARMUP = 3  # untimed forwards of each call before the interleaved rounds
 ROUNDS = 15  # timed forwards of each call (the median counts)
+BLOCK_COUNTS = 3  # block-drop counts tried (the largest ones meeting the target), besides none
 
 
 @dataclass(frozen=True)
@@ -219,26 +222,21 @@ def _block_inputs(
 def _candidates(
     state: _State, order: list[str], goal: float, full: float, config: StructuredPruneConfig
 ) -> list[tuple[Candidate, nn.Module]]:
-    """For k = 0, 1, ... the k first blocks of ``order`` dropped and, while above ``goal``, one
-    width step to it at each rounding, over every group or within one stage (the blocks' parent
-    module: a batched conv's cost per MAC differs by stage); none passing the goal by more than
+    """Each block set of ``_block_sets`` and, while above ``goal``, one width step to it at each
+    rounding; for the sets dropping the most blocks also within one stage only (the blocks'
+    parent module: a conv's cost per MAC differs by stage). None passes the goal by more than
     ``OVERSHOOT``."""
     floor = goal - OVERSHOOT * full
     stages = sorted({name.rpartition(".")[0] for name in order if "." in name})
+    sets = _block_sets(state, order, floor)
+    most = max(len(names) for names, _, _ in sets)
     built: list[tuple[Candidate, nn.Module]] = []
-    dropped = copy.deepcopy(state.model)
-    for k in range(len(order) + 1):
-        if k:
-            drop_block(dropped, order[k - 1])
-        remaining = state.cost(dropped)
-        if remaining < floor:
-            break
-        names = tuple(order[:k])
+    for names, dropped, remaining in sets:
         if remaining <= goal:
-            kept = copy.deepcopy(dropped)
-            built.append((Candidate(names, None, remaining, state.damage(kept)), kept))
-            break
-        for round_to, stage in itertools.product(_roundings(config.round_to), [None, *stages]):
+            built.append((Candidate(names, None, remaining, state.damage(dropped)), dropped))
+            continue
+        where = [None, *stages] if len(names) == most else [None]
+        for round_to, stage in itertools.product(_roundings(config.round_to), where):
             step = _width_config(config, state.what, (remaining - goal) / remaining, round_to,
                                  stage)  # fmt: skip
             thinner = _width_step(dropped, state, step)
@@ -247,6 +245,33 @@ def _candidates(
                 candidate = Candidate(names, round_to, left, state.damage(thinner), stage)
                 built.append((candidate, thinner))
     return built
+
+
+def _block_sets(
+    state: _State, order: list[str], floor: float
+) -> list[tuple[tuple[str, ...], nn.Module, float]]:
+    """(blocks dropped, the model without them, its cost): none, and the first k of ``order``
+    for the ``BLOCK_COUNTS`` largest k that stay above ``floor`` (more blocks dropped is what
+    runs faster at the same cost), the largest also with its last block swapped for the next."""
+    models = [copy.deepcopy(state.model)]
+    costs = [state.cost(models[0])]
+    for name in order:
+        if costs[-1] <= floor:
+            break
+        model = copy.deepcopy(models[-1])
+        drop_block(model, name)
+        models.append(model)
+        costs.append(state.cost(model))
+    counts = [k for k, c in enumerate(costs) if c >= floor]
+    sets = [(tuple(order[:k]), models[k], costs[k]) for k in sorted({0, *counts[-BLOCK_COUNTS:]})]
+    largest = counts[-1]
+    if 0 < largest < len(order):
+        swapped = (*order[: largest - 1], order[largest])
+        model = copy.deepcopy(models[largest - 1])
+        drop_block(model, order[largest])
+        if state.cost(model) >= floor:
+            sets.append((swapped, model, state.cost(model)))
+    return sets
 
 
 def _width_config(
