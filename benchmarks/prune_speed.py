@@ -5,7 +5,8 @@ as chosen (``round_to=1``; widths only), the same target with kept widths rounde
 ``--round-to`` (what CPU GEMM/conv kernels run fastest), and (``--depth auto``, CNNs) the same
 target met by latency-aware depth + width pruning (residual blocks dropped where they save more
 predicted latency per output damage; ``--depth measured``: the fastest of candidate depth/width
-plans timed on this machine, ``depth_measured``), interleaved on the same inputs with warm-up and medians.
+plans timed on this machine, ``depth_measured``), interleaved on the same inputs with warm-up and
+medians.
 The depth variant is planned twice: as before (latency scored at batch 1, ``round_to=1``:
 ``depth_auto_b1``) and with ``--round-to`` and latency scored at ``--latency-batch-sizes``
 (``depth_auto``). Optionally the pruned models are evaluated (and fine-tuned) on the zoo data.

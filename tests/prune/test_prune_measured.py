@@ -33,7 +33,7 @@ from torchslim.zoo.architectures import ResNet
 
 def _resnet14() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:
     torch.manual_seed(0)
-    model = ResNet(14).eval()  # two blocks per stage: 4 shape-preserving residual blocks
+    model: nn.Module = ResNet(14).eval()  # two blocks per stage: 4 shape-preserving residual blocks
     calibration = [(torch.randn(4, 1, 12, 12),) for _ in range(2)]
     return model, (torch.randn(1, 1, 12, 12),), calibration
 
@@ -68,7 +68,7 @@ def planned() -> Planned:
     """One ``prune_`` with depth="measured" (the timer injected), shared: planning builds about
     ten width plans."""
     model, inputs, calibration = _resnet14()
-    timer = FakeTimer()
+    timer = FakeTimer()  # deterministic: the paired original always times the same
     config = StructuredPruneConfig(target_macs_ratio=0.5, depth="measured", round_to=16,
                                    latency_batch_sizes=(1, 16))  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
@@ -87,13 +87,24 @@ def test_every_candidate_meets_the_target_and_the_fastest_acceptable_is_kept(
     assert len(plan.timed) >= 3 and timer.batches == {1, 16}
     for candidate in plan.timed:  # at most OVERSHOOT of the original past the target
         assert (0.5 - measured.OVERSHOOT) * full <= candidate.cost <= 0.5 * full
-        assert len(candidate.seconds) == 2
+        assert len(candidate.seconds) == len(candidate.speedups) == 2
+    pruned_model = planned[2]
+    chosen = plan.chosen  # the timer saw the chosen candidate as the pruned model is now
+    assert chosen.seconds == (
+        FakeTimer.seconds(pruned_model, 1),
+        FakeTimer.seconds(pruned_model, 16),
+    )
     least = min(c.damage for c in plan.timed)
     assert plan.acceptable_damage == pytest.approx(least * (1 + measured.DAMAGE_SLACK))
     acceptable = [c for c in plan.timed if c.damage <= plan.acceptable_damage]
-    fastest = min(geometric_mean(c.seconds) for c in acceptable)
-    assert plan.chosen in acceptable and geometric_mean(plan.chosen.seconds) == fastest
-    assert result.macs_after == plan.macs_after == plan.chosen.cost
+    fastest = max(geometric_mean(c.speedups) for c in acceptable)
+    assert chosen in acceptable and geometric_mean(chosen.speedups) == fastest
+    start = plan.start.batch_latency_s
+    assert all(
+        x == pytest.approx(s0 / s)
+        for x, s0, s in zip(chosen.speedups, start, chosen.seconds, strict=True)
+    )
+    assert result.macs_after == plan.macs_after == chosen.cost
     assert "->" in str(plan) and "MeasuredPlan" in str(plan)
 
 
@@ -169,5 +180,5 @@ def test_words_carry_depth_measured_and_its_batch_sizes() -> None:
     assert config.depth == "measured" and config.latency_batch_sizes == (1, 8)
     with pytest.raises(ConfigError, match="--depth applies to structured targets"):
         config_from_words("magnitude", "sparsity=0.5", depth="measured")
-    with pytest.raises(ConfigError, match="--depth auto|measured"):
+    with pytest.raises(ConfigError, match="--depth auto, --depth measured or"):
         config_from_words("l2", "macs=0.5", latency_batch_sizes=(1, 8))

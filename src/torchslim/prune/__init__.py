@@ -42,8 +42,8 @@ from torchslim.prune.config_widths import (
 )
 from torchslim.prune.depth import drop_layers_
 from torchslim.prune.depth_plan import DepthWidthPlan, build_depth_plan
-from torchslim.prune.measured_plan import MeasuredPlan, build_measured_plan
 from torchslim.prune.graph import PruneError, build_graph
+from torchslim.prune.measured_plan import MeasuredPlan, build_measured_plan
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
 from torchslim.prune.unstructured import (
@@ -87,7 +87,8 @@ def prune_(
     Structured pruning needs ``example_inputs`` (to trace and to measure MACs): one tensor, a
     tuple of positional inputs or a dict of keyword inputs. The "wanda" method reads
     input-feature norms from ``calibration`` batches (default: the example inputs), and so
-    does ``depth="auto"`` / ``"measured"`` to measure the output damage of each block drop and width step.
+    does ``depth="auto"`` / ``"measured"`` to measure the output damage of each block drop and
+    width step.
     """
     if example_inputs is not None:
         example_inputs = positional_inputs(model, example_inputs)

@@ -116,13 +116,18 @@ def _check_structured_options(target: str, options: dict[str, Any]) -> None:
                 f"{STRUCTURED_FLAGS[name]} applies to structured targets (macs=R, flops=R, "
                 f"params=R, latency=R, ratio=R) only, not --target {target}"
             )
-    if "latency_batch_sizes" in options and key != "latency" and options.get("depth") in (
-        None,
-        "off",
+    if (
+        "latency_batch_sizes" in options
+        and key != "latency"
+        and options.get("depth")
+        in (
+            None,
+            "off",
+        )
     ):
         raise ConfigError(
             f"--latency-batch-sizes sets the batch sizes latency is scored at: it applies with "
-            f"--depth auto|measured or --target latency=R, not --target {target} alone"
+            f"--depth auto, --depth measured or --target latency=R, not --target {target} alone"
         )
 
 

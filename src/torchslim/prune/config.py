@@ -192,13 +192,14 @@ class StructuredPruneConfig(_DictMixin):
         _check_choice("depth", self.depth, DEPTHS)
         if self.plans_depth and self.uniform_ratio is not None:
             raise ConfigError(
-                f"depth={self.depth!r} trades block drops against width steps to meet a target: give "
-                "target_macs_ratio, target_params_ratio or target_latency_ratio, not uniform_ratio"
+                f"depth={self.depth!r} trades block drops against width steps to meet a target: "
+                "give target_macs_ratio, target_params_ratio or target_latency_ratio, not "
+                "uniform_ratio"
             )
         if self.plans_depth and self.drop_layers:
             raise ConfigError(
-                f"depth={self.depth!r} chooses the blocks to drop itself; drop_layers={self.drop_layers!r} "
-                "names them by hand: give one or the other"
+                f"depth={self.depth!r} chooses the blocks to drop itself; "
+                f"drop_layers={self.drop_layers!r} names them by hand: give one or the other"
             )
 
     @property
