@@ -34,8 +34,9 @@ from torchslim.zoo.architectures import ResNet
 def _resnet14() -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:
     torch.manual_seed(0)
     model: nn.Module = ResNet(14).eval()  # two blocks per stage: 4 shape-preserving residual blocks
-    calibration = [(torch.randn(4, 1, 12, 12),) for _ in range(2)]
-    return model, (torch.randn(1, 1, 12, 12),), calibration
+    calibration: list[tuple[torch.Tensor, ...]] = [(torch.randn(4, 1, 12, 12),) for _ in range(2)]
+    inputs: tuple[torch.Tensor, ...] = (torch.randn(1, 1, 12, 12),)
+    return model, inputs, calibration
 
 
 class FakeTimer:

@@ -36,14 +36,20 @@ import torch
 from torch import nn
 
 from torchslim._output_error import damage, model_outputs
-from torchslim._targets import matches
 from torchslim.benchmark import BenchmarkConfig, compare
 from torchslim.profile import profile
 from torchslim.prune._inputs import batched
 from torchslim.prune._target import TARGETS, cost, geometric_mean, target_of
-from torchslim.prune.blocks import drop_block, residual_blocks
+from torchslim.prune.blocks import drop_block
 from torchslim.prune.config import StructuredPruneConfig
-from torchslim.prune.depth_plan import DAMAGE_FLOOR, OVERSHOOT, DepthWidthPlan, Move, _roundings
+from torchslim.prune.depth_plan import (
+    DAMAGE_FLOOR,
+    OVERSHOOT,
+    DepthWidthPlan,
+    Move,
+    _roundings,
+    droppable_blocks,
+)
 from torchslim.prune.graph import PruneError
 from torchslim.prune.plan import build_plan
 
@@ -161,12 +167,7 @@ def build_measured_plan(
     batches = [tuple(b) for b in calibration] if calibration else [tuple(example_inputs)]
     state = _State(work, example_inputs, batches, model_outputs(work, batches), what,
                    config.latency_batch_sizes)  # fmt: skip
-    blocks = [
-        name
-        for name in residual_blocks(work, example_inputs)
-        if not any(matches(n, config.ignore) for n, _ in work.get_submodule(name).named_modules(
-            prefix=name))
-    ]  # fmt: skip
+    blocks = droppable_blocks(work, example_inputs, config.ignore)
     full = state.cost(work)
     order = _rank_blocks(state, blocks, timer)
     built = _candidates(state, order, (1 - target) * full, full, config)
