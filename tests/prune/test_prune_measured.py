@@ -106,6 +106,7 @@ def test_every_candidate_meets_the_target_and_the_fastest_acceptable_is_kept(
         for x, s0, s in zip(chosen.speedups, start, chosen.seconds, strict=True)
     )
     assert result.macs_after == plan.macs_after == chosen.cost
+    assert plan.latency_s == geometric_mean(chosen.seconds) < plan.start.latency_s
     assert "->" in str(plan) and "MeasuredPlan" in str(plan)
 
 

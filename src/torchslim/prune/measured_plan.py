@@ -98,6 +98,11 @@ class MeasuredPlan(DepthWidthPlan):
     def dropped(self) -> list[str]:
         return list(self.chosen.dropped) if self.chosen else []
 
+    @property
+    def latency_s(self) -> float:
+        """Measured seconds of the chosen candidate (geometric mean over the batch sizes)."""
+        return geometric_mean(self.chosen.seconds) if self.chosen else self.start.latency_s
+
     def __str__(self) -> str:
         start = self.start.batch_latency_s
         original = ", ".join(
