@@ -4,13 +4,19 @@ For each model: the dense model, the model pruned to ``--macs-ratio`` fewer MACs
 as chosen (``round_to=1``; widths only), the same target with kept widths rounded to multiples of
 ``--round-to`` (what CPU GEMM/conv kernels run fastest), and (``--depth auto``, CNNs) the same
 target met by latency-aware depth + width pruning (residual blocks dropped where they save more
-predicted latency per output damage), interleaved on the same inputs with warm-up and medians.
+predicted latency per output damage; ``--depth measured``: the fastest of candidate depth/width
+plans timed on this machine, ``depth_measured``), interleaved on the same inputs with warm-up and
+medians.
 The depth variant is planned twice: as before (latency scored at batch 1, ``round_to=1``:
 ``depth_auto_b1``) and with ``--round-to`` and latency scored at ``--latency-batch-sizes``
 (``depth_auto``). Optionally the pruned models are evaluated (and fine-tuned) on the zoo data.
 ``--clock thread_cpu`` times with ``time.thread_time`` (1 thread): on a core shared with other
 jobs, time spent descheduled does not count. ``--conv-probe`` adds the conv-kernel timings
 behind ``profile.conv_kernels`` (channel counts just past a oneDNN block of 16).
+
+    python benchmarks/prune_speed.py --models fashion-resnet20 fashion-resnet56 --depth measured \
+        --no-widths-only --clock thread_cpu --evaluate --finetune-epochs 1 \
+        --finetune-samples 20000 --name prune_speed-resnet-measured
 
     python benchmarks/prune_speed.py --models fashion-resnet20 fashion-resnet56 \
         --no-widths-only --clock thread_cpu --conv-probe --evaluate --finetune-epochs 1 \
@@ -54,8 +60,11 @@ def parse_args() -> argparse.Namespace:
                         default=["fashion-resnet20", "fashion-resnet56", "minilm"])  # fmt: skip
     parser.add_argument("--macs-ratio", type=float, default=0.5, help="fraction of MACs removed")
     parser.add_argument("--round-to", type=int, default=8)
-    parser.add_argument("--depth", choices=["off", "auto"], default="auto",
-                        help="auto: add the latency-aware depth+width variant")  # fmt: skip
+    parser.add_argument("--depth", choices=["off", "auto", "measured"], nargs="+",
+                        default=["auto"],
+                        help="auto: add the latency-aware depth+width variants (greedy, "
+                             "predicted latency); measured: add the variant chosen by timing "
+                             "candidate plans (depth_measured)")  # fmt: skip
     parser.add_argument("--calibration-batches", type=int, default=2,
                         help="batches the depth planner measures damage on")  # fmt: skip
     parser.add_argument("--drop-layers", default="",
@@ -95,16 +104,22 @@ def prune_variants(entry: Any, dense: Any, args: argparse.Namespace) -> dict[str
             StructuredPruneConfig(target_macs_ratio=ratio, drop_layers=layers),
             None,
         )
-    if args.depth == "auto" and not holds_hugging_face_model(dense):
-        calibration = entry.calibration_batches(args.calibration_batches)
+    plain = not holds_hugging_face_model(dense)
+    calibration = entry.calibration_batches(args.calibration_batches) if plain else None
+    sizes = tuple(args.latency_batch_sizes)
+    if "auto" in args.depth and plain:
         before = StructuredPruneConfig(target_macs_ratio=ratio, depth="auto",
                                        latency_batch_sizes=(1,))  # fmt: skip
         configs["depth_auto_b1"] = (before, calibration)
-        sizes = tuple(args.latency_batch_sizes)
         config = StructuredPruneConfig(target_macs_ratio=ratio, depth="auto",
                                        round_to=args.round_to,
                                        latency_batch_sizes=sizes)  # fmt: skip
         configs["depth_auto"] = (config, calibration)
+    if "measured" in args.depth and plain:
+        measured = StructuredPruneConfig(target_macs_ratio=ratio, depth="measured",
+                                         round_to=args.round_to,
+                                         latency_batch_sizes=sizes)  # fmt: skip
+        configs["depth_measured"] = (measured, calibration)
     inputs = tuple(entry.example_inputs(1))
     variants: dict[str, Any] = {}
     for name, (config, calibration) in configs.items():

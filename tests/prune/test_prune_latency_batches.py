@@ -169,7 +169,8 @@ def test_words_and_recipe_options_carry_round_to_and_batch_sizes() -> None:
     ("args", "message"),
     [
         (["--latency-batch-sizes", "1,x", "--depth", "auto"], "--latency-batch-sizes must be"),
-        (["--latency-batch-sizes", "1,16"], "applies with --depth auto or --target latency"),
+        (["--latency-batch-sizes", "1,16"],
+         "applies with --depth auto, --depth measured or --target latency"),
         (["--depth", "auto", "--latency-batch-sizes", "0"], "latency_batch_sizes must be"),
         (["--target", "sparsity=0.5", "--method", "magnitude", "--round-to", "8"],
          "--round-to applies to structured targets"),

@@ -38,7 +38,8 @@ def prune_command(
         str,
         typer.Option(
             help="off | auto: also drop whole residual blocks where they save more predicted "
-            "latency per output damage than thinner layers (structured targets)."
+            "latency per output damage than thinner layers | measured: time several "
+            "depth/width plans on this machine, keep the fastest (structured targets)."
         ),
     ] = "off",
     drop_layers: Annotated[
@@ -55,8 +56,8 @@ def prune_command(
     latency_batch_sizes: Annotated[
         str | None,
         typer.Option(
-            help="Batch sizes predicted latency is scored at, e.g. 1,16 (the default) "
-            "(--depth auto or --target latency=R)."
+            help="Batch sizes latency is scored at, e.g. 1,16 (the default) "
+            "(--depth auto|measured or --target latency=R)."
         ),
     ] = None,
     ignore: Annotated[
@@ -89,7 +90,7 @@ def prune_command(
     """Prune MODEL (structured channels/heads/neurons, unstructured or N:M) and prove the result.
 
     Example: torchslim prune fashion-resnet20 --method l2 --target macs=0.5 --out r20-pruned
-    Faster at the same MACs: ... --target macs=0.5 --depth auto (drops residual blocks too)
+    Faster at the same MACs: ... --target macs=0.5 --depth measured (drops residual blocks too)
     """
     from torchslim._devices import check_device
     from torchslim._outdir import check_out

@@ -43,6 +43,7 @@ from torchslim.prune.config_widths import (
 from torchslim.prune.depth import drop_layers_
 from torchslim.prune.depth_plan import DepthWidthPlan, build_depth_plan
 from torchslim.prune.graph import PruneError, build_graph
+from torchslim.prune.measured_plan import MeasuredPlan, build_measured_plan
 from torchslim.prune.module_plan import RulePlan, build_rule_plan, has_rules
 from torchslim.prune.plan import ChannelGroup, PrunePlan, build_plan
 from torchslim.prune.unstructured import (
@@ -86,7 +87,8 @@ def prune_(
     Structured pruning needs ``example_inputs`` (to trace and to measure MACs): one tensor, a
     tuple of positional inputs or a dict of keyword inputs. The "wanda" method reads
     input-feature norms from ``calibration`` batches (default: the example inputs), and so
-    does ``depth="auto"`` to measure the output damage of each block drop and width step.
+    does ``depth="auto"`` / ``"measured"`` to measure the output damage of each block drop and
+    width step.
     """
     if example_inputs is not None:
         example_inputs = positional_inputs(model, example_inputs)
@@ -99,7 +101,7 @@ def prune_(
         with untouched_on_failure(model):
             if config.drop_layers:
                 config = drop_layers_(model, example_inputs, config)
-            if config.depth == "auto":
+            if config.plans_depth:
                 plan, record = _depth_and_widths(model, example_inputs, config, calibration)
             else:
                 plan, record = _structured(model, example_inputs, config)
@@ -159,14 +161,18 @@ def _depth_and_widths(
     config: StructuredPruneConfig,
     calibration: Sequence[Sequence[Any]] | None,
 ) -> tuple[DepthWidthPlan, dict[str, Any]]:
-    """Residual blocks dropped and widths pruned by latency per damage (``depth_plan``); the
-    record holds the dropped blocks and every module whose shapes changed."""
+    """Residual blocks dropped and widths pruned by predicted latency per damage
+    (``depth_plan``) or by timing candidate plans (``measured_plan``); the record holds the
+    dropped blocks and every module whose shapes changed."""
     if holds_hugging_face_model(model):
         raise ConfigError(
-            "depth='auto' drops residual blocks of plain models; for a transformers model give "
-            "the layers to remove with drop_layers (its config records the new depth)"
+            f"depth={config.depth!r} drops residual blocks of plain models; for a transformers "
+            "model give the layers to remove with drop_layers (its config records the new depth)"
         )
-    plan = build_depth_plan(model, example_inputs, config, calibration)
+    if config.depth == "measured":
+        plan: DepthWidthPlan = build_measured_plan(model, example_inputs, config, calibration)
+    else:
+        plan = build_depth_plan(model, example_inputs, config, calibration)
     before = _own_shapes(model)
     plan.apply()
     after = _own_shapes(model)
@@ -189,6 +195,7 @@ def _macs(model: nn.Module, example_inputs: Sequence[Any] | None) -> int | None:
 __all__ = [
     "ChannelGroup",
     "DepthWidthPlan",
+    "MeasuredPlan",
     "NMPruneConfig",
     "PruneError",
     "PrunePlan",
@@ -200,6 +207,7 @@ __all__ = [
     "WidthPlan",
     "build_depth_plan",
     "build_graph",
+    "build_measured_plan",
     "build_plan",
     "build_rule_plan",
     "build_width_plan",

@@ -48,9 +48,10 @@ def config_from_words(
     ``sparsity=0.9``, ``2:4``. ``scope`` (global | layer, default global) is for
     ``sparsity=`` targets only. ``structured``: options of structured targets only, given as
     ``StructuredPruneConfig`` fields: ``depth`` (off | auto: residual blocks dropped where they
-    save more predicted latency per damage than widths), ``drop_layers`` (layers removed from a
+    save more predicted latency per damage than widths | measured: the fastest of several
+    depth/width plans, timed on this machine), ``drop_layers`` (layers removed from a
     transformers model's stacks), ``round_to`` (kept widths a multiple of it) and
-    ``latency_batch_sizes`` (batch sizes predicted latency is scored at: ``depth="auto"`` or a
+    ``latency_batch_sizes`` (batch sizes latency is scored at: ``depth`` auto|measured or a
     ``latency=R`` target only). None or an absent key: the config's default.
     """
     structured = {k: v for k, v in structured.items() if v is not None}
@@ -115,10 +116,18 @@ def _check_structured_options(target: str, options: dict[str, Any]) -> None:
                 f"{STRUCTURED_FLAGS[name]} applies to structured targets (macs=R, flops=R, "
                 f"params=R, latency=R, ratio=R) only, not --target {target}"
             )
-    if "latency_batch_sizes" in options and key != "latency" and options.get("depth") != "auto":
+    if (
+        "latency_batch_sizes" in options
+        and key != "latency"
+        and options.get("depth")
+        in (
+            None,
+            "off",
+        )
+    ):
         raise ConfigError(
-            f"--latency-batch-sizes sets the batch sizes predicted latency is scored at: it "
-            f"applies with --depth auto or --target latency=R, not --target {target} alone"
+            f"--latency-batch-sizes sets the batch sizes latency is scored at: it applies with "
+            f"--depth auto, --depth measured or --target latency=R, not --target {target} alone"
         )
 
 
@@ -166,7 +175,7 @@ def prune_for_entry_(
     calibration = None
     if getattr(config, "method", None) in CALIBRATED:
         calibration = entry.calibration_batches(CALIBRATION_BATCHES)
-    elif getattr(config, "depth", "off") == "auto":  # output damage of each planned move
+    elif getattr(config, "depth", "off") != "off":  # output damage of each planned move
         calibration = entry.calibration_batches(DEPTH_CALIBRATION_BATCHES)
     result = prune_(model, config, inputs, calibration)
     model.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ UNSTRUCTURED_METHODS = ("l1", "l2", "taylor", "movement", "wanda", "sparsegpt")
 NM_METHODS = ("l1", "wanda", "sparsegpt")
 SCOPES = ("global", "layer")
 STRUCTURED_IMPORTANCES = ("l1", "l2", "bn_scale", "taylor")
-DEPTHS = ("off", "auto")
+DEPTHS = ("off", "auto", "measured")
 
 
 def _check_ratio(name: str, value: float) -> None:
@@ -141,10 +141,14 @@ class StructuredPruneConfig(_DictMixin):
         depth: "off" (widths only) or "auto": also remove whole residual blocks (``y = x +
             f(x)``, same shape) of the model's layer stacks, choosing block drops and width
             steps by predicted latency saved per unit of output damage on calibration batches
-            (see ``prune.depth_plan``). Needs a MACs, params or latency target.
-        latency_batch_sizes: the batch sizes predicted latency is scored at (depth="auto" and
-            latency targets): the geometric mean over them of the predicted seconds, so each
-            batch size weighs the same (batch 1 runs other conv kernels than batch 16).
+            (see ``prune.depth_plan``). Needs a MACs, params or latency target. "measured":
+            the same moves, chosen by timing: plans dropping 0, 1, 2, ... blocks with one width
+            step each meet the target, every one is timed on this machine and the fastest with
+            acceptable output damage is kept (see ``prune.measured_plan``).
+        latency_batch_sizes: the batch sizes latency is scored at (depth="auto" and latency
+            targets: predicted; depth="measured": timed): the geometric mean over them of the
+            seconds, so each batch size weighs the same (batch 1 runs other conv kernels than
+            batch 16).
     """
 
     target_macs_ratio: float | None = None
@@ -186,13 +190,19 @@ class StructuredPruneConfig(_DictMixin):
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer >= 1, got {self.round_to!r}")
         _check_choice("depth", self.depth, DEPTHS)
-        if self.depth == "auto" and self.uniform_ratio is not None:
+        if self.plans_depth and self.uniform_ratio is not None:
             raise ConfigError(
-                "depth='auto' trades block drops against width steps to meet a target: give "
-                "target_macs_ratio, target_params_ratio or target_latency_ratio, not uniform_ratio"
+                f"depth={self.depth!r} trades block drops against width steps to meet a target: "
+                "give target_macs_ratio, target_params_ratio or target_latency_ratio, not "
+                "uniform_ratio"
             )
-        if self.depth == "auto" and self.drop_layers:
+        if self.plans_depth and self.drop_layers:
             raise ConfigError(
-                f"depth='auto' chooses the blocks to drop itself; drop_layers={self.drop_layers!r} "
-                "names them by hand: give one or the other"
+                f"depth={self.depth!r} chooses the blocks to drop itself; "
+                f"drop_layers={self.drop_layers!r} names them by hand: give one or the other"
             )
+
+    @property
+    def plans_depth(self) -> bool:
+        """Whether residual blocks are dropped by a planner ("auto" or "measured")."""
+        return self.depth != "off"

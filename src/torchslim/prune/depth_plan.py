@@ -172,12 +172,7 @@ def build_depth_plan(
     batches = [tuple(b) for b in calibration] if calibration else [tuple(example_inputs)]
     search = _Search(work, example_inputs, batches, model_outputs(work, batches), what, latency,
                      config.latency_batch_sizes)  # fmt: skip
-    candidates = [
-        name
-        for name in residual_blocks(work, example_inputs)
-        if not any(matches(n, config.ignore) for n, _ in work.get_submodule(name).named_modules(
-            prefix=name))
-    ]  # fmt: skip
+    candidates = droppable_blocks(work, example_inputs, config.ignore)
     start = search.measure("start", "original", work)
     plan = DepthWidthPlan(model, work, what, candidates, start)
     plan.batch_sizes = config.latency_batch_sizes
@@ -197,6 +192,18 @@ def build_depth_plan(
     after = profile(search.model, example_inputs, measure_memory=False)
     plan.macs_after, plan.params_after = after.total.macs, after.params
     return plan
+
+
+def droppable_blocks(
+    model: nn.Module, example_inputs: tuple[Any, ...], ignore: tuple[str, ...]
+) -> list[str]:
+    """The residual blocks of ``model`` none of whose modules ``ignore`` names."""
+    return [
+        name
+        for name in residual_blocks(model, example_inputs)
+        if not any(matches(n, ignore) for n, _ in model.get_submodule(name).named_modules(
+            prefix=name))
+    ]  # fmt: skip
 
 
 def _next_move(

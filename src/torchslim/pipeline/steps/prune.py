@@ -16,10 +16,11 @@ class PruneOptions:
     ``target``: macs=R | flops=R | params=R | latency=R | ratio=R | sparsity=S | N:M;
     ``ignore``: names or ``re:`` patterns left whole; ``scope``: global | layer (sparsity targets
     only); ``depth``: off | auto (also drop whole residual blocks, chosen by predicted latency
-    saved per output damage); ``drop_layers``: layer indices removed from every layer stack of a
+    saved per output damage) | measured (the fastest of several depth/width plans, timed);
+    ``drop_layers``: layer indices removed from every layer stack of a
     transformers model before its widths are pruned; ``round_to``: kept widths are multiples of
-    it (structured); ``latency_batch_sizes``: batch sizes predicted latency is scored at
-    (depth auto or a latency target; default 1 and 16)."""
+    it (structured); ``latency_batch_sizes``: batch sizes latency is scored at
+    (depth auto/measured or a latency target; default 1 and 16)."""
 
     method: str = "l2"
     target: str = "macs=0.5"
