@@ -109,9 +109,10 @@ def resolved_round_to(value: int | str) -> int:
     """``round_to`` as a channel count: an integer as given, or ``"block"``: the channel block
     this CPU's conv kernels pad to (``profile.conv_kernels.channel_block``: 16 with AVX-512).
 
-    A width between two blocks costs the next block up: an INT8 model deployed with OpenVINO
-    on AMX ran as slow at batch 16 with 12 channels as with 16 (28x28), 24 as 32 (14x14)
-    (benchmarks/results/compress_cnn_v2.json, ``channel_probe``).
+    A width between two blocks costs about the next block up: an int8 3x3 conv on OpenVINO
+    (AMX, 1 thread) took as long with 24 channels as with 32, at 28x28 and 14x14, batch 1 and
+    16 (benchmarks/results/int8_channel_probe.json), so a plan that cuts 32 to 24 pays the
+    accuracy and gains no time.
     """
     if isinstance(value, str) and value in ROUND_TO_WORDS:
         from torchslim.profile.conv_kernels import channel_block
