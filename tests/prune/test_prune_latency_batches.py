@@ -194,6 +194,7 @@ def test_round_to_word_typo_is_one_clear_error(word: object) -> None:
         (["--target", "sparsity=0.5", "--method", "magnitude", "--round-to", "8"],
          "--round-to applies to structured targets"),
         (["--round-to", "0"], "round_to must be an integer >= 1"),
+        (["--round-to", "blok"], 'Did you mean "block"'),
     ],
 )  # fmt: skip
 def test_cli_bad_latency_options_are_one_clear_error(
