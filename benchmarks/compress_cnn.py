@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,20 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recovery-seeds", type=int, nargs="*", default=[])
     parser.add_argument("--recovery-epochs", type=int, default=1)
     parser.add_argument("--skip-pipelines", action="store_true", help="only the recovery runs")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "thread"),
+        default="wall",
+        help="thread: CPU time of the calling thread (1 thread; runtimes that run on the caller, "
+        "as ONNX Runtime and OpenVINO with 1 thread do): what a shared core's other jobs do not "
+        "inflate",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1,
+        help="also time samples of N consecutive calls (warm caches; 1: single calls only)",
+    )
     parser.add_argument("--name", default="compress_cnn")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     return parser.parse_args()
@@ -85,7 +100,32 @@ def pipelines(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"macs_fp32": macs_fp32}
     result.update({name: summary(outcome) for name, outcome in outcomes.items()})
     result["latency"] = timing(entry, original, work, args)
+    result["goals"] = goals(result)
     return result
+
+
+def goals(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's figures: the recipe's speed-up over the INT8-only model's (both vs fp32 eager,
+    per batch size), size and MACs ratios vs fp32, accuracy drop (points)."""
+    fp32, recipe = result["recipe"]["before"], result["recipe"]["after"]
+    int8_only = result["int8_only"]["after"]
+    speedups = {
+        mode: {
+            batch: timed["variants"]["int8_only"]["median_ms"]
+            / timed["variants"]["recipe"]["median_ms"]
+            for batch, timed in by_batch.items()
+            if batch != "calls_per_sample"
+        }
+        for mode, by_batch in result["latency"].items()
+    }
+    macs_after = result["recipe"]["macs_after_last_module_stage"]
+    return {
+        "recipe_speedup_over_int8_only": speedups,
+        "smaller_than_fp32": fp32["size_bytes"] / recipe["size_bytes"],
+        "int8_only_smaller_than_fp32": fp32["size_bytes"] / int8_only["size_bytes"],
+        "fewer_macs": result["macs_fp32"] / macs_after if macs_after else None,
+        "accuracy_drop_points": 100 * (fp32["metrics"]["accuracy"] - recipe["metrics"]["accuracy"]),
+    }
 
 
 def timing(entry: Any, original: Any, work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -94,15 +134,34 @@ def timing(entry: Any, original: Any, work: Path, args: argparse.Namespace) -> d
 
     models = {"fp32_eager": original, "int8_only": torchslim.load(work / "int8_only"),
               "recipe": torchslim.load(work / "recipe")}  # fmt: skip
-    config = BenchmarkConfig(warmup=5, rounds=args.rounds, max_seconds=30)
+    thread = args.clock == "thread"
+    clock = "thread_cpu" if thread else "wall"
+    config = BenchmarkConfig(
+        warmup=5, rounds=args.rounds, max_seconds=30, threads=1 if thread else None, clock=clock
+    )
     out: dict[str, Any] = {}
-    for batch_size in args.batch_sizes:
-        batch = tuple(entry.example_inputs(batch_size))
-        variants = {name: (lambda m=m, b=batch: m(*b)) for name, m in models.items()}
-        result = compare(variants, "fp32_eager", config)
-        Console(width=120).print(result.to_table(title=f"{args.model}, batch {batch_size}"))
-        out[str(batch_size)] = result.to_dict()
+    for calls in sorted({1, args.burst}):
+        mode = "single_calls" if calls == 1 else f"bursts_of_{calls}"
+        out[mode] = {"calls_per_sample": calls}
+        for batch_size in args.batch_sizes:
+            batch = tuple(entry.example_inputs(batch_size))
+            variants = {name: _burst(m, batch, calls) for name, m in models.items()}
+            result = compare(variants, "fp32_eager", config)
+            title = f"{args.model}, batch {batch_size}, {calls} call(s) per sample"
+            Console(width=120).print(result.to_table(title=title))
+            out[mode][str(batch_size)] = result.to_dict()
     return out
+
+
+def _burst(model: Any, batch: tuple[Any, ...], calls: int) -> Any:
+    """One timed sample: ``calls`` consecutive calls of ``model`` (1: each call follows another
+    model's, its caches cold; more: a model serving requests back to back, mostly warm)."""
+
+    def run() -> None:
+        for _ in range(calls):
+            model(*batch)
+
+    return run
 
 
 def recovery(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -139,6 +198,13 @@ def main() -> None:
         "recipe": str(args.recipe.relative_to(ROOT)) if args.recipe.is_relative_to(ROOT) else "",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_facts(),
+        "command": "python " + " ".join(sys.argv),
+        "clock": {
+            "wall": "time.perf_counter around each call",
+            "thread": "time.thread_time around each call, 1 thread: ONNX Runtime "
+            "(intra_op_num_threads=1) and OpenVINO (INFERENCE_NUM_THREADS=1) run the graph on "
+            "the calling thread (checked: thread time = wall time on a quiet core)",
+        }[args.clock],
     }
     with tempfile.TemporaryDirectory(prefix="compress-cnn-") as scratch:
         if not args.skip_pipelines:

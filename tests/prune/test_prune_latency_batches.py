@@ -5,6 +5,7 @@ recipe."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -165,6 +166,25 @@ def test_words_and_recipe_options_carry_round_to_and_batch_sizes() -> None:
         config_from_words("magnitude", "sparsity=0.5", round_to=8)
 
 
+def test_round_to_block_is_this_cpus_channel_block_and_prunes_to_it() -> None:
+    assert config_from_words("l2", "macs=0.5", round_to="block").round_to == channel_block()
+    options = PruneOptions(target="params=0.5", depth="auto", round_to="block")
+    config = options.config()
+    assert config.round_to == channel_block()
+    model, inputs, _ = _resnet14()
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    prune_(model, dataclasses.replace(config, depth="off"), inputs)
+    changed = {n: m.out_channels for n, m in model.named_modules()
+               if isinstance(m, nn.Conv2d) and m.out_channels != widths[n]}  # fmt: skip
+    assert changed and all(width % channel_block() == 0 for width in changed.values()), changed
+
+
+@pytest.mark.parametrize("word", ["blok", "auto", 2.5])
+def test_round_to_word_typo_is_one_clear_error(word: object) -> None:
+    with pytest.raises(ConfigError, match="round_to must be an integer >= 1 or one of"):
+        PruneOptions(target="macs=0.5", round_to=word)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -175,6 +195,7 @@ def test_words_and_recipe_options_carry_round_to_and_batch_sizes() -> None:
         (["--target", "sparsity=0.5", "--method", "magnitude", "--round-to", "8"],
          "--round-to applies to structured targets"),
         (["--round-to", "0"], "round_to must be an integer >= 1"),
+        (["--round-to", "blok"], 'Did you mean "block"'),
     ],
 )  # fmt: skip
 def test_cli_bad_latency_options_are_one_clear_error(

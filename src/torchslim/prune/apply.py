@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, did_you_mean
 from torchslim.profile import profile
 from torchslim.prune import PruneConfig, PruneResult, prune_
 from torchslim.prune.config import NMPruneConfig, StructuredPruneConfig, UnstructuredPruneConfig
@@ -26,6 +26,8 @@ METHODS = ("l1", "l2", "bn", "taylor", "magnitude", "nm", "wanda", "sparsegpt")
 CALIBRATION_BATCHES = 8  # for "wanda" input norms and "sparsegpt" Hessians
 CALIBRATED = ("wanda", "sparsegpt")
 DEPTH_CALIBRATION_BATCHES = 2  # depth="auto": damage measured on 2 batches (64 zoo images)
+# ``round_to: block``: widths in whole channel blocks of this CPU's conv kernels (fp32 and int8)
+ROUND_TO_WORDS = ("block",)
 STRUCTURED_FLAGS = {"depth": "--depth", "drop_layers": "--drop-layers", "round_to": "--round-to",
                     "latency_batch_sizes": "--latency-batch-sizes"}  # fmt: skip
 
@@ -56,6 +58,8 @@ def config_from_words(
     """
     structured = {k: v for k, v in structured.items() if v is not None}
     _check_structured_options(target, structured)
+    if "round_to" in structured:
+        structured["round_to"] = resolved_round_to(structured["round_to"])
     if scope is not None and not target.startswith("sparsity="):
         raise ConfigError(
             f"--scope applies to unstructured targets (sparsity=S) only, not --target {target}"
@@ -100,6 +104,27 @@ def config_from_words(
     for name, value in structured.items():
         fields[name] = tuple(value) if isinstance(value, list) else value
     return StructuredPruneConfig(**fields, ignore=ignore)
+
+
+def resolved_round_to(value: int | str) -> int:
+    """``round_to`` as a channel count: an integer as given, or ``"block"``: the channel block
+    this CPU's conv kernels pad to (``profile.conv_kernels.channel_block``: 16 with AVX-512).
+
+    A width between two blocks costs about the next block up: an int8 3x3 conv on OpenVINO
+    (AMX, 1 thread) took as long with 24 channels as with 32, at 28x28 and 14x14, batch 1 and
+    16 (benchmarks/results/int8_channel_probe.json), so a plan that cuts 32 to 24 pays the
+    accuracy and gains no time.
+    """
+    if isinstance(value, str) and value in ROUND_TO_WORDS:
+        from torchslim.profile.conv_kernels import channel_block
+
+        return channel_block()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            f"round_to must be an integer >= 1 or one of {ROUND_TO_WORDS} (this CPU's conv "
+            f"channel block), got {value!r}{did_you_mean(str(value), ROUND_TO_WORDS)}"
+        )
+    return value
 
 
 def _check_structured_options(target: str, options: dict[str, Any]) -> None:

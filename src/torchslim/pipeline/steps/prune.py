@@ -19,8 +19,9 @@ class PruneOptions:
     saved per output damage) | measured (the fastest of several depth/width plans, timed);
     ``drop_layers``: layer indices removed from every layer stack of a
     transformers model before its widths are pruned; ``round_to``: kept widths are multiples of
-    it (structured); ``latency_batch_sizes``: batch sizes latency is scored at
-    (depth auto/measured or a latency target; default 1 and 16)."""
+    it (structured), or ``block``: of this CPU's conv channel block (16 with AVX-512; what its
+    fp32 and int8 conv kernels pad widths to); ``latency_batch_sizes``: batch sizes latency is
+    scored at (depth auto/measured or a latency target; default 1 and 16)."""
 
     method: str = "l2"
     target: str = "macs=0.5"
@@ -28,7 +29,7 @@ class PruneOptions:
     scope: str | None = None
     depth: str = "off"
     drop_layers: tuple[int, ...] = ()
-    round_to: int | None = None
+    round_to: int | str | None = None
     latency_batch_sizes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
