@@ -23,8 +23,19 @@ def commands() -> list[str]:
     return [line for line in lines if line.startswith("torchslim ")]
 
 
+# Blocks that evaluate a zoo model on its whole test set (13-18 s each on one core): make test-slow.
+WHOLE_TEST_SET = re.compile(r"entry\.evaluate\(model\)|report\.metrics")
+
+
+def python_blocks() -> list[object]:
+    return [
+        pytest.param(code, marks=pytest.mark.slow) if WHOLE_TEST_SET.search(code) else code
+        for code in blocks("python")
+    ]
+
+
 @pytest.mark.assets
-@pytest.mark.parametrize("code", blocks("python"), ids=lambda code: code.splitlines()[-1][:40])
+@pytest.mark.parametrize("code", python_blocks(), ids=lambda code: str(code).splitlines()[-1][:40])
 def test_python_block_runs_as_written(code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})

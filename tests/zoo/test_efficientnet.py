@@ -31,6 +31,7 @@ def test_inputs_and_calibration_batches_have_the_model_shape():
     assert torch.equal(batches[10][0], batches[0][0])
 
 
+@pytest.mark.slow  # 16-24 s on one core (make test-slow)
 @pytest.mark.assets
 def test_fp32_agrees_with_itself_and_a_perturbed_copy_does_not():
     entry = zoo.get("efficientnet-lite0")

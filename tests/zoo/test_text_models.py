@@ -97,6 +97,7 @@ def smollm2():
     return entry, entry.load()
 
 
+@pytest.mark.slow  # 16-24 s on one core (make test-slow)
 @pytest.mark.assets
 def test_smollm2_perplexity_on_austen_and_lee(smollm2):
     entry, model = smollm2
