@@ -16,12 +16,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from torchslim.errors import ModelLoadError
+
+
+class TensorSource(Protocol):
+    """Where a skeleton's parameters come from: state-dict names and one tensor at a time."""
+
+    def names(self) -> set[str]: ...
+
+    def tensor(self, name: str) -> Tensor: ...
 
 
 class GGUFWeights:
@@ -109,7 +117,8 @@ class _TensorInfo:
 
 
 # GGUF value types (gguf.constants.GGUFValueType) -> struct format of a scalar
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
+            10: "Q", 11: "q", 12: "d"}  # fmt: skip
 _STRING, _ARRAY = 8, 9
 
 
@@ -185,36 +194,33 @@ def parameters_on_meta() -> Iterator[None]:
 
 
 def materialize_(
-    root: nn.Module, weights: GGUFWeights, prefix: str = "", module: nn.Module | None = None
-) -> int:
+    root: nn.Module, weights: TensorSource, prefix: str = "", module: nn.Module | None = None,
+    skip: str | None = None,
+) -> int:  # fmt: skip
     """Replace ``module``'s (default: ``root``'s) parameters on ``meta`` by the checkpoint's,
-    one tensor at a time; ``prefix`` is ``module``'s name in ``root``. Parameters already real
-    are kept. Returns the bytes materialized."""
+    one tensor at a time; ``prefix`` is ``module``'s name in ``root``; names starting with
+    ``skip`` stay on ``meta``. Parameters already real are kept, and so are those the file
+    lacks (tied to another: ``tie_`` after). Returns the bytes materialized."""
     module = root if module is None else module
+    available = weights.names()
     total = 0
     for name, parameter in list(module.named_parameters()):
-        if not parameter.is_meta or prefix + name not in weights.names():
-            continue  # real already, or tied to another parameter (tie_ after)
+        full = prefix + name
+        if not parameter.is_meta or full not in available or (skip and full.startswith(skip)):
+            continue
         owner_name, _, leaf = name.rpartition(".")
         owner = module.get_submodule(owner_name) if owner_name else module
-        tensor = weights.tensor(prefix + name).view(parameter.shape)
+        tensor = weights.tensor(full).view(parameter.shape)
         owner._parameters[leaf] = nn.Parameter(tensor, requires_grad=parameter.requires_grad)
         total += tensor.numel() * tensor.element_size()
     return total
 
 
-def dematerialize_(module: nn.Module) -> None:
-    """Put ``module``'s parameters back on ``meta`` (their memory is freed)."""
-    for name, parameter in list(module.named_parameters()):
-        owner_name, _, leaf = name.rpartition(".")
-        owner = module.get_submodule(owner_name) if owner_name else module
-        owner._parameters[leaf] = nn.Parameter(
-            parameter.detach().to("meta"), requires_grad=parameter.requires_grad
-        )
-
-
-def tie_(model: Any) -> None:
-    """Re-tie a transformers model's shared weights after its parameters were replaced."""
-    tie = getattr(model, "tie_weights", None)
-    if callable(tie):
-        tie()
+def tie_(model: nn.Module) -> None:
+    """Re-tie the shared weights (an LM head and its embedding) of the transformers model in
+    ``model`` after its parameters were replaced."""
+    for module in model.modules():
+        tie = getattr(module, "tie_weights", None)
+        if callable(tie):
+            tie()
+            return

@@ -330,7 +330,7 @@ class SmolLM2(ZooEntry):
         transformers' GGUF loading holds a second copy while it loads)."""
         model = self.skeleton()
         materialize_(model, self.weights(model))
-        tie_(model.model)
+        tie_(model)
         return model
 
     def skeleton(self) -> CausalLM:
