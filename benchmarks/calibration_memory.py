@@ -88,6 +88,16 @@ def _run_streamed(method: str, entry: Any, model: Any, calibration: list[Any], w
     calibrate_streamed_(model, weights, spec, calibration)
 
 
+def _fp32_bytes(entry: Any, model: Any, streamed: bool) -> int:
+    """4 bytes per parameter of the fp32 model, tied weights once (before the method: fake-quant
+    layers add their scales). A skeleton is untied: its checkpoint's tensors are counted."""
+    if streamed:
+        stored = entry.weights(model).names()
+        return 4 * sum(p.numel() for n, p in model.named_parameters() if n in stored)
+    unique = {id(p): p for p in model.parameters()}
+    return 4 * sum(p.numel() for p in unique.values())
+
+
 def child(
     method: str, weight: str, calibration_windows: int, eval_windows: int, streamed: bool
 ) -> dict[str, Any]:
@@ -112,6 +122,8 @@ def child(
         "load_peak_rss_bytes": load.peak_bytes,
         "rss_after_load_bytes": _rss_bytes(),
     })  # fmt: skip
+    fp32_bytes = _fp32_bytes(entry, model, streamed)
+    row["fp32_model_bytes"] = fp32_bytes
     with PeakRSS() as rss:
         start = time.perf_counter()
         if streamed:
@@ -119,9 +131,6 @@ def child(
         else:
             _run(method, model, calibration, weight)
         seconds = time.perf_counter() - start
-    unique = {id(p): p for p in model.parameters()}  # after the method: a skeleton is untied
-    fp32_bytes = 4 * sum(p.numel() for p in unique.values())
-    row["fp32_model_bytes"] = fp32_bytes
     after_load = row["rss_after_load_bytes"]
     row.update({
         "seconds": round(seconds, 1),

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from torchslim._heap import release_free_heap
+from torchslim._heap import heap_returned_promptly, release_free_heap
 from torchslim._hessians import recording_hessians
 from torchslim._rollback import untouched_on_failure
 from torchslim._targets import weighted_modules
@@ -103,7 +103,7 @@ def calibrate_streamed_(
             model is left as it was (its parameters on ``meta``).
     """
     start = time.perf_counter()
-    with untouched_on_failure(model):
+    with untouched_on_failure(model), heap_returned_promptly():
         batches = check_batches(calibration)
         prefix, blocks = find_blocks(model)
         inside = f"{prefix}."

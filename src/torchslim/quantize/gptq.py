@@ -136,13 +136,16 @@ def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
     positive definite after dampening (few calibration tokens, collinear inputs) is retried
     with 10x the dampening, up to ``CHOLESKY_RETRIES`` times."""
     mean_diag = hessian.double().diagonal().mean().clamp(min=1e-12)
-    for attempt in range(CHOLESKY_RETRIES + 1):
-        h = hessian.double().clone()
+    for attempt in range(CHOLESKY_RETRIES + 1):  # each (in, in) float64 freed once used: at
+        h = hessian.to(torch.float64, copy=True)  # in=1536 they are 18 MiB each
         h.diagonal().add_(min(damp * 10**attempt, 1e6) * mean_diag)
         factor, info = torch.linalg.cholesky_ex(h)
+        del h
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
+            del factor
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0:
                 return upper.float()
     largest = damp * 10**CHOLESKY_RETRIES
