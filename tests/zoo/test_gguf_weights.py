@@ -70,3 +70,12 @@ def test_smollm2_streamed_load_equals_transformers_gguf_load() -> None:
     assert sorted(state) == sorted(reference)
     for name, tensor in reference.items():
         assert torch.equal(state[name], tensor), name
+
+
+@pytest.mark.assets
+@pytest.mark.slow  # loading the tokenizer from the GGUF: 10-16 s
+def test_cached_token_ids_equal_a_fresh_tokenization() -> None:
+    cached = text._source_tokens("lee-eval")  # written on the first call, read back after
+    fresh = text._smollm_tokenizer()(text.SMOLLM_TEXTS["lee-eval"](), add_special_tokens=False)
+    assert torch.equal(cached, torch.tensor(fresh["input_ids"], dtype=torch.int64))
+    assert torch.equal(text._source_tokens("lee-eval"), cached)
