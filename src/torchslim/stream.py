@@ -78,8 +78,9 @@ class StreamedMethod:
                 "scopes rank every layer at once: use prune_ on the loaded model)."
             )
         if self.quant is not None:
-            static = self.quant.activation is not None and not self.quant.dynamic
-            if (static and not self.quant.activation.endswith("-token")) or self.quant.escalate:
+            activation = self.quant.activation
+            static = activation is not None and not self.quant.dynamic
+            if (static and not str(activation).endswith("-token")) or self.quant.escalate:
                 raise ConfigError(
                     "StreamedMethod.quant: static activation ranges and escalate calibrate over "
                     "the whole model; stream weight-only or dynamic formats, or use quantize_ "
@@ -155,8 +156,8 @@ class _Walk:
                 with quantization_disabled(block):
                     self.float_calls = advance(block, self.float_calls)
         if method.gptq is not None:
-            layers = {k: v for k, v in gptq_layers(self.model).items() if k.startswith(name + ".")}
-            figures = _gptq_block(block, self._inside(layers, index), self.calls, method.gptq)
+            layers = self._inside(dict(gptq_layers(self.model)), index)
+            figures = _gptq_block(block, layers, self.calls, method.gptq)  # type: ignore[arg-type]
             self.report.update({f"{name}.{k}": v for k, v in figures.items()})
         if method.prune is not None:
             self._prune_block(index, block, last)
@@ -176,7 +177,7 @@ class _Walk:
             if not last:
                 self.calls = advance(block, self.calls)
         else:  # wanda: input norms of the dense block, recorded while it computes the next inputs
-            with recording_input_norms(layers) as norms:  # type: ignore[arg-type]
+            with recording_input_norms(layers) as norms:
                 following = advance(block, self.calls)
             self.calls = following if not last else []
             masks = {}
@@ -221,7 +222,7 @@ class _Walk:
                 n: _keep_top(wanda_scores(layers[n], v), config.sparsity) for n, v in norms.items()
             }
         else:
-            with recording_hessians(layers) as sums, torch.no_grad():  # type: ignore[arg-type]
+            with recording_hessians(layers) as sums, torch.no_grad():
                 for batch in self.batches:
                     self.model(*batch)
             masks = {

@@ -40,12 +40,12 @@ class GGUFWeights:
     the embedding) are absent here too: the caller ties them.
     """
 
-    def __init__(self, path: str | Path, model: nn.Module, prefix: str = "") -> None:
+    def __init__(self, path: str | Path, model: Any, prefix: str = "") -> None:
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
         self.path = Path(path)
         architecture, infos = _read_header(self.path)
-        config = model.config.to_dict()  # type: ignore[operator]
+        config = model.config.to_dict()
         self._processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
         mapping = _name_map(model, architecture)  # GGUF name -> HF name
         self._mapping = mapping
@@ -57,13 +57,13 @@ class GGUFWeights:
     def tensor(self, name: str) -> Tensor:
         """The fp32 tensor ``name``, dequantized now (a fresh CPU tensor the caller owns)."""
         import numpy as np
-        from gguf import dequantize
+        from gguf import GGMLQuantizationType, dequantize
 
         if name not in self._tensors:
             raise ModelLoadError(f"{self.path.name} has no tensor for {name!r}")
         stored = self._tensors[name]
         data = stored.data(self.path)
-        weights = dequantize(data, stored.ggml_type)
+        weights = dequantize(data, GGMLQuantizationType(stored.ggml_type))
         processed = self._processor.process(
             weights=weights, name=stored.name, tensor_key_mapping=self._mapping,
             parsed_parameters={"tensors": {}, "config": {}},
@@ -71,7 +71,7 @@ class GGUFWeights:
         return torch.from_numpy(np.array(processed.weights, dtype=np.float32))  # owned copy
 
 
-def _name_map(model: nn.Module, architecture: str) -> dict[str, str]:
+def _name_map(model: Any, architecture: str) -> dict[str, str]:
     """GGUF tensor name -> the model's state-dict name, by gguf-py's name table. (transformers'
     ``get_gguf_hf_weights_map`` does the same but rebuilds a state dict per submodule: ~20 s.)"""
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
@@ -79,7 +79,7 @@ def _name_map(model: nn.Module, architecture: str) -> dict[str, str]:
     arch = next((key for key, value in MODEL_ARCH_NAMES.items() if value == architecture), None)
     if arch is None:
         raise ModelLoadError(f"GGUF architecture {architecture!r} is unknown to gguf-py")
-    table = get_tensor_name_map(arch, model.config.num_hidden_layers)  # type: ignore[union-attr]
+    table = get_tensor_name_map(arch, model.config.num_hidden_layers)
     mapping = {}
     for hf_name in model.state_dict(keep_vars=True):
         stem, _, suffix = hf_name.rpartition(".")
