@@ -46,9 +46,10 @@ def sparsegpt_weight(
     """
     w = weight.detach().float().clone()  # (out, in)
     columns = w.shape[1]
-    hessian = hessian.clone()
     dead = hessian.diagonal() == 0  # (in,) inputs never active: their weights do not matter
-    hessian[dead, dead] = 1.0
+    if dead.any():  # a copy only when there is something to change
+        hessian = hessian.clone()
+        hessian[dead, dead] = 1.0
     w[:, dead] = 0.0
     h_inv = inverse_hessian_factor(hessian, DAMP)  # (in, in) upper Cholesky of H^-1
     block = BLOCK_SIZE if nm is None else BLOCK_SIZE - BLOCK_SIZE % nm[1]
@@ -106,6 +107,7 @@ def sparsegpt_block(
             for call in calls:  # the group's members share one input: one Hessian
                 run_block_until(block, call, stop_at=layers[group[-1]])
         hessian = sums[group[0]].value()
+        del sums  # its float64 X^T X, before the layers' own temporaries
         for name in group:
             masks[name] = _prune_layer(layers[name], hessian, sparsity, nm)
         release_free_heap()  # the group's temporaries (Hessian, column loop)
