@@ -9,6 +9,7 @@ Mishra et al. (arXiv:2104.08378); activation-aware "wanda" scores in ``activatio
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -42,14 +43,17 @@ class WeightMask(nn.Module):
     @property
     def mask(self) -> torch.Tensor:
         """The mask as bool, shaped like the weight (unpacked on every read)."""
-        return _unpack_bits(self.packed, self.shape)  # type: ignore[arg-type]
+        return _unpack_bits(self.packed, self.shape, torch.bool)  # type: ignore[arg-type]
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask.to(weight.dtype)
+        return weight * _unpack_bits(self.packed, self.shape, weight.dtype)  # type: ignore[arg-type]
 
 
-def _bit_values(device: torch.device) -> torch.Tensor:
-    return torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
+@functools.cache
+def _bit_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Bit j of byte i as ``dtype``: (256, 8). Unpacking is one gather from it."""
+    bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+    return bits.to(dtype=dtype, device=device)
 
 
 def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -58,14 +62,16 @@ def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
     padding = (-flat.numel()) % 8
     if padding:
         flat = torch.cat([flat, flat.new_zeros(padding)])
-    bits = flat.view(-1, 8).to(torch.uint8) * _bit_values(flat.device)  # (n / 8, 8)
+    values = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
+    bits = flat.view(-1, 8).to(torch.uint8) * values  # (n / 8, 8)
     return bits.sum(1, dtype=torch.uint8)
 
 
-def _unpack_bits(packed: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+def _unpack_bits(packed: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """The entries of ``packed`` as ``dtype`` (0/1, or bool), shaped ``shape``."""
     count = math.prod(shape)
-    bits = (packed[:, None] & _bit_values(packed.device)) != 0  # (n / 8, 8)
-    return bits.reshape(-1)[:count].view(shape)
+    table = _bit_table(dtype, packed.device)  # (256, 8)
+    return table.index_select(0, packed.int()).reshape(-1)[:count].view(shape)
 
 
 def _mask_as_bool(module: WeightMask, state: dict[str, Any], prefix: str, metadata: Any) -> None:
