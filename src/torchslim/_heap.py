@@ -47,9 +47,9 @@ def heap_returned_promptly(mmap_bytes: int = 2**20) -> Iterator[None]:
     top is trimmed above 2 x ``mmap_bytes`` free, so a layer's MiB-sized temporaries (Hessians,
     Cholesky factors, weight copies) leave the RSS when freed instead of staying resident up to
     glibc's dynamic 32 / 64 MiB thresholds. Measured on SmolLM2-135M, SparseGPT of one
-    down_proj: +95 MiB of RSS kept after the layer, +14 MiB inside this. Setting them ends glibc's dynamic
-    adjustment, so on exit both are set to where it tops out (32 MiB, 64 MiB). Process-wide;
-    elsewhere than glibc it does nothing."""
+    down_proj: +95 MiB of RSS kept after the layer, +14 MiB inside this. Setting them ends
+    glibc's dynamic adjustment, so on exit both are set to where it tops out (32 MiB, 64 MiB).
+    Process-wide; elsewhere than glibc it does nothing."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, mmap_bytes)
