@@ -1,6 +1,7 @@
 """Peak memory of LLM calibration on SmolLM2-135M (Q4_1-derived): each method in its own process.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/calibration_memory.py --label after
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/calibration_memory.py --label streamed
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/calibration_memory.py --label mem --in-memory
 
 One fresh Python process per method, so no row inherits another's allocations: imports, the
 calibration windows (tokenizer included), the fp32 model, then the method alone inside
@@ -10,7 +11,11 @@ RSS after the imports, after loading the model (what the method starts from), th
 peak RSS in bytes and as a ratio to the fp32 model size (parameters x 4 bytes), the method's
 own overhead above the loaded model, the RSS after it, the evaluation's peak and the quick
 perplexity (``--eval-windows`` windows of 512 tokens per text, disjoint from calibration), so
-that a memory change can be checked not to change results. ``--label`` names the row set (e.g.
+that a memory change can be checked not to change results. By default the method is streamed
+(``torchslim.stream``: a meta skeleton filled from the GGUF block by block while the method
+runs, so "after loading" is the skeleton and the method's peak includes reading the weights);
+``--in-memory`` loads the whole fp32 model first and runs ``quantize_``/``awq_``/``gptq_`` or
+``prune_`` on it. ``--label`` names the row set (e.g.
 "before" run against an older checkout via PYTHONPATH, "after"); the library's git commit is
 recorded with it. Writes benchmarks/results/<name>.json, keeping the other labels' rows.
 """
@@ -59,7 +64,43 @@ def _run(method: str, model: Any, calibration: list[Any], weight: str) -> None:
         gptq_(model, calibration, GPTQConfig(mode="sequential", act_order=True))
 
 
-def child(method: str, weight: str, calibration_windows: int, eval_windows: int) -> dict[str, Any]:
+def _run_streamed(method: str, entry: Any, model: Any, calibration: list[Any], weight: str) -> None:
+    """One method, streamed into the skeleton ``model`` (``fp32``: the weights alone)."""
+    from torchslim.prune import UnstructuredPruneConfig
+    from torchslim.quantize import QuantConfig
+    from torchslim.quantize.awq import AWQConfig
+    from torchslim.quantize.gptq import GPTQConfig
+    from torchslim.stream import StreamedMethod, calibrate_streamed_
+    from torchslim.zoo._gguf import materialize_, tie_
+
+    weights = entry.weights(model)
+    if method == "fp32":
+        materialize_(model, weights)
+        tie_(model)
+        return
+    if method in ("sparsegpt", "wanda"):
+        spec = StreamedMethod(prune=UnstructuredPruneConfig(0.5, method, "layer"))
+    else:
+        quant = QuantConfig(weight=weight, observer="minmax", ignore=("re:.*lm_head",))
+        awq = AWQConfig() if method.startswith("awq") else None
+        gptq = GPTQConfig(mode="sequential", act_order=True) if method.endswith("gptq") else None
+        spec = StreamedMethod(quant=quant, awq=awq, gptq=gptq)
+    calibrate_streamed_(model, weights, spec, calibration)
+
+
+def _fp32_bytes(entry: Any, model: Any, streamed: bool) -> int:
+    """4 bytes per parameter of the fp32 model, tied weights once (before the method: fake-quant
+    layers add their scales). A skeleton is untied: its checkpoint's tensors are counted."""
+    if streamed:
+        stored = entry.weights(model).names()
+        return 4 * sum(p.numel() for n, p in model.named_parameters() if n in stored)
+    unique = {id(p): p for p in model.parameters()}
+    return 4 * sum(p.numel() for p in unique.values())
+
+
+def child(
+    method: str, weight: str, calibration_windows: int, eval_windows: int, streamed: bool
+) -> dict[str, Any]:
     """Measure one method in this (fresh) process; the row of figures."""
     import torch
 
@@ -76,17 +117,19 @@ def child(method: str, weight: str, calibration_windows: int, eval_windows: int)
     eval_texts = {t: token_windows(f"{t}-eval", 512)[:eval_windows] for t in ("austen", "lee")}
     row["rss_after_calibration_data_bytes"] = _rss_bytes()
     with PeakRSS() as load:
-        model = entry.load()
-    unique = {id(p): p for p in model.parameters()}
-    fp32_bytes = 4 * sum(p.numel() for p in unique.values())
+        model = entry.skeleton() if streamed else entry.load()
     row.update({
-        "fp32_model_bytes": fp32_bytes,
         "load_peak_rss_bytes": load.peak_bytes,
         "rss_after_load_bytes": _rss_bytes(),
     })  # fmt: skip
+    fp32_bytes = _fp32_bytes(entry, model, streamed)
+    row["fp32_model_bytes"] = fp32_bytes
     with PeakRSS() as rss:
         start = time.perf_counter()
-        _run(method, model, calibration, weight)
+        if streamed:
+            _run_streamed(method, entry, model, calibration, weight)
+        else:
+            _run(method, model, calibration, weight)
         seconds = time.perf_counter() - start
     after_load = row["rss_after_load_bytes"]
     row.update({
@@ -136,10 +179,16 @@ def main() -> None:
     parser.add_argument("--label", required=True, help='row set, e.g. "before" or "after"')
     parser.add_argument("--name", default="calibration_memory", help="results/<name>.json")
     parser.add_argument("--note", default="", help="e.g. the machine's load")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="load the whole fp32 model, then run the method (not streamed)",
+    )
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = child(args.child, args.weight, args.calibration, args.eval_windows)
+        streamed = not args.in_memory
+        row = child(args.child, args.weight, args.calibration, args.eval_windows, streamed)
         print("ROW " + json.dumps(row), flush=True)
         return
     from torchslim._io import write_json
@@ -159,13 +208,14 @@ def main() -> None:
         "library_commit": library_commit(),
         "pythonpath": os.environ.get("PYTHONPATH", ""),
         "weight": args.weight, "calibration_windows": args.calibration,
-        "eval_windows_per_text": args.eval_windows,
+        "eval_windows_per_text": args.eval_windows, "streamed": not args.in_memory,
         "note": args.note, "load_average_at_start": os.getloadavg(),
     }  # fmt: skip
     for method in args.methods:
         command = [sys.executable, __file__, "--child", method, "--label", args.label,
                    "--weight", args.weight, "--calibration", str(args.calibration),
                    "--eval-windows", str(args.eval_windows)]  # fmt: skip
+        command += ["--in-memory"] if args.in_memory else []
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("ROW ")]
         if done.returncode or not lines:

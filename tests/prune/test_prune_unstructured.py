@@ -156,3 +156,24 @@ def test_wanda_nm_uses_calibration_batches_and_keeps_the_pattern() -> None:
     assert bool(((groups != 0).sum(1) == 2).all())
     with pytest.raises(ConfigError, match="calibration batches"):
         prune_(_mlp()[:3], NMPruneConfig(2, 4, method="wanda"))
+
+
+def test_weight_mask_is_packed_and_saved_as_bool() -> None:
+    from torchslim.prune.unstructured import WeightMask
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(13, 7)  # 91 entries: not a multiple of 8
+    mask = torch.rand(7, 13) > 0.5
+    parametrize.register_parametrization(layer, "weight", WeightMask(mask))
+    parametrization = layer.parametrizations.weight[0]
+    assert parametrization.packed.numel() == 12 and parametrization.packed.dtype == torch.uint8
+    assert torch.equal(parametrization.mask, mask)
+    assert torch.equal(layer.weight, layer.parametrizations.weight.original * mask)
+    state = layer.state_dict()
+    assert state["parametrizations.weight.0.mask"].dtype == torch.bool
+    assert "parametrizations.weight.0.packed" not in state
+    other = torch.nn.Linear(13, 7)
+    parametrize.register_parametrization(other, "weight", WeightMask(torch.ones(7, 13)))
+    other.load_state_dict(state)
+    assert torch.equal(other.parametrizations.weight[0].mask, mask)
+    assert torch.equal(other.weight, layer.weight)

@@ -6,7 +6,8 @@ the input norms come from a few calibration batches, no gradients and no weight 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +26,18 @@ def input_norms(
     """L2 norm of every input feature of each module over ``batches``: name -> (in_features,)."""
     if not batches:
         raise ConfigError("wanda importance needs calibration batches (or example_inputs)")
+    with recording_input_norms(modules) as norms, torch.no_grad():
+        for batch in batches:
+            model(*batch)
+    return norms()
+
+
+@contextmanager
+def recording_input_norms(
+    modules: dict[str, nn.Module],
+) -> Iterator[Callable[[], dict[str, torch.Tensor]]]:
+    """Accumulate every input feature's sum of squares of each module while the caller runs it;
+    yields a function giving the L2 norms so far: name -> (in_features,)."""
     squares: dict[str, torch.Tensor] = {}
 
     def hook(name: str, module: nn.Module) -> Any:
@@ -40,13 +53,10 @@ def input_norms(
 
     handles = [hook(name, module) for name, module in modules.items()]
     try:
-        with torch.no_grad():
-            for batch in batches:
-                model(*batch)
+        yield lambda: {name: total.sqrt() for name, total in squares.items()}
     finally:
         for handle in handles:
             handle.remove()
-    return {name: total.sqrt() for name, total in squares.items()}
 
 
 def wanda_scores(module: nn.Module, norm: torch.Tensor | None) -> torch.Tensor:

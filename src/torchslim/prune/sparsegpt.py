@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torchslim._heap import release_free_heap
 from torchslim._hessians import recording_hessians
 from torchslim.quantize._blocks import (
+    BlockCall,
     BlockWalkError,
     advance,
     capture_block_inputs,
@@ -45,9 +46,10 @@ def sparsegpt_weight(
     """
     w = weight.detach().float().clone()  # (out, in)
     columns = w.shape[1]
-    hessian = hessian.clone()
     dead = hessian.diagonal() == 0  # (in,) inputs never active: their weights do not matter
-    hessian[dead, dead] = 1.0
+    if dead.any():  # a copy only when there is something to change
+        hessian = hessian.clone()
+        hessian[dead, dead] = 1.0
     w[:, dead] = 0.0
     h_inv = inverse_hessian_factor(hessian, DAMP)  # (in, in) upper Cholesky of H^-1
     block = BLOCK_SIZE if nm is None else BLOCK_SIZE - BLOCK_SIZE % nm[1]
@@ -93,6 +95,25 @@ def _prune_layer(
     return keep
 
 
+def sparsegpt_block(
+    block: nn.Module, layers: dict[str, nn.Module], calls: list[BlockCall], sparsity: float,
+    nm: tuple[int, int] | None,
+) -> dict[str, Tensor]:  # fmt: skip
+    """SparseGPT one decoder block's ``layers`` (names relative to it) in place, group after
+    group in call order, each group's Hessian from the block as pruned so far; their masks."""
+    masks: dict[str, Tensor] = {}
+    for group in input_groups(block, layers, calls[0]) if layers else []:
+        with recording_hessians({group[0]: layers[group[0]]}) as sums:
+            for call in calls:  # the group's members share one input: one Hessian
+                run_block_until(block, call, stop_at=layers[group[-1]])
+        hessian = sums[group[0]].value()
+        del sums  # its float64 X^T X, before the layers' own temporaries
+        for name in group:
+            masks[name] = _prune_layer(layers[name], hessian, sparsity, nm)
+        release_free_heap()  # the group's temporaries (Hessian, column loop)
+    return masks
+
+
 def sparsegpt_masks(
     model: nn.Module,
     layers: dict[str, nn.Module],
@@ -123,14 +144,8 @@ def sparsegpt_masks(
     for index, block in enumerate(blocks):
         start = f"{prefix}.{index}."
         inside = {n[len(start) :]: m for n, m in layers.items() if n.startswith(start)}
-        for group in input_groups(block, inside, calls[0]) if inside else []:
-            with recording_hessians({group[0]: inside[group[0]]}) as sums:
-                for call in calls:  # the group's members share one input: one Hessian
-                    run_block_until(block, call, stop_at=inside[group[-1]])
-            hessian = sums[group[0]].value()
-            for name in group:
-                masks[start + name] = _prune_layer(inside[name], hessian, sparsity, nm)
-            release_free_heap()  # the group's temporaries (Hessian, column loop)
+        block_masks = sparsegpt_block(block, inside, calls, sparsity, nm)
+        masks.update({start + name: mask for name, mask in block_masks.items()})
         if index + 1 < len(blocks):
             calls = advance(block, calls)
     rest = {n: m for n, m in layers.items() if not n.startswith(f"{prefix}.")}

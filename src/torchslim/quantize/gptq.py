@@ -136,13 +136,16 @@ def inverse_hessian_factor(hessian: Tensor, damp: float) -> Tensor:
     positive definite after dampening (few calibration tokens, collinear inputs) is retried
     with 10x the dampening, up to ``CHOLESKY_RETRIES`` times."""
     mean_diag = hessian.double().diagonal().mean().clamp(min=1e-12)
-    for attempt in range(CHOLESKY_RETRIES + 1):
-        h = hessian.double().clone()
+    for attempt in range(CHOLESKY_RETRIES + 1):  # each (in, in) float64 freed once used: at
+        h = hessian.to(torch.float64, copy=True)  # in=1536 they are 18 MiB each
         h.diagonal().add_(min(damp * 10**attempt, 1e6) * mean_diag)
         factor, info = torch.linalg.cholesky_ex(h)
+        del h
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
+            del factor
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
             if int(info) == 0:
                 return upper.float()
     largest = damp * 10**CHOLESKY_RETRIES
@@ -182,8 +185,9 @@ def quantize_columns(
     w = weight.detach().float().clone()  # (out, in)
     columns = w.shape[1]
     dead = hessian.diagonal() == 0  # (in,) inputs never active
-    hessian = hessian.clone()
-    hessian[dead, dead] = 1.0
+    if dead.any():  # a copy only when there is something to change
+        hessian = hessian.clone()
+        hessian[dead, dead] = 1.0
     w[:, dead] = 0.0
     group = grid.fmt.group_size or columns
     order = torch.arange(columns)
@@ -341,6 +345,7 @@ def _gptq_block(
             for call in calls:  # the group's members share one input: one Hessian
                 run_block_until(block, call, stop_at=last)
         hessian = sums[group[0]].value()
+        del sums  # its float64 X^T X (18 MiB at in=1536), before the layer's own temporaries
         for name in group:
             layer_hessian = hessian
             if config.attention_aware and name.rsplit(".", 1)[-1] in VALUE_NAMES:
@@ -360,7 +365,7 @@ def _value_hessians(block: nn.Module, name: str, calls: list[BlockCall], plain: 
     if not probes_attention(attention):
         return plain
     inputs: list[Tensor] = []
-    total: list[Tensor] = []
+    total: list[Tensor] = []  # one running sum (Hk, in, in): a list of one per call held 4 x 8 MiB
 
     def on_probs(probs: Tensor, values: Tensor) -> None:
         x = inputs.pop().float()  # (B, S, in)
@@ -369,7 +374,11 @@ def _value_hessians(block: nn.Module, name: str, calls: list[BlockCall], plain: 
         per_kv = probs.reshape(b, kv_heads, heads // kv_heads, t, s)  # (B, Hk, g, T, S)
         mixing = torch.einsum("bhgts,bhgtu->bhsu", per_kv, per_kv)  # (B, Hk, S, S) = A^T A
         mixed = mixing @ x[:, None]  # (B, Hk, S, in)
-        total.append(torch.einsum("bsi,bhsj->hij", x, mixed).double())  # (Hk, in, in)
+        part = torch.einsum("bsi,bhsj->hij", x, mixed).double()  # (Hk, in, in)
+        if total:  # the same sum as stacking the parts and summing dim 0 (checked bit-exact)
+            total[0] += part
+        else:
+            total.append(part)
 
     hook = value.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].detach()))
     stop = getattr(attention, "o_proj", None)
@@ -385,7 +394,7 @@ def _value_hessians(block: nn.Module, name: str, calls: list[BlockCall], plain: 
     if not total or value.out_features % total[0].shape[0]:  # type: ignore[operator]
         return plain
     tokens = sum(call.hidden.shape[0] * call.hidden.shape[1] for call in calls)
-    return (2 * torch.stack(total).sum(0) / tokens).float()
+    return (2 * total[0] / tokens).float()
 
 
 def _sequential(

