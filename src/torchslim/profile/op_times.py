@@ -64,9 +64,10 @@ def _encode(value: Any, params: set[int]) -> Any:
 
 def _rectified_zero_share(tensor: torch.Tensor, param: bool) -> float | None:
     """For activations with no negative value (after a ReLU), the share of zeros (to 0.05);
-    None otherwise. Some kernels' speed depends on the data: a max-pool over the MNIST CNN's
-    rectified activations (60 % and 85 % zeros) took 0.69x and 0.58x of its time over rectified
-    normal noise, and a spatially smooth field with the same share of zeros came within 12 %."""
+    None otherwise. Some kernels' speed depends on the data: a max-pool over fashion-cnn's
+    rectified activations at batch 16 (60 % and 85 % zeros) took 0.69x and 0.58x of its time over
+    rectified normal noise, and a spatially smooth field with the same share of zeros came
+    within 12 %."""
     if param or not tensor.is_floating_point() or not tensor.numel():
         return None
     if tensor.device.type == "meta" or bool(tensor.min() < 0):
