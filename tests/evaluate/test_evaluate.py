@@ -99,6 +99,7 @@ def test_shared_parameters_count_once():
 def test_latency_statistics():
     stats = summarize([float(v) for v in range(1, 11)])
     assert stats.median == 5.5 and stats.p90 == 9.0 and stats.min == 1.0 and stats.repeats == 10
+    assert stats.iqr == pytest.approx(8.25 - 2.75) and summarize([3.0]).iqr == 0.0
     measured = measure_latency(lambda: sum(range(1000)), warmup=1, repeats=5)
     assert measured.repeats == 5 and measured.min <= measured.median <= measured.p90
 

@@ -24,6 +24,7 @@ class LatencyStats:
     min: float
     max: float
     repeats: int
+    iqr: float = 0.0  # interquartile range (0 with fewer than 2 samples)
 
     def to_dict(self) -> dict[str, float]:
         return {"median": self.median, "p90": self.p90}
@@ -42,7 +43,15 @@ def summarize(samples_ms: list[float]) -> LatencyStats:
         min=ordered[0],
         max=ordered[-1],
         repeats=len(ordered),
+        iqr=_iqr(ordered),
     )
+
+
+def _iqr(ordered: list[float]) -> float:
+    if len(ordered) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(ordered, n=4)
+    return q3 - q1
 
 
 @contextlib.contextmanager
