@@ -127,6 +127,21 @@ def test_a_quiet_calibration_is_cached_and_revalidated(home, monkeypatch):
     assert cached["probe"]["reference_ms"] == DRIFTED_QUIET.reference_ms
 
 
+@pytest.mark.parametrize("damage", ["cut-off", "other layout"])
+def test_an_unreadable_cached_calibration_is_calibrated_again(home, monkeypatch, damage):
+    machine = _Machine(monkeypatch, QUIET)
+    trusted_model(threads=2)
+    path = _cached_files(home)[0]
+    stored = json.loads(path.read_text())
+    if damage == "cut-off":
+        path.write_text(path.read_text()[:40])
+    else:
+        path.write_text(json.dumps({**stored, "table_overheads": [0.0, 0.0, 0.0, 0.0]}))
+    _, trust = trusted_model(threads=2)
+    assert trust.trusted and machine.calibrations == 2
+    assert json.loads(path.read_text())["table_overheads"] == stored["table_overheads"]
+
+
 def test_a_cached_calibration_on_a_busy_machine_is_kept_but_not_trusted(home, monkeypatch):
     machine = _Machine(monkeypatch, QUIET)
     trusted_model(threads=2)

@@ -34,10 +34,15 @@ def _cache_path(threads: int, device: str) -> Any:
 def _cached(path: Any) -> LatencyModel | None:
     if not path.is_file():
         return None
-    values = json.loads(path.read_text())
-    if values.get("version") != CALIBRATION_VERSION or values.get("probe") is None:
-        return None
-    return LatencyModel.from_dict(values)
+    try:
+        values = json.loads(path.read_text())
+        if values.get("version") != CALIBRATION_VERSION or values.get("probe") is None:
+            return None
+        if len(values.get("table_overheads", ())) != 3:
+            return None  # written by another layout of this version: calibrate again
+        return LatencyModel.from_dict(values)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None  # unreadable (a cut-off write, another layout): calibrate again
 
 
 def trusted_model(
