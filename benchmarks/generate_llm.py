@@ -152,23 +152,35 @@ def measure_gguf(path: Path, prompt: list[int], args: Any, windows: dict) -> dic
     return {"file_mib": round(path.stat().st_size / 2**20, 1), **speed, "_nlls": nlls}
 
 
+def f32_gguf(model: torch.nn.Module, work: Path) -> Path:
+    """The fp32 model as an F32 GGUF file (written once into ``work``)."""
+    path = work / "smollm2-f32.gguf"
+    if not path.is_file():
+        export_gguf(model, package_file(*SMOLLM_GGUF), path, float32=True)
+    return path
+
+
+def own_gguf(model: torch.nn.Module, kind: str, work: Path, threads: int) -> Path:
+    """llama.cpp's own ``kind`` quantization of the F32 file (written once into ``work``)."""
+    path = work / f"smollm2-llama.cpp-{kind}.gguf"
+    if not path.is_file():
+        llama_quantize(f32_gguf(model, work), path, kind, threads)
+    return path
+
+
 def gguf_files(model: torch.nn.Module, entry: Any, windows: dict, args: Any) -> dict[str, Path]:
     """Every GGUF row's file, made again where missing (GPTQ weights come from the cache)."""
-    work, template = args.workdir, package_file(*SMOLLM_GGUF)
-    files = {"llama.cpp_F32": work / "smollm2-f32.gguf"}
-    if not files["llama.cpp_F32"].is_file():
-        export_gguf(model, template, files["llama.cpp_F32"], float32=True)
+    work = args.workdir
+    files = {"llama.cpp_F32": f32_gguf(model, work)}
     for kind in LLAMA_TYPES:
-        own = files[f"llama.cpp_{kind}"] = work / f"smollm2-llama.cpp-{kind}.gguf"
-        if not own.is_file():
-            llama_quantize(files["llama.cpp_F32"], own, kind, args.threads)
-    for kind in TORCHSLIM_FORMATS:
-        path = files[f"torchslim_gptq_{kind}"] = work / f"smollm2-torchslim-gptq-{kind}.gguf"
-        if not path.is_file():
-            calibration = entry.calibration_batches(args.calibration)
-            quantized = gptq_model(model, kind, calibration, windows, work)[0]
-            export_gguf(quantized, work / f"smollm2-llama.cpp-{kind}.gguf", path)
-    return files
+        files[f"llama.cpp_{kind}"] = own_gguf(model, kind, work, args.threads)
+    gptq = {kind: work / f"smollm2-torchslim-gptq-{kind}.gguf" for kind in TORCHSLIM_FORMATS}
+    missing = [kind for kind, path in gptq.items() if not path.is_file()]
+    calibration = entry.calibration_batches(args.calibration) if missing else []
+    for kind in missing:
+        quantized = gptq_model(model, kind, calibration, windows, work)[0]
+        export_gguf(quantized, files[f"llama.cpp_{kind}"], gptq[kind])
+    return files | {f"torchslim_gptq_{kind}": path for kind, path in gptq.items()}
 
 
 def interleaved(
@@ -352,21 +364,13 @@ def main() -> None:
         for name in args.openvino_variants or OPENVINO_VARIANTS:
             if stored(name) is None:
                 save(name, measure_openvino(name, inputs, args), reference)
-    template = package_file(*SMOLLM_GGUF)
-    f32 = work / "smollm2-f32.gguf"
     if stored("llama.cpp_F32") is None:
-        if not f32.is_file():
-            export_gguf(model, template, f32, float32=True)
-        save("llama.cpp_F32", measure_gguf(f32, prompt, args, windows), reference)
+        save("llama.cpp_F32", measure_gguf(f32_gguf(model, work), prompt, args, windows), reference)
     needed = [k for k in kinds if stored(f"llama.cpp_{k}") is None
               or (k in TORCHSLIM_FORMATS and stored(f"torchslim_gptq_{k}") is None)]  # fmt: skip
-    if needed and not f32.is_file():
-        export_gguf(model, template, f32, float32=True)
     calibration = entry.calibration_batches(args.calibration) if needed else []
     for kind in needed:
-        own = work / f"smollm2-llama.cpp-{kind}.gguf"
-        if not own.is_file():
-            llama_quantize(f32, own, kind, args.threads)
+        own = own_gguf(model, kind, work, args.threads)
         if stored(f"llama.cpp_{kind}") is None:
             save(f"llama.cpp_{kind}", measure_gguf(own, prompt, args, windows), reference)
     for kind in needed:
