@@ -38,8 +38,6 @@ def _cached(path: Any) -> LatencyModel | None:
         values = json.loads(path.read_text())
         if values.get("version") != CALIBRATION_VERSION or values.get("probe") is None:
             return None
-        if len(values.get("table_overheads", ())) != 3:
-            return None  # written by another layout of this version: calibrate again
         return LatencyModel.from_dict(values)
     except (ValueError, KeyError, TypeError, AttributeError):
         return None  # unreadable (a cut-off write, another layout): calibrate again

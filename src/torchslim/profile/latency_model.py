@@ -217,8 +217,14 @@ class LatencyModel:
             python_call_s=values.get("python_call_s", 0.0),
             calls_per_op=values.get("calls_per_op", 0.0),
             calls_per_module_call=values.get("calls_per_module_call", 0.0),
-            table_overheads=tuple(values.get("table_overheads", (0.0, 0.0, 0.0))),
+            table_overheads=_three_rates(values.get("table_overheads", (0.0, 0.0, 0.0))),
         )
+
+
+def _three_rates(values: Any) -> tuple[float, float, float]:
+    """The table's module-call, Python-call and written-byte rates (ValueError otherwise)."""
+    module_call_s, python_call_s, written_byte_s = (float(v) for v in values)
+    return module_call_s, python_call_s, written_byte_s
 
 
 def written_bytes(records: list[OpRecord]) -> int:
