@@ -1,4 +1,4 @@
-"""The GGUF header reader and the tensor-by-tensor SmolLM2 load."""
+"""The GGUF tensor table (read by deploy.gguf_file) and the tensor-by-tensor SmolLM2 load."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from torchslim.deploy.gguf_file import check_gguf
 from torchslim.errors import ModelLoadError
 from torchslim.zoo import text
-from torchslim.zoo._gguf import _read_header
+from torchslim.zoo._gguf import _tensor_data
 
 
 def _write_gguf(path: Path) -> dict[str, np.ndarray]:
@@ -40,11 +41,11 @@ def test_header_reader_finds_every_tensor_and_its_bytes(tmp_path: Path) -> None:
 
     path = tmp_path / "small.gguf"
     expected = _write_gguf(path)
-    architecture, infos = _read_header(path)
-    assert architecture == "llama"
-    assert [info.name for info in infos] == list(expected)
-    for info in infos:
-        values = dequantize(info.data(path), info.ggml_type)
+    header = check_gguf(path)
+    assert header.architecture == "llama"
+    assert [info.name for info in header.tensors] == list(expected)
+    for info in header.tensors:
+        values = dequantize(_tensor_data(path, info), info.ggml_type)
         np.testing.assert_array_equal(values, expected[info.name])
 
 
@@ -52,7 +53,7 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.gguf"
     path.write_bytes(b"PK\x03\x04" + bytes(64))
     with pytest.raises(ModelLoadError, match="not a GGUF"):
-        _read_header(path)
+        check_gguf(path)
 
 
 @pytest.mark.assets

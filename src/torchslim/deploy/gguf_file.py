@@ -32,6 +32,18 @@ _STRING, _ARRAY = 8, 9
 
 
 @dataclass(frozen=True)
+class GGUFTensor:
+    """Where one tensor lies in a GGUF file and how it is stored."""
+
+    name: str
+    dims: tuple[int, ...]  # GGUF order: fastest-varying first
+    ggml_type: int
+    offset: int  # absolute, in bytes
+    elements: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class GGUFHeader:
     """What the header of a sound GGUF file says."""
 
@@ -39,6 +51,8 @@ class GGUFHeader:
     tensor_count: int
     parameters: int  # elements of every tensor (what the file's model has as parameters)
     data_end: int  # byte where the last tensor's data ends (<= the file's size)
+    architecture: str = ""  # general.architecture
+    tensors: tuple[GGUFTensor, ...] = ()
 
 
 class _Truncated(Exception):
@@ -131,26 +145,30 @@ def _walk(file: Path, data: mmap.mmap, size: int) -> GGUFHeader:
             "(convert_hf_to_gguf.py) or export it again with torchslim"
         )
     tensor_count, kv_count = int(cursor.read("Q")), int(cursor.read("Q"))
-    alignment = DEFAULT_ALIGNMENT
+    alignment, architecture = DEFAULT_ALIGNMENT, ""
     for _ in range(kv_count):
         key = cursor.string()
         value = cursor.value(int(cursor.read("I")))
         if key == "general.alignment" and isinstance(value, int):
             alignment = value
-    tensors = [_tensor_info(cursor) for _ in range(tensor_count)]  # (elements, bytes, offset)
+        if key == "general.architecture" and isinstance(value, str):
+            architecture = value
+    infos = [_tensor_info(cursor) for _ in range(tensor_count)]
     start = -(-cursor.offset // alignment) * alignment  # the data section, aligned
-    end = max((start + offset + nbytes for _, nbytes, offset in tensors), default=start)
+    tensors = tuple(GGUFTensor(n, d, k, start + o, e, b) for n, d, k, o, e, b in infos)
+    end = max((t.offset + t.nbytes for t in tensors), default=start)
     if end > size:
         raise ModelLoadError(
             f"{file} is truncated: {size} bytes, but its {tensor_count} tensors end at byte "
             f"{end}; {HOW_TO_FIX}"
         )
-    parameters = sum(elements for elements, _, _ in tensors)
-    return GGUFHeader(version, tensor_count, parameters, end)
+    parameters = sum(t.elements for t in tensors)
+    return GGUFHeader(version, tensor_count, parameters, end, architecture, tensors)
 
 
-def _tensor_info(cursor: _Cursor) -> tuple[int, int, int]:
-    """(elements, bytes, offset in the data section) of the next tensor description."""
+def _tensor_info(cursor: _Cursor) -> tuple[str, tuple[int, ...], int, int, int, int]:
+    """(name, dims, block type, offset in the data section, elements, bytes) of the next tensor
+    description."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     name = cursor.string()
@@ -161,4 +179,4 @@ def _tensor_info(cursor: _Cursor) -> tuple[int, int, int]:
     except (ValueError, KeyError):
         raise ValueError(f"tensor {name!r} has an unknown block type {kind}") from None
     elements = math.prod(dims)
-    return elements, elements // block * block_bytes, offset
+    return name, tuple(dims), kind, offset, elements, elements // block * block_bytes

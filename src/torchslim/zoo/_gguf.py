@@ -10,17 +10,15 @@ calibration walks it (:mod:`torchslim.quantize.stream`).
 
 from __future__ import annotations
 
-import mmap
-import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from torchslim.deploy.gguf_file import GGUFTensor, check_gguf
 from torchslim.errors import ModelLoadError
 
 
@@ -44,7 +42,8 @@ class GGUFWeights:
         from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
         self.path = Path(path)
-        architecture, infos = _read_header(self.path)
+        header = check_gguf(self.path)  # the header only: the vocabulary's arrays are skipped
+        architecture, infos = header.architecture, header.tensors
         config = model.config.to_dict()
         self._processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
         mapping = _name_map(model, architecture)  # GGUF name -> HF name
@@ -62,7 +61,7 @@ class GGUFWeights:
         if name not in self._tensors:
             raise ModelLoadError(f"{self.path.name} has no tensor for {name!r}")
         stored = self._tensors[name]
-        data = stored.data(self.path)
+        data = _tensor_data(self.path, stored)
         weights = dequantize(data, GGMLQuantizationType(stored.ggml_type))
         processed = self._processor.process(
             weights=weights, name=stored.name, tensor_key_mapping=self._mapping,
@@ -92,96 +91,20 @@ def _name_map(model: Any, architecture: str) -> dict[str, str]:
     return mapping
 
 
-@dataclass(frozen=True)
-class _TensorInfo:
-    """Where one tensor lies in a GGUF and how it is stored."""
+def _tensor_data(path: Path, stored: GGUFTensor) -> Any:
+    """The stored bytes (quantized types) or values of ``stored``, memory-mapped, in numpy's
+    shape."""
+    import numpy as np
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    name: str
-    dims: tuple[int, ...]  # GGUF order: fastest-varying first
-    ggml_type: int
-    offset: int  # absolute, in bytes
-
-    def data(self, path: Path) -> Any:
-        """The stored bytes (quantized types) or values, memory-mapped, in numpy's shape."""
-        import numpy as np
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-        kind = GGMLQuantizationType(self.ggml_type)
-        shape = tuple(reversed(self.dims))
-        plain = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
-        if kind in plain:
-            return np.memmap(path, dtype=plain[kind], mode="r", offset=self.offset, shape=shape)
-        block, type_bytes = GGML_QUANT_SIZES[kind]
-        byte_shape = (*shape[:-1], shape[-1] // block * type_bytes)
-        return np.memmap(path, dtype=np.uint8, mode="r", offset=self.offset, shape=byte_shape)
-
-
-# GGUF value types (gguf.constants.GGUFValueType) -> struct format of a scalar
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?",
-            10: "Q", 11: "q", 12: "d"}  # fmt: skip
-_STRING, _ARRAY = 8, 9
-
-
-def _read_header(path: Path) -> tuple[str, list[_TensorInfo]]:
-    """The architecture and tensor table of a GGUF (v2/v3). Only the header is read; the
-    vocabulary's arrays are skipped over, not parsed into objects (GGUFReader builds one numpy
-    view per token: seconds and ~100 MiB for a 49 k vocabulary)."""
-    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        view = memoryview(mapped)
-        try:
-            return _parse_header(path, view)
-        finally:
-            view.release()  # the map closes only without views on it
-
-
-def _parse_header(path: Path, view: memoryview) -> tuple[str, list[_TensorInfo]]:
-    if bytes(view[:4]) != b"GGUF":
-        raise ModelLoadError(f"{path} is not a GGUF file (magic {bytes(view[:4])!r})")
-    version, tensor_count, kv_count = struct.unpack_from("<IQQ", view, 4)
-    if version < 2:
-        raise ModelLoadError(f"{path}: GGUF version {version} is not supported (need >= 2)")
-    position, values = 24, {}
-    for _ in range(kv_count):
-        key, position = _string(view, position)
-        (kind,), position = struct.unpack_from("<I", view, position), position + 4
-        value, position = _value(view, position, kind)
-        if key in ("general.architecture", "general.alignment"):
-            values[key] = value
-    infos = []
-    for _ in range(tensor_count):
-        name, position = _string(view, position)
-        (n_dims,) = struct.unpack_from("<I", view, position)
-        dims = struct.unpack_from(f"<{n_dims}Q", view, position + 4)
-        ggml_type, offset = struct.unpack_from("<IQ", view, position + 4 + 8 * n_dims)
-        position += 4 + 8 * n_dims + 12
-        infos.append((name, tuple(dims), ggml_type, offset))
-    alignment = int(values.get("general.alignment", 32))
-    start = -(-position // alignment) * alignment  # the data section, aligned
-    tensors = [_TensorInfo(n, d, t, start + o) for n, d, t, o in infos]
-    return str(values.get("general.architecture", "")), tensors
-
-
-def _string(view: memoryview, position: int) -> tuple[str, int]:
-    (length,) = struct.unpack_from("<Q", view, position)
-    start = position + 8
-    return bytes(view[start : start + length]).decode("utf-8", "replace"), start + length
-
-
-def _value(view: memoryview, position: int, kind: int) -> tuple[Any, int]:
-    if kind == _STRING:
-        return _string(view, position)
-    if kind == _ARRAY:
-        item_kind, count = struct.unpack_from("<IQ", view, position)
-        position += 12
-        if item_kind in _SCALARS:  # skipped in one step
-            return None, position + count * struct.calcsize("<" + _SCALARS[item_kind])
-        for _ in range(count):
-            _, position = _value(view, position, item_kind)
-        return None, position
-    if kind not in _SCALARS:
-        raise ModelLoadError(f"GGUF value type {kind} is unknown (corrupt file?)")
-    fmt = "<" + _SCALARS[kind]
-    return struct.unpack_from(fmt, view, position)[0], position + struct.calcsize(fmt)
+    kind = GGMLQuantizationType(stored.ggml_type)
+    shape = tuple(reversed(stored.dims))
+    plain = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+    if kind in plain:
+        return np.memmap(path, dtype=plain[kind], mode="r", offset=stored.offset, shape=shape)
+    block, type_bytes = GGML_QUANT_SIZES[kind]
+    byte_shape = (*shape[:-1], shape[-1] // block * type_bytes)
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=stored.offset, shape=byte_shape)
 
 
 @contextmanager
